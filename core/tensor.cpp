@@ -1,0 +1,222 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#ifdef DECO_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace deco {
+
+void internal_error(const char* file, int line, const std::string& what) {
+  throw std::logic_error(str("internal error at ", file, ":", line, ": ", what,
+                             " This is a bug in deco; please report it with the command you ran."));
+}
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return 4;
+    case DType::F64: return 8;
+    case DType::BF16: return 2;
+    case DType::I32: return 4;
+    case DType::I64: return 8;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    case DType::BF16: return "bfloat16";
+    case DType::I32: return "int32";
+    case DType::I64: return "int64";
+  }
+  return "?";
+}
+
+const char* device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
+
+Shape::Shape(std::initializer_list<int64_t> list) {
+  DECO_ASSERT(list.size() <= kMaxDims, "at most ", kMaxDims, " dims");
+  for (int64_t d : list) dims[static_cast<size_t>(ndim++)] = d;
+}
+
+int64_t Shape::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= dims[static_cast<size_t>(i)];
+  return ndim == 0 ? 0 : n;
+}
+
+bool Shape::operator==(const Shape& other) const {
+  if (ndim != other.ndim) return false;
+  for (int i = 0; i < ndim; ++i)
+    if (dims[static_cast<size_t>(i)] != other.dims[static_cast<size_t>(i)]) return false;
+  return true;
+}
+
+std::string Shape::to_string() const {
+  std::string out = "[";
+  for (int i = 0; i < ndim; ++i) {
+    if (i) out += ", ";
+    out += std::to_string(dims[static_cast<size_t>(i)]);
+  }
+  return out + "]";
+}
+
+Matrix Matrix::col_block(int64_t begin, int64_t end) const {
+  DECO_ASSERT(0 <= begin && begin <= end && end <= cols, "columns ", begin, "..", end, " of ", cols);
+  Matrix m = *this;
+  m.ptr = static_cast<char*>(ptr) + static_cast<size_t>(begin) * dtype_size(dtype);
+  m.cols = end - begin;
+  return m;
+}
+
+Matrix Matrix::row_block(int64_t begin, int64_t end) const {
+  DECO_ASSERT(0 <= begin && begin <= end && end <= rows, "rows ", begin, "..", end, " of ", rows);
+  Matrix m = *this;
+  m.ptr = static_cast<char*>(ptr) + static_cast<size_t>(begin * ld) * dtype_size(dtype);
+  m.rows = end - begin;
+  return m;
+}
+
+Tensor Tensor::view(const Shape& shape) const {
+  DECO_ASSERT(shape.numel() == numel(), "view ", shape.to_string(), " of ", shape_.to_string());
+  return Tensor(ptr_, dtype_, device_, shape);
+}
+
+Tensor Tensor::slice(int64_t begin, int64_t end) const {
+  DECO_ASSERT(ndim() >= 1 && 0 <= begin && begin <= end && end <= size(0), "slice ", begin, "..",
+              end, " of ", shape_.to_string());
+  Shape s = shape_;
+  s.dims[0] = end - begin;
+  int64_t row = numel() / size(0);
+  return Tensor(static_cast<char*>(ptr_) + static_cast<size_t>(begin * row) * dtype_size(dtype_),
+                dtype_, device_, s);
+}
+
+Matrix Tensor::matrix() const {
+  DECO_ASSERT(ndim() >= 1, "matrix() of an undefined tensor");
+  Matrix m;
+  m.ptr = ptr_;
+  m.dtype = dtype_;
+  m.device = device_;
+  m.cols = shape_[-1];
+  m.rows = m.cols == 0 ? 0 : numel() / m.cols;
+  m.ld = m.cols;
+  return m;
+}
+
+Buffer::Buffer(DType dtype, Device device, const Shape& shape) { ensure(dtype, device, shape); }
+
+Buffer::~Buffer() { release(); }
+
+Buffer::Buffer(Buffer&& other) noexcept
+    : tensor_(other.tensor_), capacity_bytes_(other.capacity_bytes_) {
+  other.tensor_ = Tensor();
+  other.capacity_bytes_ = 0;
+}
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    release();
+    tensor_ = other.tensor_;
+    capacity_bytes_ = other.capacity_bytes_;
+    other.tensor_ = Tensor();
+    other.capacity_bytes_ = 0;
+  }
+  return *this;
+}
+
+void Buffer::ensure(DType dtype, Device device, const Shape& shape) {
+  if (tensor_.defined() && tensor_.dtype() == dtype && tensor_.device() == device &&
+      tensor_.shape() == shape)
+    return;
+  size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  if (tensor_.raw() != nullptr && tensor_.device() == device && bytes <= capacity_bytes_) {
+    // Reuse the allocation; zero-fill keeps the "fresh buffer is zero" promise.
+    tensor_ = Tensor(tensor_.raw(), dtype, device, shape);
+    device_memset_zero(device, tensor_.raw(), bytes);
+    return;
+  }
+  release();
+  void* ptr = bytes ? device_alloc(device, bytes) : nullptr;
+  if (bytes) device_memset_zero(device, ptr, bytes);
+  tensor_ = Tensor(ptr, dtype, device, shape);
+  capacity_bytes_ = bytes;
+}
+
+void Buffer::release() {
+  if (tensor_.raw() != nullptr) device_free(tensor_.device(), tensor_.raw());
+  tensor_ = Tensor();
+  capacity_bytes_ = 0;
+}
+
+#ifdef DECO_WITH_CUDA
+static void cuda_check(cudaError_t status, const char* what, size_t bytes) {
+  if (status != cudaSuccess)
+    fail("CUDA ", what, " of ", bytes, " bytes failed: ", cudaGetErrorString(status),
+         ". Check that a GPU is visible (nvidia-smi) and has enough free memory.");
+}
+bool cuda_built() { return true; }
+#else
+bool cuda_built() { return false; }
+[[noreturn]] static void no_cuda() {
+  fail("this deco binary was built without CUDA; rebuild on a machine with nvcc (scripts/setup.sh) "
+       "to use a GPU.");
+}
+#endif
+
+void* device_alloc(Device device, size_t bytes) {
+  if (device == Device::CPU) {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void* ptr = std::aligned_alloc(64, rounded);
+    if (ptr == nullptr) fail("out of host memory allocating ", bytes, " bytes.");
+    return ptr;
+  }
+#ifdef DECO_WITH_CUDA
+  void* ptr = nullptr;
+  cuda_check(cudaMalloc(&ptr, bytes), "cudaMalloc", bytes);
+  return ptr;
+#else
+  no_cuda();
+#endif
+}
+
+void device_free(Device device, void* ptr) {
+  if (device == Device::CPU) {
+    std::free(ptr);
+    return;
+  }
+#ifdef DECO_WITH_CUDA
+  cudaFree(ptr);  // never throws from a destructor path; errors surface on the next checked call
+#endif
+}
+
+void device_memset_zero(Device device, void* ptr, size_t bytes) {
+  if (device == Device::CPU) {
+    std::memset(ptr, 0, bytes);
+    return;
+  }
+#ifdef DECO_WITH_CUDA
+  cuda_check(cudaMemset(ptr, 0, bytes), "cudaMemset", bytes);
+#else
+  no_cuda();
+#endif
+}
+
+void device_copy(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes) {
+  if (dst_device == Device::CPU && src_device == Device::CPU) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+#ifdef DECO_WITH_CUDA
+  cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy", bytes);
+#else
+  no_cuda();
+#endif
+}
+
+}  // namespace deco

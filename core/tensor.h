@@ -1,0 +1,140 @@
+// Tensors: non-owning views over dense row-major memory, plus Buffer, the
+// owner. Ops take views, never ownership, so the same op signature serves a
+// slice of the flat parameter buffer, an activation, or a test array, on
+// the CPU or on a GPU.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <type_traits>
+
+#include "core/error.h"
+
+namespace deco {
+
+enum class DType : uint8_t { F32, F64, BF16, I32, I64 };
+enum class Device : uint8_t { CPU, CUDA };
+
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+const char* device_name(Device device);
+
+// Maps a C++ type to its DType, so data<T>() can check what it hands out.
+template <typename T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };
+template <> struct dtype_of<int32_t> { static constexpr DType value = DType::I32; };
+template <> struct dtype_of<int64_t> { static constexpr DType value = DType::I64; };
+
+constexpr int kMaxDims = 4;
+
+struct Shape {
+  std::array<int64_t, kMaxDims> dims{};
+  int ndim = 0;
+
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> list);
+  int64_t numel() const;
+  int64_t operator[](int i) const { return dims[static_cast<size_t>(i < 0 ? ndim + i : i)]; }
+  bool operator==(const Shape& other) const;
+  bool operator!=(const Shape& other) const { return !(*this == other); }
+  std::string to_string() const;  // "[4, 128]"
+};
+
+// A 2-D strided view (row-major, leading dimension `ld` >= cols). GEMMs take
+// these so that one head of a [T, heads*hd] activation or one expert's
+// column block of a [H, E*D] weight is addressed without a copy.
+struct Matrix {
+  void* ptr = nullptr;
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  int64_t rows = 0, cols = 0, ld = 0;
+
+  // Columns [begin, end) of this matrix, same rows and ld.
+  Matrix col_block(int64_t begin, int64_t end) const;
+  // Rows [begin, end) of this matrix.
+  Matrix row_block(int64_t begin, int64_t end) const;
+  template <typename T> T* data() const {
+    DECO_ASSERT(dtype_of<T>::value == dtype, "matrix holds ", dtype_name(dtype));
+    return static_cast<T*>(ptr);
+  }
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  Tensor(void* ptr, DType dtype, Device device, const Shape& shape)
+      : ptr_(ptr), dtype_(dtype), device_(device), shape_(shape) {}
+
+  // An empty Tensor() stands for "not given" in optional op arguments.
+  bool defined() const { return shape_.ndim > 0; }
+  void* raw() const { return ptr_; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return shape_.ndim; }
+  int64_t size(int dim) const { return shape_[dim]; }
+  int64_t numel() const { return shape_.numel(); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+
+  template <typename T> T* data() const {
+    DECO_ASSERT(dtype_of<T>::value == dtype_, "tensor holds ", dtype_name(dtype_), ", asked for ",
+                dtype_name(dtype_of<T>::value));
+    return static_cast<T*>(ptr_);
+  }
+
+  // Same memory, new shape with the same element count.
+  Tensor view(const Shape& shape) const;
+  // Rows [begin, end) along dimension 0.
+  Tensor slice(int64_t begin, int64_t end) const;
+  // The tensor as a [numel / last, last] matrix (a 1-D tensor is one row).
+  Matrix matrix() const;
+
+ private:
+  void* ptr_ = nullptr;
+  DType dtype_ = DType::F32;
+  Device device_ = Device::CPU;
+  Shape shape_;
+};
+
+// Owns one allocation. Moves, never copies (activations and parameter
+// buffers are large, and an accidental copy would be a silent cost).
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(DType dtype, Device device, const Shape& shape);  // zero-filled
+  ~Buffer();
+  Buffer(Buffer&& other) noexcept;
+  Buffer& operator=(Buffer&& other) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  const Tensor& tensor() const { return tensor_; }
+  operator const Tensor&() const { return tensor_; }  // NOLINT: a Buffer is usable wherever a view is
+  template <typename T> T* data() const { return tensor_.data<T>(); }
+  int64_t numel() const { return tensor_.numel(); }
+  const Shape& shape() const { return tensor_.shape(); }
+
+  // Reallocates (zero-filled) only when the shape or dtype changes, so a
+  // training loop that calls this every step allocates once.
+  void ensure(DType dtype, Device device, const Shape& shape);
+
+ private:
+  void release();
+  Tensor tensor_;
+  size_t capacity_bytes_ = 0;
+};
+
+// Raw memory for a device; the CPU side is 64-byte aligned for SIMD.
+void* device_alloc(Device device, size_t bytes);
+void device_free(Device device, void* ptr);
+void device_memset_zero(Device device, void* ptr, size_t bytes);
+void device_copy(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes);
+
+// True when this binary was built with the CUDA backend.
+bool cuda_built();
+
+}  // namespace deco

@@ -1,0 +1,202 @@
+// CPU reference: rotary position embedding and causal grouped-query attention.
+// The reference materializes each head's S x S probabilities (saved for the
+// backward pass); GPU kernels keep only the log-sum-exp instead.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/dispatch.h"
+#include "kernels/math.h"
+#include "kernels/ops.h"
+
+namespace deco::ops {
+namespace {
+
+// x[N, heads, hd], rotated in place; sign = +1 forward, -1 backward.
+template <typename T> void rope_apply(const Tensor& x, const Tensor& table, T sign) {
+  const int64_t n_tokens = x.size(0), heads = x.size(1), hd = x.size(2), half = hd / 2;
+  const int64_t S = table.size(0);
+  T* px = x.data<T>();
+  const T* pt = table.data<T>();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < n_tokens; ++n) {
+    const T* row = pt + (n % S) * half * 2;
+    for (int64_t h = 0; h < heads; ++h) {
+      T* v = px + (n * heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) math::rope_rotate(v[i], v[i + half], row[2 * i], sign * row[2 * i + 1]);
+    }
+  }
+}
+
+// Row-major single-threaded GEMM on strided blocks; called inside the
+// per-head parallel loop (the OpenMP build of OpenBLAS runs serially there).
+inline void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                      int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+inline void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+                      int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+
+template <typename T>
+void attention_forward_cpu(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k,
+                           const Tensor& v, const AttentionShape& s) {
+  const int64_t S = s.seq, hd = s.head_dim, ldq = s.heads * hd, ldk = s.groups * hd;
+  const int64_t heads_per_group = s.heads / s.groups;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const T* pq = q.data<T>();
+  const T* pk = k.data<T>();
+  const T* pv = v.data<T>();
+  T* po = out.data<T>();
+  T* pp = probs.data<T>();
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < s.batch * s.heads; ++bh) {
+    const int64_t b = bh / s.heads, h = bh % s.heads, g = h / heads_per_group;
+    const T* qb = pq + b * S * ldq + h * hd;
+    const T* kb = pk + b * S * ldk + g * hd;
+    const T* vb = pv + b * S * ldk + g * hd;
+    T* P = pp + bh * S * S;
+    // scores = scale * Q K^T; only the lower triangle is used
+    blas_gemm(false, true, S, S, hd, scale, qb, ldq, kb, ldk, T(0), P, S);
+    for (int64_t i = 0; i < S; ++i) {
+      T* row = P + i * S;
+      T mx = row[0];
+      for (int64_t j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
+      T sum = 0;
+      for (int64_t j = 0; j <= i; ++j) {
+        row[j] = std::exp(row[j] - mx);
+        sum += row[j];
+      }
+      const T inv = T(1) / sum;
+      for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
+      for (int64_t j = i + 1; j < S; ++j) row[j] = 0;  // causal mask
+    }
+    blas_gemm(false, false, S, hd, S, T(1), P, S, vb, ldk, T(0), po + b * S * ldq + h * hd, ldq);
+  }
+}
+
+template <typename T>
+void attention_backward_cpu(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                            const Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const AttentionShape& s) {
+  const int64_t S = s.seq, hd = s.head_dim, ldq = s.heads * hd, ldk = s.groups * hd;
+  const int64_t heads_per_group = s.heads / s.groups;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const T* pq = q.data<T>();
+  const T* pk = k.data<T>();
+  const T* pv = v.data<T>();
+  const T* pdo = dout.data<T>();
+  const T* pp = probs.data<T>();
+  T* pdq = dq.data<T>();
+  T* pdk = dk.data<T>();
+  T* pdv = dv.data<T>();
+  // Heads of one kv group accumulate into the same dk/dv block, so the
+  // parallel unit is (batch, group) and its heads run in order.
+#pragma omp parallel
+  {
+    std::vector<T> dP(static_cast<size_t>(S * S));
+#pragma omp for schedule(dynamic)
+    for (int64_t bg = 0; bg < s.batch * s.groups; ++bg) {
+      const int64_t b = bg / s.groups, g = bg % s.groups;
+      const T* kb = pk + b * S * ldk + g * hd;
+      const T* vb = pv + b * S * ldk + g * hd;
+      T* dkb = pdk + b * S * ldk + g * hd;
+      T* dvb = pdv + b * S * ldk + g * hd;
+      for (int64_t h = g * heads_per_group; h < (g + 1) * heads_per_group; ++h) {
+        const T beta = h == g * heads_per_group ? T(0) : T(1);  // first head overwrites
+        const T* P = pp + (b * s.heads + h) * S * S;
+        const T* qb = pq + b * S * ldq + h * hd;
+        const T* dob = pdo + b * S * ldq + h * hd;
+        T* dqb = pdq + b * S * ldq + h * hd;
+        // dV = P^T dO
+        blas_gemm(true, false, S, hd, S, T(1), P, S, dob, ldq, beta, dvb, ldk);
+        // dP = dO V^T, then dScores = P * (dP - rowsum(dP * P))
+        blas_gemm(false, true, S, S, hd, T(1), dob, ldq, vb, ldk, T(0), dP.data(), S);
+        for (int64_t i = 0; i < S; ++i) {
+          T* row = dP.data() + i * S;
+          const T* prow = P + i * S;
+          T dot = 0;
+          for (int64_t j = 0; j <= i; ++j) dot += row[j] * prow[j];
+          for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
+          for (int64_t j = i + 1; j < S; ++j) row[j] = 0;
+        }
+        // dQ = scale * dS K ; dK += scale * dS^T Q
+        blas_gemm(false, false, S, hd, S, scale, dP.data(), S, kb, ldk, T(0), dqb, ldq);
+        blas_gemm(true, false, S, hd, S, scale, dP.data(), S, qb, ldq, beta, dkb, ldk);
+      }
+    }
+  }
+}
+
+void check_attention_shapes(const Tensor& q, const Tensor& k, const Tensor& v,
+                            const AttentionShape& s) {
+  DECO_ASSERT(s.heads % s.groups == 0, "groups must divide heads");
+  DECO_ASSERT(q.numel() == s.batch * s.seq * s.heads * s.head_dim, "q shape ", q.shape().to_string());
+  DECO_ASSERT(k.numel() == s.batch * s.seq * s.groups * s.head_dim, "k shape ", k.shape().to_string());
+  DECO_ASSERT(v.numel() == k.numel(), "v shape ", v.shape().to_string());
+}
+
+}  // namespace
+
+void rope_table(const Tensor& table, double base) {
+  DECO_REQUIRE_CPU(table);
+  const int64_t S = table.size(0), half = table.size(1);
+  const int64_t hd = 2 * half;
+  dispatch_float(table.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    T* p = table.data<T>();
+    for (int64_t pos = 0; pos < S; ++pos)
+      for (int64_t i = 0; i < half; ++i) {
+        const double theta = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
+        const double angle = static_cast<double>(pos) * theta;
+        p[(pos * half + i) * 2] = static_cast<T>(std::cos(angle));
+        p[(pos * half + i) * 2 + 1] = static_cast<T>(std::sin(angle));
+      }
+  });
+}
+
+void rope_forward(const Tensor& x, const Tensor& table) {
+  DECO_REQUIRE_CPU(x);
+  DECO_ASSERT(x.ndim() == 3 && table.size(1) * 2 == x.size(2), "rope_forward shapes");
+  dispatch_float(x.dtype(), [&](auto tag) { rope_apply(x, table, decltype(tag)(1)); });
+}
+
+void rope_backward(const Tensor& dx, const Tensor& table) {
+  DECO_REQUIRE_CPU(dx);
+  DECO_ASSERT(dx.ndim() == 3 && table.size(1) * 2 == dx.size(2), "rope_backward shapes");
+  dispatch_float(dx.dtype(), [&](auto tag) { rope_apply(dx, table, decltype(tag)(-1)); });
+}
+
+Shape attention_saved_shape(Device device, const AttentionShape& s) {
+  if (device == Device::CPU) return Shape{s.batch, s.heads, s.seq, s.seq};
+  return Shape{s.batch, s.heads, s.seq};
+}
+
+void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const AttentionShape& shape) {
+  DECO_REQUIRE_CPU(q);
+  check_attention_shapes(q, k, v, shape);
+  DECO_ASSERT(saved.shape() == attention_saved_shape(Device::CPU, shape), "attention saved shape");
+  dispatch_float(q.dtype(), [&](auto tag) {
+    attention_forward_cpu<decltype(tag)>(out, saved, q, k, v, shape);
+  });
+}
+
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const AttentionShape& shape) {
+  DECO_REQUIRE_CPU(q);
+  check_attention_shapes(q, k, v, shape);
+  dispatch_float(q.dtype(), [&](auto tag) {
+    attention_backward_cpu<decltype(tag)>(dq, dk, dv, dout, saved, q, k, v, shape);
+  });
+}
+
+}  // namespace deco::ops

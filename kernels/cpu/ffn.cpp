@@ -1,0 +1,42 @@
+// CPU reference: SwiGLU.
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/dispatch.h"
+#include "kernels/math.h"
+#include "kernels/ops.h"
+
+namespace deco::ops {
+
+void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
+  DECO_CUDA_DISPATCH(out, cuda::swiglu_forward(out, gate, up));
+  DECO_ASSERT(out.numel() == gate.numel() && gate.numel() == up.numel(), "swiglu_forward shapes");
+  const int64_t n = out.numel();
+  dispatch_float(out.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* pg = gate.data<T>();
+    const T* pu = up.data<T>();
+    T* po = out.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) po[i] = math::silu(pg[i]) * pu[i];
+  });
+}
+
+void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
+                     const Tensor& up) {
+  DECO_CUDA_DISPATCH(dout, cuda::swiglu_backward(dgate, dup, dout, gate, up));
+  const int64_t n = dout.numel();
+  dispatch_float(dout.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* pg = gate.data<T>();
+    const T* pu = up.data<T>();
+    const T* pd = dout.data<T>();
+    T* pdg = dgate.data<T>();
+    T* pdu = dup.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      pdg[i] = pd[i] * pu[i] * math::silu_grad(pg[i]);
+      pdu[i] = pd[i] * math::silu(pg[i]);
+    }
+  });
+}
+
+}  // namespace deco::ops

@@ -1,0 +1,155 @@
+// CPU reference: RMSNorm and the DECO expert activation NormSiLU.
+#include <cmath>
+#include <vector>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/dispatch.h"
+#include "kernels/math.h"
+#include "kernels/ops.h"
+
+namespace deco::ops {
+
+void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
+                     double eps) {
+  DECO_CUDA_DISPATCH(x, cuda::rmsnorm_forward(out, rstd, x, weight, eps));
+  const Matrix m = x.matrix();
+  DECO_ASSERT(weight.numel() == m.cols && rstd.numel() == m.rows && out.numel() == x.numel(),
+              "rmsnorm_forward shapes");
+  dispatch_float(x.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* px = x.data<T>();
+    const T* pw = weight.data<T>();
+    T* po = out.data<T>();
+    T* pr = rstd.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m.rows; ++r) {
+      const T* row = px + r * m.cols;
+      double ss = 0.0;  // statistics in at least double on the CPU (spec: fp32 or better)
+      for (int64_t c = 0; c < m.cols; ++c) ss += static_cast<double>(row[c]) * row[c];
+      const T rs = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(m.cols) + eps));
+      pr[r] = rs;
+      for (int64_t c = 0; c < m.cols; ++c) po[r * m.cols + c] = row[c] * rs * pw[c];
+    }
+  });
+}
+
+void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                      const Tensor& weight, const Tensor& rstd) {
+  DECO_CUDA_DISPATCH(x, cuda::rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
+  const Matrix m = x.matrix();
+  const int64_t cols = m.cols;
+  dispatch_float(x.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* px = x.data<T>();
+    const T* pw = weight.data<T>();
+    const T* pd = dout.data<T>();
+    const T* pr = rstd.data<T>();
+    T* pdx = dx.data<T>();
+    // dx = rs * (w*dy - xhat * mean(w*dy*xhat)), xhat = x*rs
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m.rows; ++r) {
+      const T rs = pr[r];
+      double dot = 0.0;
+      for (int64_t c = 0; c < cols; ++c)
+        dot += static_cast<double>(pw[c] * pd[r * cols + c]) * (px[r * cols + c] * rs);
+      const T mean_dot = static_cast<T>(dot / static_cast<double>(cols));
+      for (int64_t c = 0; c < cols; ++c) {
+        const T xhat = px[r * cols + c] * rs;
+        pdx[r * cols + c] += rs * (pw[c] * pd[r * cols + c] - xhat * mean_dot);
+      }
+    }
+    // dweight = sum over rows of dy * xhat, rows in order (deterministic)
+    T* pdw = dweight.data<T>();
+    for (int64_t r = 0; r < m.rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) pdw[c] += pd[r * cols + c] * px[r * cols + c] * pr[r];
+  });
+}
+
+bool expert_act_has_mean(ExpertAct act) {
+  return act == ExpertAct::NormSilu || act == ExpertAct::NormSiluNorms;
+}
+bool expert_act_has_rms(ExpertAct act) {
+  return act == ExpertAct::NormSilu || act == ExpertAct::NormSiluNoMean;
+}
+
+void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u,
+                      const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
+                      const Tensor& gamma, ExpertAct variant, double eps) {
+  DECO_REQUIRE_CPU(u);
+  const Matrix m = u.matrix();  // [P, D]
+  const int64_t D = m.cols;
+  const bool has_mean = expert_act_has_mean(variant), has_rms = expert_act_has_rms(variant);
+  const int32_t* bt = block_token.defined() ? block_token.data<int32_t>() : nullptr;
+  DECO_ASSERT(bt != nullptr || blocks_per_token > 0, "normsilu_forward needs a block-to-token map");
+  dispatch_float(u.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* pu = u.data<T>();
+    const T* pm = has_mean ? mean.data<T>() : nullptr;
+    const T* pg = has_rms ? gamma.data<T>() : nullptr;
+    T* pa = act.data<T>();
+    T* px = xhat.data<T>();
+    T* pr = has_rms ? rs.data<T>() : nullptr;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < m.rows; ++b) {
+      const int64_t token = bt ? bt[b] : b / blocks_per_token;
+      const T shift = has_mean ? pm[token] : T(0);
+      T* xb = px + b * D;
+      for (int64_t d = 0; d < D; ++d) xb[d] = pu[b * D + d] - shift;
+      if (has_rms) {
+        double ss = 0.0;
+        for (int64_t d = 0; d < D; ++d) ss += static_cast<double>(xb[d]) * xb[d];
+        const T r = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(D) + eps));
+        pr[b] = r;
+        for (int64_t d = 0; d < D; ++d) {
+          xb[d] *= r;
+          pa[b * D + d] = math::silu(xb[d] * pg[d]);
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d) pa[b * D + d] = math::silu(xb[d]);
+      }
+    }
+  });
+}
+
+void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact,
+                       const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
+                       ExpertAct variant) {
+  DECO_REQUIRE_CPU(dact);
+  const Matrix m = dact.matrix();  // [P, D]
+  const int64_t D = m.cols;
+  const bool has_rms = expert_act_has_rms(variant);
+  dispatch_float(dact.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* pda = dact.data<T>();
+    const T* px = xhat.data<T>();
+    T* pdc = dc.data<T>();
+    if (!has_rms) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < m.rows * D; ++i) pdc[i] = pda[i] * math::silu_grad(px[i]);
+    } else {
+      const T* pg = gamma.data<T>();
+      const T* pr = rs.data<T>();
+      // n = xhat*gamma, act = silu(n): dn = dact * silu'(n), dxhat = dn * gamma,
+      // dc = rs * (dxhat - xhat * mean(dxhat * xhat))  (RMSNorm backward per block)
+#pragma omp parallel for schedule(static)
+      for (int64_t b = 0; b < m.rows; ++b) {
+        const T* xb = px + b * D;
+        T* db = pdc + b * D;
+        T dot = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          db[d] = pda[b * D + d] * math::silu_grad(xb[d] * pg[d]) * pg[d];  // dxhat
+          dot += db[d] * xb[d];
+        }
+        const T mean_dot = dot / static_cast<T>(D);
+        for (int64_t d = 0; d < D; ++d) db[d] = pr[b] * (db[d] - xb[d] * mean_dot);
+      }
+      // dgamma = sum over blocks of dn * xhat, blocks in order (deterministic)
+      T* pdg = dgamma.data<T>();
+      for (int64_t b = 0; b < m.rows; ++b)
+        for (int64_t d = 0; d < D; ++d)
+          pdg[d] += pda[b * D + d] * math::silu_grad(px[b * D + d] * pg[d]) * px[b * D + d];
+    }
+  });
+}
+
+}  // namespace deco::ops

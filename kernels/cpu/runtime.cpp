@@ -1,0 +1,31 @@
+#include "kernels/runtime.h"
+
+#include <cblas.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace deco {
+
+void set_cpu_threads(int64_t threads) {
+#ifdef _OPENMP
+  const int n = threads > 0 ? static_cast<int>(threads) : omp_get_num_procs();
+  omp_set_num_threads(n);
+#else
+  const int n = 1;
+#endif
+  openblas_set_num_threads(n);
+}
+
+int64_t cpu_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+const char* cpu_blas_name() { return openblas_get_config(); }
+
+}  // namespace deco

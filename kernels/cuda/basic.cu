@@ -1,0 +1,86 @@
+// CUDA: device query, axpy, GEMM through cuBLAS, embedding lookup.
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/dispatch.h"
+
+namespace deco::cuda {
+namespace {
+
+cublasHandle_t blas_handle() {
+  // One handle per host thread, created on first use and kept for the
+  // process lifetime (creating a handle costs milliseconds).
+  thread_local cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    DECO_CUBLAS_CHECK(cublasCreate(&h));
+    return h;
+  }();
+  return handle;
+}
+
+template <typename T> __global__ void axpy_kernel(T* y, const T* x, T alpha, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] += alpha * x[i];
+}
+
+template <typename T>
+__global__ void embedding_forward_kernel(T* out, const int32_t* tokens, const T* table, int64_t n,
+                                         int64_t hidden) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n * hidden) out[i] = table[tokens[i / hidden] * hidden + i % hidden];
+}
+
+unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+}  // namespace
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return count;
+}
+
+void axpy(const Tensor& y, const Tensor& x, double alpha) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  dispatch_float(y.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    axpy_kernel<T><<<blocks_for(n, 256), 256>>>(y.data<T>(), x.data<T>(), static_cast<T>(alpha), n);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b,
+          double alpha, double beta) {
+  // cuBLAS is column-major: the row-major C = op(A) op(B) is the
+  // column-major C^T = op(B)^T op(A)^T, so B and A swap places.
+  const int m = static_cast<int>(C.rows), n = static_cast<int>(C.cols);
+  const int k = static_cast<int>(trans_a ? A.rows : A.cols);
+  const cublasOperation_t ob = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t oa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if (C.dtype == DType::F32) {
+    const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
+    DECO_CUBLAS_CHECK(cublasSgemm(blas_handle(), ob, oa, n, m, k, &a, B.data<float>(),
+                                  static_cast<int>(B.ld), A.data<float>(), static_cast<int>(A.ld),
+                                  &b, C.data<float>(), static_cast<int>(C.ld)));
+  } else {
+    DECO_CUBLAS_CHECK(cublasDgemm(blas_handle(), ob, oa, n, m, k, &alpha, B.data<double>(),
+                                  static_cast<int>(B.ld), A.data<double>(), static_cast<int>(A.ld),
+                                  &beta, C.data<double>(), static_cast<int>(C.ld)));
+  }
+}
+
+void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) {
+  const int64_t n = tokens.numel(), hidden = table.size(1);
+  if (n == 0) return;
+  dispatch_float(out.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    embedding_forward_kernel<T><<<blocks_for(n * hidden, 256), 256>>>(
+        out.data<T>(), tokens.data<int32_t>(), table.data<T>(), n, hidden);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace deco::cuda

@@ -1,0 +1,179 @@
+// Every op the model runs, behind one backend-neutral signature.
+//
+// Conventions:
+//  - Arguments are Tensor/Matrix views; outputs come first, inputs after.
+//  - Shapes are in the comments: N tokens (batch x sequence, flattened), H
+//    hidden, V vocabulary, E experts, D expert width, P active
+//    (token, expert) pairs.
+//  - "=" outputs are overwritten, "+=" outputs accumulate. Parameter
+//    gradients always accumulate (micro-batches add into one buffer);
+//    activation gradients are overwritten unless the name says accumulate.
+//  - The device of the tensors picks the implementation: kernels/cpu/ is the
+//    readable float32/float64 reference, kernels/cuda/ the fast one.
+//  - Reductions a caller needs on the host (losses, norms) return double.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace deco::ops {
+
+// ---------------------------------------------------------------- basics
+void zero(const Tensor& x);
+// dst = src, converting dtype where they differ (float64 <-> float32 for tests).
+void copy(const Tensor& dst, const Tensor& src);
+// y += alpha * x
+void axpy(const Tensor& y, const Tensor& x, double alpha = 1.0);
+// x *= alpha
+void scale(const Tensor& x, double alpha);
+// sum of x*x in double
+double sum_squares(const Tensor& x);
+// out[N] = mean over the row of x[N, K]
+void row_mean(const Tensor& out, const Tensor& x);
+// out[K] = mean over the rows of x[N, K]
+void col_mean(const Tensor& out, const Tensor& x);
+// out[N] (=) sum_k a[n,k] * b[n,k]
+void row_dot(const Tensor& out, const Tensor& a, const Tensor& b);
+// out[N, K] = x[N, K] * s[N]   (out may alias x)
+void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s);
+// m[R, K] += alpha * v[K] on every row
+void add_to_rows(const Tensor& m, const Tensor& v, double alpha);
+// y[N, K] = x[N, K] - s[N] on every element of row n (out may alias x)
+void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s);
+// out = a * b elementwise
+void mul(const Tensor& out, const Tensor& a, const Tensor& b);
+
+// ---------------------------------------------------------------- GEMM
+// C = alpha * op(A) @ op(B) + beta * C, op = transpose when trans_* is set.
+void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b,
+          double alpha = 1.0, double beta = 0.0);
+
+// Linear layers without bias, weight w[out, in] as the parameter names store it.
+// y[N, out] (= or +=) x[N, in] @ w^T
+void linear_forward(const Tensor& y, const Tensor& x, const Tensor& w, bool accumulate = false);
+// dx[N, in] (= or +=) dy[N, out] @ w
+void linear_backward_input(const Tensor& dx, const Tensor& dy, const Tensor& w, bool accumulate);
+// dw[out, in] += dy^T @ x
+void linear_backward_weight(const Tensor& dw, const Tensor& dy, const Tensor& x);
+
+// ---------------------------------------------------------------- gather / scatter
+// out[P, K] = x[index[p], :]   (index int32[P])
+void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index);
+// y[index[p], :] += src[p, :], applied in increasing p so the result is deterministic
+void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index);
+
+// ---------------------------------------------------------------- embedding
+// out[N, H] = table[tokens[n], :]   (tokens int32[N])
+void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table);
+// dtable[V, H] += scatter of dout[N, H] by tokens, in token order (deterministic)
+void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens);
+
+// ---------------------------------------------------------------- RMSNorm
+// out[N, H] = x / sqrt(mean(x^2) + eps) * weight[H];  rstd[N] = 1 / sqrt(mean(x^2) + eps)
+void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
+                     double eps);
+// dx[N, H] += d/dx (accumulates: x is a residual stream that already carries gradient);
+// dweight[H] += d/dweight
+void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                      const Tensor& weight, const Tensor& rstd);
+
+// ---------------------------------------------------------------- RoPE
+// table[S, hd/2, 2] = (cos, sin) of position p times theta_i = base^(-2i/hd), computed in double.
+void rope_table(const Tensor& table, double base);
+// x[N, heads, hd] rotated in place; token n sits at position n % S (S = table rows).
+void rope_forward(const Tensor& x, const Tensor& table);
+// The gradient through rope_forward, in place (rotation by the opposite angle).
+void rope_backward(const Tensor& dx, const Tensor& table);
+
+// ---------------------------------------------------------------- attention
+struct AttentionShape {
+  int64_t batch, seq, heads, groups, head_dim;  // groups divides heads (GQA)
+};
+// What attention_forward saves for the backward pass, per backend: the CPU
+// reference keeps the probabilities [B, heads, S, S]; a flash-style kernel
+// keeps only the row log-sum-exp [B, heads, S].
+Shape attention_saved_shape(Device device, const AttentionShape& shape);
+// out[B*S, heads*hd] = causal softmax(q k^T / sqrt(hd)) v, head h reading
+// kv group h / (heads / groups). q[B*S, heads*hd], k and v [B*S, groups*hd].
+void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const AttentionShape& shape);
+// dq, dk, dv (=) gradients of out with respect to q, k, v.
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const AttentionShape& shape);
+
+// ---------------------------------------------------------------- SwiGLU
+// out[N, F] = silu(gate) * up
+void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up);
+// dgate, dup (=)
+void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
+                     const Tensor& up);
+
+// ---------------------------------------------------------------- ReLU routing
+// g[N, E] = relu(z) * scale[E]. counts int64[E] (+=) active (z > 0) tokens per expert.
+void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, const Tensor& scale);
+// From dg[N, E] (and dr_extra[N, E], the regularizer's gradient on r = relu(z),
+// when defined): dz[N, E] (=), dscale[E] (+=).
+void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& dg,
+                         const Tensor& dr_extra, const Tensor& z, const Tensor& scale);
+
+// Sparsity regularizers on r = relu(z[N, E]); forward returns the sum over
+// tokens, backward adds coef * d(sum)/dr into dr[N, E].
+// Entropy: p = r / (sum r + 1e-5), H = -sum p log(p + 1e-5).
+double entropy_reg_forward(const Tensor& z);
+void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef);
+// L1: sum_e r_e.
+double l1_reg_forward(const Tensor& z);
+void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef);
+
+// Pairs of the sparse expert path, grouped by expert then ordered by token.
+// From z[N, E]: expert_offsets int32[E+1] (pairs of expert e are
+// [offsets[e], offsets[e+1])), pair_token int32[N*E] and pair_flat int32[N*E]
+// (= token*E + expert) filled in their first P entries. Returns P. On a GPU
+// the count comes back to the host (one sync per layer).
+int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token,
+                      const Tensor& pair_flat, const Tensor& z);
+
+// ---------------------------------------------------------------- NormSiLU
+enum class ExpertAct { NormSilu, NormSiluNoMean, NormSiluNorms, Silu };
+bool expert_act_has_mean(ExpertAct act);   // subtracts the mean over all E*D entries
+bool expert_act_has_rms(ExpertAct act);    // per-expert RMS step with the shared gamma
+
+// Activation of expert blocks. u[P, D] holds P blocks (one per token-expert
+// pair); block b belongs to token block_token[b] (int32[P]), or, when
+// block_token is undefined, to token b / blocks_per_token (the dense layout
+// [N, E*D] viewed as [N*E, D]). mean[N] is each token's mean over all E*D
+// up-projection entries (ignored by variants without the mean step).
+//   c = u - mean;  xhat = c * rs, rs = 1/sqrt(mean_d(c^2) + eps);  act = silu(xhat * gamma)
+// Saves xhat[P, D] (c when there is no RMS step) and rs[P] for the backward.
+void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u,
+                      const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
+                      const Tensor& gamma, ExpertAct variant, double eps);
+// dc[P, D] (=) gradient with respect to c = u - mean (the mean's backward
+// couples blocks and is the caller's); dgamma[D] (+=).
+void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact,
+                       const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
+                       ExpertAct variant);
+
+// ---------------------------------------------------------------- LM head + loss
+// Cross-entropy of logits = x[N, H] @ w[V, H]^T against targets int32[N],
+// computed `logits.size(0)` tokens at a time in the workspace logits[C, V]
+// so the full [N, V] matrix never exists. Returns the summed loss. When dx
+// is defined: dx[N, H] (=) grad_scale * dloss/dx and dw[V, H] (+=)
+// grad_scale * dloss/dw.
+double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& logits,
+                             const Tensor& x, const Tensor& w, const Tensor& targets,
+                             double grad_scale);
+
+// ---------------------------------------------------------------- optimizer
+struct AdamWStep {
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;        // 1-based, for bias correction
+  double grad_scale;   // multiplies the gradient first (clipping)
+};
+// PyTorch/Megatron AdamW: p -= lr*wd*p (decoupled), then the Adam update.
+void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  const AdamWStep& hp, bool decay);
+
+}  // namespace deco::ops

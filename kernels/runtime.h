@@ -1,0 +1,14 @@
+// Process-wide settings of the compute backends.
+#pragma once
+
+#include <cstdint>
+
+namespace deco {
+
+// Threads for the CPU backend (OpenMP loops and BLAS); 0 = every core.
+void set_cpu_threads(int64_t threads);
+int64_t cpu_threads();
+// The BLAS library the CPU backend was linked with, for the start-up banner.
+const char* cpu_blas_name();
+
+}  // namespace deco

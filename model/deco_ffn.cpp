@@ -1,0 +1,294 @@
+#include "model/deco_ffn.h"
+
+#include <algorithm>
+
+namespace deco {
+namespace {
+
+Param optional_param(const ParamStore& values, const ParamStore& grads, const std::string& name) {
+  return values.layout().find(name) ? bind_param(values, grads, name) : Param{};
+}
+
+}  // namespace
+
+DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStore& grads, int64_t layer)
+    : E_(c.num_experts),
+      D_(c.moe_ffn_hidden_size),
+      act_kind_(c.expert_act),
+      gated_(c.expert_gated),
+      compute_(c.expert_compute),
+      eps_(c.norm_epsilon),
+      router_(bind_param(values, grads, layer_param(layer, "mlp.moe_router.weight"))),
+      scale_(bind_param(values, grads, layer_param(layer, "mlp.router_norm.weight"))),
+      act_proj_(bind_param(values, grads,
+                           layer_param(layer, c.expert_gated ? "mlp.expert_gate_proj.weight"
+                                                             : "mlp.expert_up_proj.weight"))),
+      lin_proj_(c.expert_gated ? bind_param(values, grads, layer_param(layer, "mlp.expert_up_proj.weight"))
+                               : Param{}),
+      down_(bind_param(values, grads, layer_param(layer, "mlp.expert_down_proj.weight"))),
+      gamma_(optional_param(values, grads, layer_param(layer, "mlp.expert_act.rms_norm.weight"))),
+      shared_(c.moe_shared_expert_intermediate_size > 0
+                  ? std::make_unique<SwigluFfn>(values, grads, layer_param(layer, "mlp.shared_experts."))
+                  : nullptr) {
+  const Tensor& w = act_proj_.value;
+  w_bar_.ensure(w.dtype(), w.device(), Shape{1, w.size(1)});
+  offsets_.ensure(DType::I32, Device::CPU, Shape{E_ + 1});
+}
+
+void DecoFfn::refresh_derived() { ops::col_mean(w_bar_, act_proj_.value); }
+
+DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg) {
+  const int64_t N = x.size(0);
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  z_.ensure(dt, dev, Shape{N, E_});
+  g_.ensure(dt, dev, Shape{N, E_});
+  Buffer counts(DType::I64, dev, Shape{E_});
+
+  // Router in full precision (the spec keeps it fp32 even under bf16 training).
+  ops::linear_forward(z_, x, router_.value);
+  ops::relu_route_forward(g_, counts, z_, scale_.value);
+
+  DecoLayerStats stats;
+  stats.tokens = N;
+  stats.expert_tokens.assign(static_cast<size_t>(E_), 0);
+  device_copy(Device::CPU, stats.expert_tokens.data(), dev, counts.tensor().raw(),
+              static_cast<size_t>(E_) * sizeof(int64_t));
+  for (int64_t c : stats.expert_tokens) stats.active_pairs += c;
+  if (reg == RegType::Entropy) stats.reg_sum = ops::entropy_reg_forward(z_);
+  if (reg == RegType::L1) stats.reg_sum = ops::l1_reg_forward(z_);
+
+  if (shared_)
+    shared_->forward(y, x, false);
+  else
+    ops::zero(y);
+  if (compute_ == ExpertCompute::Dense)
+    experts_forward_dense(y, x);
+  else
+    experts_forward_sparse(y, x);
+  return stats;
+}
+
+void DecoFfn::activation_forward(const Tensor& block_token, int64_t blocks_per_token) {
+  const int64_t rows = pre_.numel() / D_;  // N*E blocks (dense) or P pairs (sparse)
+  const Tensor pre = pre_.tensor().view(Shape{rows, D_});
+  const DType dt = pre.dtype();
+  const Device dev = pre.device();
+  xhat_.ensure(dt, dev, Shape{rows, D_});
+  rs_.ensure(dt, dev, Shape{rows});
+  actn_.ensure(dt, dev, Shape{rows, D_});
+  ga_.ensure(dt, dev, Shape{rows, D_});
+  ops::normsilu_forward(actn_, xhat_, rs_, pre, mean_.tensor(), block_token, blocks_per_token,
+                        gamma_.value, act_kind_, eps_);
+  if (gated_) {
+    act_.ensure(dt, dev, Shape{rows, D_});
+    ops::mul(act_, actn_, lin_.tensor().view(Shape{rows, D_}));
+  }
+  // Block b of the activation is scaled by its expert's score g (0 when inactive).
+  ops::scale_rows(ga_, gated_ ? act_.tensor() : actn_.tensor(), gscale_);
+}
+
+void DecoFfn::experts_forward_dense(const Tensor& y, const Tensor& x) {
+  const int64_t N = x.size(0), ED = E_ * D_;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  pre_.ensure(dt, dev, Shape{N, ED});
+  ops::linear_forward(pre_, x, act_proj_.value);
+  if (gated_) {
+    lin_.ensure(dt, dev, Shape{N, ED});
+    ops::linear_forward(lin_, x, lin_proj_.value);
+  }
+  if (ops::expert_act_has_mean(act_kind_)) {
+    mean_.ensure(dt, dev, Shape{N});
+    ops::row_mean(mean_, pre_);
+  }
+  gscale_.ensure(dt, dev, Shape{N * E_});
+  ops::copy(gscale_, g_);
+  activation_forward(Tensor(), E_);
+  ops::linear_forward(y, ga_.tensor().view(Shape{N, ED}), down_.value, /*accumulate=*/true);
+}
+
+void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
+  const int64_t N = x.size(0), H = x.size(1);
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  pair_token_.ensure(DType::I32, dev, Shape{N * E_});
+  pair_flat_.ensure(DType::I32, dev, Shape{N * E_});
+  pairs_ = ops::build_routing(offsets_, pair_token_, pair_flat_, z_);
+  host_offsets_.assign(offsets_.data<int32_t>(), offsets_.data<int32_t>() + E_ + 1);
+  const int64_t P = pairs_;
+
+  pre_.ensure(dt, dev, Shape{P, D_});
+  if (gated_) lin_.ensure(dt, dev, Shape{P, D_});
+  if (ops::expert_act_has_mean(act_kind_)) {
+    mean_.ensure(dt, dev, Shape{N, 1});
+    ops::linear_forward(mean_, x, w_bar_);  // mean(u) = h . w_bar, no expert computed
+  }
+  xe_.ensure(dt, dev, Shape{N, H});
+  for (int64_t e = 0; e < E_; ++e) {
+    const int64_t o0 = host_offsets_[static_cast<size_t>(e)], o1 = host_offsets_[static_cast<size_t>(e) + 1];
+    if (o0 == o1) continue;
+    const Tensor xe = xe_.tensor().slice(0, o1 - o0);
+    ops::gather_rows(xe, x, pair_token_.tensor().slice(o0, o1));
+    ops::linear_forward(pre_.tensor().slice(o0, o1), xe, act_proj_.value.slice(e * D_, (e + 1) * D_));
+    if (gated_)
+      ops::linear_forward(lin_.tensor().slice(o0, o1), xe, lin_proj_.value.slice(e * D_, (e + 1) * D_));
+  }
+  gscale_.ensure(dt, dev, Shape{P, 1});
+  ops::gather_rows(gscale_, g_.tensor().view(Shape{N * E_, 1}), pair_flat_);
+  activation_forward(pair_token_.tensor().slice(0, P), 0);
+
+  ye_.ensure(dt, dev, Shape{N, H});
+  const Matrix down = down_.value.matrix();  // [H, E*D]
+  for (int64_t e = 0; e < E_; ++e) {
+    const int64_t o0 = host_offsets_[static_cast<size_t>(e)], o1 = host_offsets_[static_cast<size_t>(e) + 1];
+    if (o0 == o1) continue;
+    const Tensor ye = ye_.tensor().slice(0, o1 - o0);
+    ops::gemm(ye.matrix(), ga_.tensor().slice(o0, o1).matrix(), false, down.col_block(e * D_, (e + 1) * D_), true);
+    ops::scatter_add_rows(y, ye, pair_token_.tensor().slice(o0, o1));
+  }
+}
+
+void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg,
+                       double reg_grad_coef) {
+  const int64_t N = x.size(0);
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  if (shared_)
+    shared_->backward(dx, dy, x, false);
+  else
+    ops::zero(dx);
+
+  dg_.ensure(dt, dev, Shape{N, E_});
+  if (compute_ == ExpertCompute::Dense)
+    experts_backward_dense(dx, dy, x);
+  else
+    experts_backward_sparse(dx, dy, x);
+
+  // Router: g = relu(z) * s, z = x W_r^T, plus the regularizer's gradient on r.
+  Tensor dr;
+  if (reg != RegType::None) {
+    dr_.ensure(dt, dev, Shape{N, E_});
+    ops::zero(dr_);
+    if (reg == RegType::Entropy) ops::entropy_reg_backward(dr_, z_, reg_grad_coef);
+    if (reg == RegType::L1) ops::l1_reg_backward(dr_, z_, reg_grad_coef);
+    dr = dr_;
+  }
+  dz_.ensure(dt, dev, Shape{N, E_});
+  ops::relu_route_backward(dz_, scale_.grad, dg_, dr, z_, scale_.value);
+  ops::linear_backward_weight(router_.grad, dz_, x);
+  ops::linear_backward_input(dx, dz_, router_.value, true);
+}
+
+void DecoFfn::activation_backward() {
+  const Tensor act = gated_ ? act_.tensor() : actn_.tensor();
+  const int64_t rows = act.size(0);
+  const DType dt = act.dtype();
+  const Device dev = act.device();
+  // q_ holds d(ga); ga = act * gscale: d(gscale) = rowdot(q, act), dact = q * gscale
+  dgs_.ensure(dt, dev, Shape{rows});
+  dact_.ensure(dt, dev, Shape{rows, D_});
+  const Tensor q = q_.tensor().view(Shape{rows, D_});
+  ops::row_dot(dgs_, q, act);
+  ops::scale_rows(dact_, q, gscale_);
+  if (gated_) {  // act = actn * lin
+    dlin_.ensure(dt, dev, Shape{rows, D_});
+    ops::mul(dlin_, dact_, actn_);
+    ops::mul(dact_, dact_, lin_.tensor().view(Shape{rows, D_}));
+  }
+  dc_.ensure(dt, dev, Shape{rows, D_});
+  ops::normsilu_backward(dc_, gamma_.grad, dact_, xhat_, rs_, gamma_.value, act_kind_);
+}
+
+void DecoFfn::experts_backward_dense(const Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const int64_t N = x.size(0), ED = E_ * D_;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  const Tensor ga = ga_.tensor().view(Shape{N, ED});
+  q_.ensure(dt, dev, Shape{N, ED});
+  ops::linear_backward_input(q_, dy, down_.value, false);
+  ops::linear_backward_weight(down_.grad, dy, ga);
+  activation_backward();
+  ops::copy(dg_, dgs_);
+
+  const Tensor dc = dc_.tensor().view(Shape{N, ED});
+  if (ops::expert_act_has_mean(act_kind_)) {  // c = u - mean(u): du = dc - mean(dc)
+    kappa_.ensure(dt, dev, Shape{N});
+    ops::row_mean(kappa_, dc);
+    ops::sub_row_scalar(dc, dc, kappa_);
+  }
+  ops::linear_backward_weight(act_proj_.grad, dc, x);
+  ops::linear_backward_input(dx, dc, act_proj_.value, true);
+  if (gated_) {
+    const Tensor dlin = dlin_.tensor().view(Shape{N, ED});
+    ops::linear_backward_weight(lin_proj_.grad, dlin, x);
+    ops::linear_backward_input(dx, dlin, lin_proj_.value, true);
+  }
+}
+
+void DecoFfn::experts_backward_sparse(const Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const int64_t N = x.size(0), H = x.size(1), P = pairs_;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  const Matrix down = down_.value.matrix();
+  const Matrix ddown = down_.grad.matrix();
+  auto pair_range = [&](int64_t e) {
+    return std::make_pair(static_cast<int64_t>(host_offsets_[static_cast<size_t>(e)]),
+                          static_cast<int64_t>(host_offsets_[static_cast<size_t>(e) + 1]));
+  };
+
+  // Through the down-projection, one expert at a time over its own tokens.
+  q_.ensure(dt, dev, Shape{P, D_});
+  for (int64_t e = 0; e < E_; ++e) {
+    const auto [o0, o1] = pair_range(e);
+    if (o0 == o1) continue;
+    const Tensor dye = ye_.tensor().slice(0, o1 - o0);
+    ops::gather_rows(dye, dy, pair_token_.tensor().slice(o0, o1));
+    const Matrix block = down.col_block(e * D_, (e + 1) * D_);  // [H, D]
+    ops::gemm(q_.tensor().slice(o0, o1).matrix(), dye.matrix(), false, block, false);
+    ops::gemm(ddown.col_block(e * D_, (e + 1) * D_), dye.matrix(), true,
+              ga_.tensor().slice(o0, o1).matrix(), false, 1.0, 1.0);
+  }
+  activation_backward();
+  ops::zero(dg_);
+  ops::scatter_add_rows(dg_.tensor().view(Shape{N * E_, 1}), dgs_.tensor().view(Shape{P, 1}), pair_flat_);
+
+  // Through the up (and gate) projections of the active pairs.
+  for (int64_t e = 0; e < E_; ++e) {
+    const auto [o0, o1] = pair_range(e);
+    if (o0 == o1) continue;
+    const Tensor index = pair_token_.tensor().slice(o0, o1);
+    const Tensor xe = xe_.tensor().slice(0, o1 - o0);
+    const Tensor dxe = ye_.tensor().slice(0, o1 - o0);
+    ops::gather_rows(xe, x, index);
+    const Tensor dc = dc_.tensor().slice(o0, o1);
+    ops::linear_backward_weight(act_proj_.grad.slice(e * D_, (e + 1) * D_), dc, xe);
+    ops::linear_backward_input(dxe, dc, act_proj_.value.slice(e * D_, (e + 1) * D_), false);
+    if (gated_) {
+      const Tensor dl = dlin_.tensor().slice(o0, o1);
+      ops::linear_backward_weight(lin_proj_.grad.slice(e * D_, (e + 1) * D_), dl, xe);
+      ops::linear_backward_input(dxe, dl, lin_proj_.value.slice(e * D_, (e + 1) * D_), true);
+    }
+    ops::scatter_add_rows(dx, dxe, index);
+  }
+
+  // The mean over all E*D entries: du_j = dc_j - kappa for every entry j of
+  // the token (zero dc for inactive experts), kappa = sum(dc) / (E*D). Its
+  // share on the weights is rank one, -1 (x) sum_t kappa_t x_t, and on the
+  // input -E*D * kappa_t * w_bar.
+  if (ops::expert_act_has_mean(act_kind_)) {
+    row_means_.ensure(dt, dev, Shape{P, 1});
+    kappa_.ensure(dt, dev, Shape{N, 1});
+    kvec_.ensure(dt, dev, Shape{1, H});
+    ops::row_mean(row_means_, dc_);
+    ops::zero(kappa_);
+    ops::scatter_add_rows(kappa_, row_means_, pair_token_);
+    ops::scale(kappa_, 1.0 / static_cast<double>(E_));  // sum of row means * D / (E*D)
+    ops::gemm(kvec_.tensor().matrix(), kappa_.tensor().matrix(), true, x.matrix(), false);
+    ops::add_to_rows(act_proj_.grad, kvec_, -1.0);
+    ops::gemm(dx.matrix(), kappa_.tensor().matrix(), false, w_bar_.tensor().matrix(), false,
+              -static_cast<double>(E_ * D_), 1.0);
+  }
+}
+
+}  // namespace deco

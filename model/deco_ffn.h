@@ -1,0 +1,81 @@
+// The DECO layer (deco-model.md section 2): a ReLU router with learnable
+// expert scales, E routed experts of width D with the NormSiLU activation,
+// and an always-on shared SwiGLU expert.
+//
+// Two exact compute paths (ModelConfig::expert_compute):
+//  - dense: every expert is computed and the zero scores of inactive ones
+//    mask them; the activations live in [N, E*D] matrices.
+//  - sparse: only active (token, expert) pairs are computed: tokens are
+//    grouped by expert, each expert runs GEMMs over its own tokens, and the
+//    results are scattered back. NormSiLU's mean over all E*D entries comes
+//    from the precomputed mean row w_bar of the up-projection (mean(u) =
+//    h . w_bar); in the backward pass the mean gives every row of that
+//    projection the same rank-one gradient, added once at the end.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "model/params.h"
+#include "model/swiglu_ffn.h"
+
+namespace deco {
+
+struct DecoLayerStats {
+  int64_t tokens = 0;
+  int64_t active_pairs = 0;                 // (token, expert) pairs with z > 0
+  std::vector<int64_t> expert_tokens;       // [E] active tokens per expert
+  double reg_sum = 0.0;                     // regularizer summed over tokens, before any coefficient
+};
+
+class DecoFfn {
+ public:
+  DecoFfn(const ModelConfig& config, const ParamStore& values, const ParamStore& grads, int64_t layer);
+
+  // Recomputes state derived from the weights (the mean row w_bar). Call
+  // after every change to the weights (optimizer step, load).
+  void refresh_derived();
+
+  // y[N, H] (=) DECO FFN of x[N, H]; `reg` picks which regularizer value to report.
+  DecoLayerStats forward(const Tensor& y, const Tensor& x, RegType reg);
+  // dx[N, H] (=) from dy; accumulates parameter gradients. reg_grad_coef is
+  // d(loss)/d(reg_sum): lambda * loss scale / (num_layers * N).
+  void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg, double reg_grad_coef);
+
+ private:
+  void experts_forward_dense(const Tensor& y, const Tensor& x);
+  void experts_forward_sparse(const Tensor& y, const Tensor& x);
+  void experts_backward_dense(const Tensor& dx, const Tensor& dy, const Tensor& x);
+  void experts_backward_sparse(const Tensor& dx, const Tensor& dy, const Tensor& x);
+  // NormSiLU (and the gate product) from pre_/lin_ into act_, shared by both paths.
+  void activation_forward(const Tensor& block_token, int64_t blocks_per_token);
+  // From dact_ to dc_ (and dlin_), shared by both paths.
+  void activation_backward();
+
+  int64_t E_, D_;
+  ops::ExpertAct act_kind_;
+  bool gated_;
+  ExpertCompute compute_;
+  double eps_;
+
+  Param router_, scale_, act_proj_, lin_proj_, down_, gamma_;  // act_proj_ feeds NormSiLU:
+  // the up-projection, or the gate projection in the gated variant (lin_proj_ is then the up one)
+  std::unique_ptr<SwigluFfn> shared_;  // absent when moe_shared_expert_intermediate_size is 0
+  Buffer w_bar_;  // [1, H] mean row of act_proj_
+
+  // Saved by forward. Expert activations are [rows, D] with rows = N*E
+  // blocks (dense) or P pairs (sparse).
+  Buffer z_, g_;                   // router pre-activation and scores [N, E]
+  Buffer pre_, lin_, mean_;        // projections [rows, D], token means [N]
+  Buffer xhat_, rs_, actn_, act_;  // NormSiLU state, NormSiLU output, final activation
+  Buffer gscale_, ga_;             // score per block [rows], act scaled by it [rows, D]
+  // Sparse routing: pairs grouped by expert (ops::build_routing).
+  Buffer offsets_, pair_token_, pair_flat_;
+  int64_t pairs_ = 0;
+  std::vector<int32_t> host_offsets_;
+  // Backward temporaries.
+  Buffer q_, dgs_, dact_, dc_, dlin_, kappa_, row_means_, dg_, dr_, dz_, kvec_;
+  Buffer xe_, ye_;  // per-expert gathered rows [<= N, H]
+};
+
+}  // namespace deco

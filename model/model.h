@@ -1,0 +1,77 @@
+// The DECO transformer (deco-model.md section 1): embedding, pre-norm
+// decoder layers (attention + dense SwiGLU or DECO FFN), final RMSNorm,
+// untied LM head and cross-entropy, with an explicit backward pass.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "model/attention.h"
+#include "model/deco_ffn.h"
+#include "model/params.h"
+#include "model/swiglu_ffn.h"
+
+namespace deco {
+
+struct StepOptions {
+  RegType reg = RegType::Entropy;
+  double reg_coef = 0.0;    // lambda, the sparsity coefficient
+  double grad_scale = 1.0;  // multiplies every gradient (1 / micro-batches per optimizer step)
+  bool backward = true;     // false: loss and statistics only
+};
+
+struct StepResult {
+  double lm_loss_sum = 0.0;  // cross-entropy summed over target tokens
+  int64_t tokens = 0;        // target tokens
+  double reg_loss = 0.0;     // lambda * sum over DECO layers of mean_tokens(reg) / num_layers
+  double reg_value = 0.0;    // the same without lambda (tells the regularizer's state when lambda is tiny)
+  std::vector<DecoLayerStats> deco_layers;  // one per DECO layer, in layer order
+
+  double lm_loss() const { return tokens ? lm_loss_sum / static_cast<double>(tokens) : 0.0; }
+  int64_t active_pairs() const;
+  int64_t routed_slots() const;  // tokens x experts, summed over DECO layers
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& config, DType dtype, Device device);
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  ParamStore& params() { return params_; }
+  ParamStore& grads() { return grads_; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  // Initializes every parameter (deco-model.md section 4) and derived state.
+  void init(uint64_t seed);
+  // Recomputes state derived from the weights; call after any weight change.
+  void refresh_derived();
+
+  // One micro-batch: tokens is int32 [B, S+1] in host memory (inputs are
+  // the first S columns, targets the last S). With options.backward, adds
+  // the gradient of options.grad_scale * (mean lm loss + reg loss) into grads().
+  StepResult step(const Tensor& tokens, const StepOptions& options);
+
+ private:
+  struct Layer;
+
+  ModelConfig config_;
+  DType dtype_;
+  Device device_;
+  ParamLayout layout_;
+  ParamStore params_, grads_;
+  Param embed_, final_norm_, lm_head_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  Buffer rope_;  // [seq_length, head_dim/2, 2]
+
+  // Activations for the current micro-batch shape.
+  Buffer inputs_, targets_;   // int32 [N]
+  Buffer residual_final_, normed_final_, rstd_final_;
+  Buffer logits_;             // [chunk, V] workspace of the fused LM head
+  Buffer branch_out_;         // [N, H] attention or FFN output before the residual add
+  Buffer dresidual_, dnormed_;  // [N, H] backward
+};
+
+}  // namespace deco

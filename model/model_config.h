@@ -1,0 +1,53 @@
+// The model's hyperparameters: model/ depends on nothing but this struct;
+// trainer/config.cpp fills it from YAML (with Megatron's key names) and
+// validates it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/ops.h"
+
+namespace deco {
+
+// How a DECO layer computes its routed experts (engineering.md): "dense"
+// computes all E experts and lets the zero scores mask them, as the authors'
+// code does; "sparse" computes only the active (token, expert) pairs. Both
+// are exact and agree to rounding.
+enum class ExpertCompute { Dense, Sparse };
+
+// Sparsity regularizer on the router's ReLU outputs (deco-model.md section 3).
+enum class RegType { None, Entropy, L1 };
+
+struct ModelConfig {
+  int64_t num_layers = 0;
+  int64_t hidden_size = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_query_groups = 0;
+  int64_t ffn_hidden_size = 0;        // dense SwiGLU width
+  int64_t vocab_size = 0;
+  int64_t seq_length = 0;
+  double norm_epsilon = 1e-5;
+  double rotary_base = 10000.0;
+  double init_method_std = 0.01;
+  int64_t num_experts = 0;            // 0: a dense model
+  int64_t moe_ffn_hidden_size = 64;   // routed expert width D
+  int64_t moe_shared_expert_intermediate_size = 128;  // shared expert width S
+  int64_t dense_layers = 1;           // leading layers that keep a dense FFN
+  ops::ExpertAct expert_act = ops::ExpertAct::NormSilu;
+  bool expert_gated = false;
+  double router_scale_init = 0.1;
+  ExpertCompute expert_compute = ExpertCompute::Sparse;
+
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  bool is_deco_layer(int64_t layer) const { return num_experts > 0 && layer >= dense_layers; }
+  int64_t num_deco_layers() const;
+  // Width of the routed up-projection, E * D.
+  int64_t expert_rows() const { return num_experts * moe_ffn_hidden_size; }
+};
+
+const char* expert_act_name(ops::ExpertAct act);
+const char* expert_compute_name(ExpertCompute mode);
+const char* reg_type_name(RegType type);
+
+}  // namespace deco

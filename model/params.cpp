@@ -1,0 +1,178 @@
+#include "model/params.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/rng.h"
+#include "kernels/ops.h"
+
+namespace deco {
+namespace {
+
+// Parameters start on 64-element boundaries so vectorized GPU kernels and
+// per-parameter collectives see aligned memory.
+constexpr int64_t kAlign = 64;
+int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+}  // namespace
+
+int64_t ModelConfig::num_deco_layers() const {
+  int64_t n = 0;
+  for (int64_t l = 0; l < num_layers; ++l) n += is_deco_layer(l);
+  return n;
+}
+
+const char* expert_act_name(ops::ExpertAct act) {
+  switch (act) {
+    case ops::ExpertAct::NormSilu: return "norm_silu";
+    case ops::ExpertAct::NormSiluNoMean: return "norm_silu_nomean";
+    case ops::ExpertAct::NormSiluNorms: return "norm_silu_norms";
+    case ops::ExpertAct::Silu: return "silu";
+  }
+  return "?";
+}
+
+const char* expert_compute_name(ExpertCompute mode) {
+  return mode == ExpertCompute::Dense ? "dense" : "sparse";
+}
+
+const char* reg_type_name(RegType type) {
+  switch (type) {
+    case RegType::None: return "none";
+    case RegType::Entropy: return "entropy";
+    case RegType::L1: return "l1";
+  }
+  return "?";
+}
+
+std::string layer_param(int64_t layer, const std::string& suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+ParamLayout::ParamLayout(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, hd = c.head_dim();
+  auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, InitKind init, bool expert) {
+    ParamSpec s;
+    s.name = name;
+    s.shape = Shape{rows, cols};
+    s.init = init;
+    s.expert = expert;
+    specs_.push_back(s);
+  };
+  auto vector = [&](const std::string& name, int64_t n, double value) {
+    ParamSpec s;
+    s.name = name;
+    s.shape = Shape{n};
+    s.init = InitKind::Constant;
+    s.init_value = value;
+    s.weight_decay = false;
+    specs_.push_back(s);
+  };
+
+  matrix("model.embed_tokens.weight", c.vocab_size, H, InitKind::Normal, false);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    vector(layer_param(l, "input_layernorm.weight"), H, 1.0);
+    matrix(layer_param(l, "self_attn.q_proj.weight"), c.num_attention_heads * hd, H, InitKind::Normal, false);
+    matrix(layer_param(l, "self_attn.k_proj.weight"), c.num_query_groups * hd, H, InitKind::Normal, false);
+    matrix(layer_param(l, "self_attn.v_proj.weight"), c.num_query_groups * hd, H, InitKind::Normal, false);
+    matrix(layer_param(l, "self_attn.o_proj.weight"), H, c.num_attention_heads * hd, InitKind::ScaledNormal, false);
+    vector(layer_param(l, "post_attention_layernorm.weight"), H, 1.0);
+    if (!c.is_deco_layer(l)) {
+      matrix(layer_param(l, "mlp.gate_proj.weight"), c.ffn_hidden_size, H, InitKind::Normal, false);
+      matrix(layer_param(l, "mlp.up_proj.weight"), c.ffn_hidden_size, H, InitKind::Normal, false);
+      matrix(layer_param(l, "mlp.down_proj.weight"), H, c.ffn_hidden_size, InitKind::ScaledNormal, false);
+      continue;
+    }
+    const int64_t ED = c.expert_rows(), S = c.moe_shared_expert_intermediate_size;
+    matrix(layer_param(l, "mlp.moe_router.weight"), c.num_experts, H, InitKind::Normal, false);
+    vector(layer_param(l, "mlp.router_norm.weight"), c.num_experts, c.router_scale_init);
+    matrix(layer_param(l, "mlp.expert_up_proj.weight"), ED, H, InitKind::Normal, true);
+    if (c.expert_gated)
+      matrix(layer_param(l, "mlp.expert_gate_proj.weight"), ED, H, InitKind::Normal, true);
+    // The reference code initializes expert_down_proj with the plain std (deco-model.md section 4).
+    matrix(layer_param(l, "mlp.expert_down_proj.weight"), H, ED, InitKind::Normal, true);
+    // gamma belongs to the per-expert RMS step; variants without it have no gamma.
+    if (ops::expert_act_has_rms(c.expert_act))
+      vector(layer_param(l, "mlp.expert_act.rms_norm.weight"), c.moe_ffn_hidden_size, 1.0);
+    if (S > 0) {
+      matrix(layer_param(l, "mlp.shared_experts.gate_proj.weight"), S, H, InitKind::Normal, false);
+      matrix(layer_param(l, "mlp.shared_experts.up_proj.weight"), S, H, InitKind::Normal, false);
+      matrix(layer_param(l, "mlp.shared_experts.down_proj.weight"), H, S, InitKind::ScaledNormal, false);
+    }
+  }
+  vector("model.norm.weight", H, 1.0);
+  matrix("lm_head.weight", c.vocab_size, H, InitKind::Normal, false);
+
+  // Offsets: dense region first, then the expert region.
+  for (ParamSpec& s : specs_)
+    if (!s.expert) {
+      s.offset = dense_numel_;
+      dense_numel_ += align_up(s.shape.numel());
+    }
+  for (ParamSpec& s : specs_)
+    if (s.expert) {
+      s.offset = dense_numel_ + expert_numel_;
+      expert_numel_ += align_up(s.shape.numel());
+    }
+}
+
+const ParamSpec* ParamLayout::find(const std::string& name) const {
+  for (const ParamSpec& s : specs_)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+const ParamSpec& ParamLayout::spec(const std::string& name) const {
+  const ParamSpec* s = find(name);
+  DECO_ASSERT(s != nullptr, "no parameter named ", name);
+  return *s;
+}
+
+int64_t ParamLayout::num_parameters() const {
+  int64_t n = 0;
+  for (const ParamSpec& s : specs_) n += s.shape.numel();
+  return n;
+}
+
+ParamStore::ParamStore(const ParamLayout& layout, DType dtype, Device device)
+    : layout_(&layout), buffer_(dtype, device, Shape{layout.total_numel()}) {}
+
+Tensor ParamStore::get(const ParamSpec& spec) const {
+  return flat().slice(spec.offset, spec.offset + spec.shape.numel()).view(spec.shape);
+}
+
+void init_params(const ParamStore& store, const ModelConfig& config, uint64_t seed) {
+  const double scaled_std = config.init_method_std / std::sqrt(2.0 * static_cast<double>(config.num_layers));
+  for (const ParamSpec& spec : store.layout().specs()) {
+    // Values are drawn in double on the host, then copied in the store's
+    // dtype and device, so every backend starts from the same numbers.
+    std::vector<double> values(static_cast<size_t>(spec.shape.numel()));
+    if (spec.init == InitKind::Constant) {
+      std::fill(values.begin(), values.end(), spec.init_value);
+    } else {
+      const double std = spec.init == InitKind::Normal ? config.init_method_std : scaled_std;
+      Rng rng(stream_key(seed, spec.name));
+      for (double& v : values) v = std * rng.normal();
+    }
+    const Tensor host(values.data(), DType::F64, Device::CPU, spec.shape);
+    const Tensor dst = store.get(spec);
+    if (dst.device() == Device::CPU) {
+      ops::copy(dst, host);
+    } else {
+      Buffer staging(dst.dtype(), Device::CPU, spec.shape);
+      ops::copy(staging, host);
+      ops::copy(dst, staging);
+    }
+  }
+}
+
+}  // namespace deco
+
+namespace deco {
+
+Param bind_param(const ParamStore& values, const ParamStore& grads, const std::string& name) {
+  const ParamSpec& spec = values.layout().spec(name);
+  return Param{values.get(spec), grads.get(spec)};
+}
+
+}  // namespace deco

@@ -1,0 +1,89 @@
+// Parameters: one flat buffer, laid out once from the config.
+//
+// Dense parameters (everything replicated on every rank) come first, expert
+// parameters (the routed experts' up/gate/down projections, which expert
+// parallelism shards) after, so each region is one contiguous span: a
+// data-parallel reduction is one collective per region. Gradients and the
+// optimizer's moments use the same layout.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/model_config.h"
+
+namespace deco {
+
+enum class InitKind {
+  Normal,        // N(0, init_method_std^2)
+  ScaledNormal,  // N(0, (init_method_std / sqrt(2 * num_layers))^2), Megatron's output-layer init
+  Constant,      // every element = init_value (norm weights, gamma, expert scales)
+};
+
+struct ParamSpec {
+  std::string name;   // deco-model.md section 6, e.g. model.layers.3.mlp.expert_up_proj.weight
+  Shape shape;        // logical shape, [out, in] for matrices
+  InitKind init = InitKind::Normal;
+  double init_value = 0.0;   // the constant for InitKind::Constant
+  bool weight_decay = true;  // AdamW decay: matrices only (not norms, scales, gamma, 1-D)
+  bool expert = false;       // lives in the expert region
+  int64_t offset = 0;        // element offset in the flat buffer
+};
+
+class ParamLayout {
+ public:
+  explicit ParamLayout(const ModelConfig& config);
+
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  const ParamSpec& spec(const std::string& name) const;  // internal lookups; asserts it exists
+  const ParamSpec* find(const std::string& name) const;  // nullptr when absent
+  int64_t dense_numel() const { return dense_numel_; }    // including alignment padding
+  int64_t expert_numel() const { return expert_numel_; }
+  int64_t total_numel() const { return dense_numel_ + expert_numel_; }
+  int64_t num_parameters() const;  // real elements, without padding
+
+ private:
+  std::vector<ParamSpec> specs_;
+  int64_t dense_numel_ = 0, expert_numel_ = 0;
+};
+
+// A flat buffer with the layout's views: the parameters themselves, their
+// gradients, or an optimizer moment.
+class ParamStore {
+ public:
+  ParamStore(const ParamLayout& layout, DType dtype, Device device);
+
+  const ParamLayout& layout() const { return *layout_; }
+  Tensor get(const ParamSpec& spec) const;
+  Tensor get(const std::string& name) const { return get(layout_->spec(name)); }
+  const Tensor& flat() const { return buffer_.tensor(); }
+  Tensor dense_region() const { return flat().slice(0, layout_->dense_numel()); }
+  Tensor expert_region() const { return flat().slice(layout_->dense_numel(), layout_->total_numel()); }
+
+ private:
+  const ParamLayout* layout_;
+  Buffer buffer_;
+};
+
+// Fills the store per deco-model.md section 4. Each parameter draws from its
+// own stream keyed by (seed, name), so values do not depend on the layout.
+void init_params(const ParamStore& store, const ModelConfig& config, uint64_t seed);
+
+// Parameter-name helpers (section 6).
+std::string layer_param(int64_t layer, const std::string& suffix);
+
+}  // namespace deco
+
+namespace deco {
+
+// One parameter as a layer sees it: its values and its gradient slot.
+struct Param {
+  Tensor value;
+  Tensor grad;
+};
+
+// The Param for `name`, viewing into the value and gradient stores.
+Param bind_param(const ParamStore& values, const ParamStore& grads, const std::string& name);
+
+}  // namespace deco

@@ -1,0 +1,70 @@
+// Helpers shared by the unit tests: random tensors and finite differences.
+#pragma once
+
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace deco::test {
+
+// A CPU buffer of N(0, scale^2) values (or uniform in [lo, hi) with fill_uniform).
+inline Buffer random_buffer(const Shape& shape, uint64_t seed, double scale = 1.0,
+                            DType dtype = DType::F64) {
+  Buffer b(dtype, Device::CPU, shape);
+  Rng rng(stream_key(seed, 0));
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    const double v = scale * rng.normal();
+    if (dtype == DType::F64) b.data<double>()[i] = v;
+    else b.data<float>()[i] = static_cast<float>(v);
+  }
+  return b;
+}
+
+// sum(x * w) for float64 tensors: turns any op output into a scalar loss whose
+// gradient with respect to the output is w.
+inline double weighted_sum(const Tensor& x, const Tensor& w) {
+  double s = 0.0;
+  for (int64_t i = 0; i < x.numel(); ++i) s += x.data<double>()[i] * w.data<double>()[i];
+  return s;
+}
+
+// Central-difference derivative of loss() with respect to every element of
+// the float64 tensor x, compared with `analytic`. Returns the largest
+// |fd - analytic| / (|fd| + |analytic| + floor); floor keeps exact zeros from
+// dividing by zero.
+inline double max_fd_error(const Tensor& x, const Tensor& analytic, const std::function<double()>& loss,
+                           double h = 1e-6, double floor = 1e-6) {
+  double worst = 0.0;
+  double* px = x.data<double>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double saved = px[i];
+    px[i] = saved + h;
+    const double up = loss();
+    px[i] = saved - h;
+    const double down = loss();
+    px[i] = saved;
+    const double fd = (up - down) / (2 * h);
+    const double a = analytic.data<double>()[i];
+    worst = std::max(worst, std::abs(fd - a) / (std::abs(fd) + std::abs(a) + floor));
+  }
+  return worst;
+}
+
+// Relative distance ||a - b|| / ||b|| of two tensors of the same size (any float dtype).
+inline double rel_diff(const Tensor& a, const Tensor& b) {
+  auto at = [](const Tensor& t, int64_t i) {
+    return t.dtype() == DType::F64 ? t.data<double>()[i] : static_cast<double>(t.data<float>()[i]);
+  };
+  double num = 0.0, den = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double d = at(a, i) - at(b, i);
+    num += d * d;
+    den += at(b, i) * at(b, i);
+  }
+  return den == 0.0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+}  // namespace deco::test

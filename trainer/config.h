@@ -1,0 +1,109 @@
+// The run configuration: one YAML file with sections model, training,
+// optimizer, schedule, sparsity, data, parallel, checkpoint and logging.
+// Model and training keys use Megatron-LM's argument names in snake_case.
+// Validation is strict: unknown keys (with the nearest valid key
+// suggested), wrong types, missing required keys and impossible values are
+// each one deco::Error naming the file, the key and the constraint.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/model_config.h"
+
+namespace deco {
+
+struct TrainingConfig {
+  int64_t micro_batch_size = 0;   // required
+  int64_t global_batch_size = 0;  // required; divisible by micro_batch_size x data-parallel size
+  int64_t train_iters = 0;        // required; optimizer steps
+  uint64_t seed = 1234;           // Megatron's default; also the data sampling seed
+  int64_t log_interval = 10;      // console line every N steps (metrics.jsonl gets every step)
+  int64_t eval_interval = 0;      // validation every N steps; 0 = never
+  int64_t eval_iters = 10;        // global batches per validation
+  int64_t threads = 0;            // CPU threads for OpenMP and BLAS; 0 = all cores
+};
+
+struct OptimizerConfig {
+  double lr = 0.0;  // required, the peak learning rate
+  double min_lr = 0.0;
+  double weight_decay = 0.1;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.95;
+  double adam_eps = 1e-8;
+  double clip_grad = 1.0;  // global-norm clipping; 0 disables
+};
+
+enum class LrDecayStyle { Constant, Linear, Cosine, WSD };
+enum class WsdDecayStyle { Exponential, Linear, Cosine };
+
+struct ScheduleConfig {
+  LrDecayStyle lr_decay_style = LrDecayStyle::WSD;
+  int64_t lr_warmup_iters = 100;
+  int64_t lr_decay_iters = 0;  // the step the decay ends at; 0 = train_iters
+  WsdDecayStyle lr_wsd_decay_style = WsdDecayStyle::Exponential;
+  int64_t lr_wsd_decay_iters = 1000;  // WSD: length of the final decay phase
+};
+
+struct SparsityConfig {
+  double target_ratio = 0.2;          // rho
+  RegType reg_type = RegType::Entropy;
+  double reg_coef_min = 1e-8;         // lambda_0, the floor
+  double reg_coef_init = -1.0;        // starting lambda; < 0 means reg_coef_min
+  double reg_coef_multiplier = 1.002; // m
+  double initial_coef() const { return reg_coef_init < 0 ? reg_coef_min : reg_coef_init; }
+};
+
+// Until the Megatron data pipeline lands, training reads the built-in
+// synthetic corpus (data/synthetic_corpus.h); these are its knobs.
+struct DataConfig {
+  int64_t synthetic_successors = 4;     // likely next tokens per token in the Markov part
+  double synthetic_repeat_prob = 0.3;   // chance a segment repeats an earlier one (learnable by attention)
+};
+
+struct ParallelConfig {
+  int64_t expert_model_parallel_size = 1;
+  bool use_distributed_optimizer = false;
+};
+
+struct CheckpointConfig {
+  std::string save;           // directory; empty = no checkpoints
+  int64_t save_interval = 0;
+  int64_t keep_last = 0;      // 0 = keep all
+  std::string load;           // "auto" or a path; empty = start fresh
+};
+
+struct LoggingConfig {
+  std::string run_dir;        // empty = runs/<config file stem>
+  bool log_per_layer = false; // print per-layer activation ratios on the console line
+};
+
+struct Config {
+  ModelConfig model;
+  TrainingConfig training;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  SparsityConfig sparsity;
+  DataConfig data;
+  ParallelConfig parallel;
+  CheckpointConfig checkpoint;
+  LoggingConfig logging;
+  std::string source;  // the file it was read from (for messages)
+
+  int64_t lr_decay_end() const {
+    return schedule.lr_decay_iters > 0 ? schedule.lr_decay_iters : training.train_iters;
+  }
+};
+
+// Reads `path`, applies `overrides` ("section.key=value", YAML scalar
+// syntax, applied in order), and validates everything for a run of
+// `world_size` processes. Throws deco::Error on the first problem.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {},
+                   int64_t world_size = 1);
+
+// The fully resolved configuration (every key, defaults included) as YAML;
+// load_config of this text gives back the same Config.
+std::string config_to_yaml(const Config& config);
+
+}  // namespace deco

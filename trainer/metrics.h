@@ -1,0 +1,48 @@
+// What a training step reports, and where it goes: one console line per
+// log interval (rank 0), one JSON object per step in <run_dir>/metrics.jsonl.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace deco {
+
+struct StepMetrics {
+  int64_t step = 0;
+  int64_t train_iters = 0;
+  int64_t consumed_samples = 0;
+  int64_t consumed_tokens = 0;
+  double lm_loss = 0.0;
+  double reg_loss = 0.0;
+  double lr = 0.0;
+  double grad_norm = 0.0;
+  double reg_coef = 0.0;  // the coefficient this step trained with
+  // Routed-expert activation ratio over the global batch; empty for dense models.
+  std::optional<double> activation_ratio;
+  std::vector<double> activation_ratio_per_layer;  // one per DECO layer
+  std::vector<int64_t> deco_layer_index;           // model layer index of each entry
+  double tokens_per_second = 0.0;
+  double step_time_s = 0.0;
+  double elapsed_s = 0.0;
+  std::optional<double> val_loss;
+};
+
+class MetricsLog {
+ public:
+  // Creates <run_dir>/metrics.jsonl; refuses to overwrite an existing one.
+  explicit MetricsLog(const std::string& run_dir);
+  void write(const StepMetrics& m);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+// The console line, Megatron-like.
+std::string format_console_line(const StepMetrics& m, bool per_layer);
+
+}  // namespace deco

@@ -1,0 +1,228 @@
+#include "trainer/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "kernels/ops.h"
+#include "kernels/runtime.h"
+#include "model/model_stats.h"
+
+namespace deco {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Writes `text` to `path` through a temporary file and a rename, so a
+// reader never sees half a file.
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << text;
+    if (!out) fail("cannot write ", tmp, "; check that the directory is writable.");
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
+Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptions& options)
+    : config_(config),
+      groups_(groups),
+      options_(options),
+      schedule_(config.optimizer, config.schedule, config.training.train_iters),
+      sparsity_(config.sparsity),
+      plan_(config.training.micro_batch_size, config.training.global_batch_size,
+            groups.layout.dp_size, groups.layout.dp_rank) {
+  set_cpu_threads(config_.training.threads);
+  model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU);
+  model_->init(config_.training.seed);
+  optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU);
+  const ModelConfig& m = config_.model;
+  auto corpus = [&](Split split) {
+    return std::make_unique<SyntheticCorpus>(m.vocab_size, m.seq_length, config_.data.synthetic_successors,
+                                             config_.data.synthetic_repeat_prob, config_.training.seed, split);
+  };
+  train_data_ = corpus(Split::Train);
+  valid_data_ = corpus(Split::Valid);
+
+  if (groups_.layout.rank == 0) {
+    std::filesystem::create_directories(options_.run_dir);
+    metrics_ = std::make_unique<MetricsLog>(options_.run_dir);
+    write_file_atomic(options_.run_dir + "/config.yaml", config_to_yaml(config_));
+    print_banner();
+  }
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::print_banner() {
+  if (!options_.console) return;
+  std::ostream& out = *options_.console;
+  const ModelConfig& m = config_.model;
+  const ParamCounts counts = count_params(m);
+  out << "deco " << DECO_VERSION << " | config " << config_.source << " | run dir " << options_.run_dir
+      << "\n";
+  out << "parallel: " << groups_.layout.describe() << "\n";
+  out << "cpu: " << cpu_threads() << " threads, " << cpu_blas_name() << "\n";
+  out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
+      << m.num_layers << " layers";
+  if (m.num_experts > 0)
+    out << " (" << m.num_deco_layers() << " DECO: " << m.num_experts << " experts x " << m.moe_ffn_hidden_size
+        << ", " << expert_act_name(m.expert_act) << (m.expert_gated ? ", gated" : "") << ", "
+        << expert_compute_name(m.expert_compute) << " expert compute)";
+  out << "\ndata: " << train_data_->describe() << "\n";
+  out << "---- resolved config (saved to " << options_.run_dir << "/config.yaml) ----\n"
+      << config_to_yaml(config_) << "----\n";
+  out.flush();
+}
+
+void Trainer::train() {
+  while (step_ < config_.training.train_iters) train_step();
+  if (options_.console && groups_.layout.rank == 0)
+    *options_.console << "done: " << step_ << " steps, " << consumed_samples_ << " samples, metrics in "
+                      << (metrics_ ? metrics_->path() : std::string("(rank 0)")) << "\n";
+}
+
+void Trainer::reduce_gradients() {
+  // Dense gradients average over every rank, routed-expert gradients over
+  // the ranks holding the same experts: one collective per contiguous region.
+  ParamStore& grads = model_->grads();
+  if (groups_.data_parallel->size() > 1) {
+    groups_.data_parallel->all_reduce_sum(grads.dense_region());
+    ops::scale(grads.dense_region(), 1.0 / static_cast<double>(groups_.data_parallel->size()));
+  }
+  if (groups_.expert_data_parallel->size() > 1) {
+    groups_.expert_data_parallel->all_reduce_sum(grads.expert_region());
+    ops::scale(grads.expert_region(), 1.0 / static_cast<double>(groups_.expert_data_parallel->size()));
+  }
+}
+
+double Trainer::global_grad_norm() {
+  // Dense gradients are identical on every rank after the reduction; each
+  // expert-parallel rank holds different experts, so their squares add up.
+  const ParamStore& grads = model_->grads();
+  std::vector<double> expert_sq{ops::sum_squares(grads.expert_region())};
+  groups_.expert_parallel->all_reduce_sum(expert_sq);
+  return std::sqrt(ops::sum_squares(grads.dense_region()) + expert_sq[0]);
+}
+
+StepMetrics Trainer::train_step() {
+  const Clock::time_point start = Clock::now();
+  const TrainingConfig& t = config_.training;
+  const int64_t micro_batches = plan_.micro_batches_per_step();
+  const int64_t seq = config_.model.seq_length;
+
+  StepOptions opt;
+  opt.reg = config_.model.num_experts > 0 ? config_.sparsity.reg_type : RegType::None;
+  opt.reg_coef = sparsity_.coef();
+  opt.grad_scale = 1.0 / static_cast<double>(micro_batches);
+  opt.backward = true;
+
+  ops::zero(model_->grads().flat());
+  // Sums over this rank's micro-batches: lm loss and tokens, then reg loss.
+  std::vector<double> sums(3, 0.0);
+  std::vector<int64_t> pairs;  // active pairs per DECO layer, then routed slots per DECO layer
+  std::vector<int64_t> deco_layers;
+  for (int64_t l = 0; l < config_.model.num_layers; ++l)
+    if (config_.model.is_deco_layer(l)) deco_layers.push_back(l);
+  const size_t n_deco = deco_layers.size();
+  pairs.assign(2 * n_deco, 0);
+
+  for (int64_t micro = 0; micro < micro_batches; ++micro) {
+    plan_.load(*train_data_, consumed_samples_, micro, batch_);
+    const Tensor tokens(batch_.data(), DType::I32, Device::CPU, Shape{plan_.micro_batch(), seq + 1});
+    const StepResult r = model_->step(tokens, opt);
+    sums[0] += r.lm_loss_sum;
+    sums[1] += static_cast<double>(r.tokens);
+    sums[2] += r.reg_loss;
+    for (size_t i = 0; i < n_deco; ++i) {
+      pairs[i] += r.deco_layers[i].active_pairs;
+      pairs[n_deco + i] += r.deco_layers[i].tokens * config_.model.num_experts;
+    }
+  }
+  reduce_gradients();
+  groups_.world->all_reduce_sum(sums);
+  groups_.world->all_reduce_sum(pairs);
+
+  StepMetrics m;
+  m.step = step_ + 1;
+  m.train_iters = t.train_iters;
+  m.lm_loss = sums[0] / sums[1];
+  m.reg_loss = sums[2] / static_cast<double>(micro_batches * groups_.world->size());
+  m.reg_coef = opt.reg_coef;
+  m.grad_norm = global_grad_norm();
+  if (!std::isfinite(m.lm_loss) || !std::isfinite(m.grad_norm))
+    fail("step ", m.step, ": the ", std::isfinite(m.lm_loss) ? "gradient norm" : "loss",
+         " became non-finite (lm loss ", m.lm_loss, ", grad norm ", m.grad_norm,
+         "); lower optimizer.lr or lengthen schedule.lr_warmup_iters and start again.");
+  if (n_deco > 0) {
+    int64_t active = 0, slots = 0;
+    for (size_t i = 0; i < n_deco; ++i) {
+      active += pairs[i];
+      slots += pairs[n_deco + i];
+      m.activation_ratio_per_layer.push_back(static_cast<double>(pairs[i]) /
+                                             static_cast<double>(pairs[n_deco + i]));
+    }
+    m.activation_ratio = static_cast<double>(active) / static_cast<double>(slots);
+    m.deco_layer_index = deco_layers;
+  }
+
+  // Clip by the global norm (Megatron: scale = clip / (norm + 1e-6) when below 1).
+  const double clip = config_.optimizer.clip_grad;
+  const double grad_scale = clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0;
+  m.lr = schedule_.lr(m.step);
+  optimizer_->step(model_->params(), model_->grads(), m.lr, grad_scale);
+  model_->refresh_derived();
+  if (m.activation_ratio) sparsity_.update(*m.activation_ratio);
+
+  ++step_;
+  consumed_samples_ += t.global_batch_size;
+  m.consumed_samples = consumed_samples_;
+  m.consumed_tokens = consumed_samples_ * seq;
+  m.step_time_s = seconds_since(start);
+  elapsed_s_ += m.step_time_s;
+  m.elapsed_s = elapsed_s_;
+  m.tokens_per_second = static_cast<double>(t.global_batch_size * seq) / m.step_time_s;
+
+  if (t.eval_interval > 0 && t.eval_iters > 0 &&
+      (step_ % t.eval_interval == 0 || step_ == t.train_iters)) {
+    const Clock::time_point eval_start = Clock::now();
+    m.val_loss = evaluate();
+    elapsed_s_ += seconds_since(eval_start);
+  }
+  if (groups_.layout.rank == 0) {
+    metrics_->write(m);
+    if (options_.console && (step_ % t.log_interval == 0 || step_ == 1 || step_ == t.train_iters || m.val_loss))
+      *options_.console << format_console_line(m, config_.logging.log_per_layer) << std::endl;
+  }
+  return m;
+}
+
+double Trainer::evaluate() {
+  // The same validation batches every time (the first eval_iters global
+  // batches of the split), so val loss is comparable across steps.
+  StepOptions opt;
+  opt.reg = RegType::None;
+  opt.backward = false;
+  const int64_t seq = config_.model.seq_length;
+  std::vector<double> sums(2, 0.0);
+  for (int64_t it = 0; it < config_.training.eval_iters; ++it)
+    for (int64_t micro = 0; micro < plan_.micro_batches_per_step(); ++micro) {
+      plan_.load(*valid_data_, it * plan_.global_batch(), micro, batch_);
+      const Tensor tokens(batch_.data(), DType::I32, Device::CPU, Shape{plan_.micro_batch(), seq + 1});
+      const StepResult r = model_->step(tokens, opt);
+      sums[0] += r.lm_loss_sum;
+      sums[1] += static_cast<double>(r.tokens);
+    }
+  groups_.world->all_reduce_sum(sums);
+  return sums[0] / sums[1];
+}
+
+}  // namespace deco
