@@ -161,8 +161,17 @@ static void cuda_check(cudaError_t status, const char* what, size_t bytes) {
          ". Check that a GPU is visible (nvidia-smi) and has enough free memory.");
 }
 bool cuda_built() { return true; }
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the "no device" / "driver too old" error so later calls start clean
+    return 0;
+  }
+  return count;
+}
 #else
 bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
 [[noreturn]] static void no_cuda() {
   fail("this deco binary was built without CUDA; rebuild on a machine with nvcc (scripts/setup.sh) "
        "to use a GPU.");

@@ -136,5 +136,7 @@ void device_copy(Device dst_device, void* dst, Device src_device, const void* sr
 
 // True when this binary was built with the CUDA backend.
 bool cuda_built();
+// Number of visible CUDA devices; 0 without the CUDA backend, a driver or a GPU.
+int cuda_device_count();
 
 }  // namespace deco

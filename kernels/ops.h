@@ -81,10 +81,11 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
 // ---------------------------------------------------------------- RoPE
 // table[S, hd/2, 2] = (cos, sin) of position p times theta_i = base^(-2i/hd), computed in double.
 void rope_table(const Tensor& table, double base);
-// x[N, heads, hd] rotated in place; token n sits at position n % S (S = table rows).
-void rope_forward(const Tensor& x, const Tensor& table);
+// x[N, heads, hd] rotated in place. N tokens are sequences of `seq` tokens
+// back to back, so token n sits at position n % seq (seq <= table rows).
+void rope_forward(const Tensor& x, const Tensor& table, int64_t seq);
 // The gradient through rope_forward, in place (rotation by the opposite angle).
-void rope_backward(const Tensor& dx, const Tensor& table);
+void rope_backward(const Tensor& dx, const Tensor& table, int64_t seq);
 
 // ---------------------------------------------------------------- attention
 struct AttentionShape {

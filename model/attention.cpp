@@ -29,8 +29,8 @@ void Attention::forward(const Tensor& y, const Tensor& x, const Tensor& rope, in
   ops::linear_forward(q_, x, q_proj_.value);
   ops::linear_forward(k_, x, k_proj_.value);
   ops::linear_forward(v_, x, v_proj_.value);
-  ops::rope_forward(q_.tensor().view(Shape{N, shape_.heads, hd}), rope);
-  ops::rope_forward(k_.tensor().view(Shape{N, shape_.groups, hd}), rope);
+  ops::rope_forward(q_.tensor().view(Shape{N, shape_.heads, hd}), rope, seq);
+  ops::rope_forward(k_.tensor().view(Shape{N, shape_.groups, hd}), rope, seq);
   ops::attention_forward(att_, saved_, q_, k_, v_, shape_);
   ops::linear_forward(y, att_, o_proj_.value);
 }
@@ -49,8 +49,8 @@ void Attention::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, co
   ops::attention_backward(dq_, dk_, dv_, datt_, saved_, q_, k_, v_, shape_);
   // q_ and k_ hold the rotated values; the projections' gradients need the
   // gradient before rotation, which is the inverse rotation of dq, dk.
-  ops::rope_backward(dq_.tensor().view(Shape{N, shape_.heads, hd}), rope);
-  ops::rope_backward(dk_.tensor().view(Shape{N, shape_.groups, hd}), rope);
+  ops::rope_backward(dq_.tensor().view(Shape{N, shape_.heads, hd}), rope, shape_.seq);
+  ops::rope_backward(dk_.tensor().view(Shape{N, shape_.groups, hd}), rope, shape_.seq);
   ops::linear_backward_weight(q_proj_.grad, dq_, x);
   ops::linear_backward_weight(k_proj_.grad, dk_, x);
   ops::linear_backward_weight(v_proj_.grad, dv_, x);

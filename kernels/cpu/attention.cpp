@@ -15,9 +15,8 @@ namespace deco::ops {
 namespace {
 
 // x[N, heads, hd], rotated in place; sign = +1 forward, -1 backward.
-template <typename T> void rope_apply(const Tensor& x, const Tensor& table, T sign) {
+template <typename T> void rope_apply(const Tensor& x, const Tensor& table, int64_t S, T sign) {
   const int64_t n_tokens = x.size(0), heads = x.size(1), hd = x.size(2), half = hd / 2;
-  const int64_t S = table.size(0);
   T* px = x.data<T>();
   const T* pt = table.data<T>();
 #pragma omp parallel for schedule(static)
@@ -162,16 +161,18 @@ void rope_table(const Tensor& table, double base) {
   });
 }
 
-void rope_forward(const Tensor& x, const Tensor& table) {
+void rope_forward(const Tensor& x, const Tensor& table, int64_t seq) {
   DECO_REQUIRE_CPU(x);
-  DECO_ASSERT(x.ndim() == 3 && table.size(1) * 2 == x.size(2), "rope_forward shapes");
-  dispatch_float(x.dtype(), [&](auto tag) { rope_apply(x, table, decltype(tag)(1)); });
+  DECO_ASSERT(x.ndim() == 3 && table.size(1) * 2 == x.size(2) && seq <= table.size(0) &&
+                  x.size(0) % seq == 0, "rope_forward shapes");
+  dispatch_float(x.dtype(), [&](auto tag) { rope_apply(x, table, seq, decltype(tag)(1)); });
 }
 
-void rope_backward(const Tensor& dx, const Tensor& table) {
+void rope_backward(const Tensor& dx, const Tensor& table, int64_t seq) {
   DECO_REQUIRE_CPU(dx);
-  DECO_ASSERT(dx.ndim() == 3 && table.size(1) * 2 == dx.size(2), "rope_backward shapes");
-  dispatch_float(dx.dtype(), [&](auto tag) { rope_apply(dx, table, decltype(tag)(-1)); });
+  DECO_ASSERT(dx.ndim() == 3 && table.size(1) * 2 == dx.size(2) && seq <= table.size(0) &&
+                  dx.size(0) % seq == 0, "rope_backward shapes");
+  dispatch_float(dx.dtype(), [&](auto tag) { rope_apply(dx, table, seq, decltype(tag)(-1)); });
 }
 
 Shape attention_saved_shape(Device device, const AttentionShape& s) {

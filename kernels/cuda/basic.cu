@@ -33,15 +33,6 @@ unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + 
 
 }  // namespace
 
-int device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no device" error
-    return 0;
-  }
-  return count;
-}
-
 void axpy(const Tensor& y, const Tensor& x, double alpha) {
   const int64_t n = y.numel();
   if (n == 0) return;

@@ -8,9 +8,6 @@
 
 namespace deco::cuda {
 
-// Number of visible CUDA devices; 0 when there is no driver or no GPU.
-int device_count();
-
 void axpy(const Tensor& y, const Tensor& x, double alpha);
 void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b,
           double alpha, double beta);

@@ -202,6 +202,23 @@ TEST_CASE("sparse path handles experts with no tokens and tokens with no expert"
   CHECK(up_norm > 0.0);
 }
 
+TEST_CASE("sequences shorter than seq_length: each row is its own sequence", "[model]") {
+  // Regression: RoPE positions once ran on across the rows of a batch when
+  // rows were shorter than seq_length. Two identical rows must give exactly
+  // the loss of one.
+  ModelConfig c = small_config();  // seq_length 8
+  std::vector<int32_t> one = random_tokens(1, 5, c.vocab_size, 4);
+  std::vector<int32_t> two = one;
+  two.insert(two.end(), one.begin(), one.end());
+  Model m(c, DType::F64, Device::CPU);
+  m.init(2);
+  StepOptions opt;
+  opt.backward = false;
+  const double single = m.step(Tensor(one.data(), DType::I32, Device::CPU, {1, 6}), opt).lm_loss();
+  const double pair = m.step(Tensor(two.data(), DType::I32, Device::CPU, {2, 6}), opt).lm_loss();
+  CHECK(pair == Approx(single).epsilon(1e-13));
+}
+
 TEST_CASE("the CPU backend is bit-for-bit deterministic", "[model]") {
   ModelConfig c = small_config();
   std::vector<int32_t> t = random_tokens(2, 8, c.vocab_size, 3);

@@ -59,7 +59,8 @@ TEST_CASE("rmsnorm backward matches finite differences", "[ops][grad]") {
 
 TEST_CASE("rope is a rotation and its backward is the inverse rotation", "[ops][grad]") {
   const int64_t S = 5, heads = 2, hd = 6;
-  Buffer table(DType::F64, Device::CPU, {S, hd / 2, 2});
+  // The table covers seq_length positions; batches may hold shorter sequences.
+  Buffer table(DType::F64, Device::CPU, {S + 3, hd / 2, 2});
   ops::rope_table(table, 10000.0);
   // Position 0 is the identity; position p rotates pair i by p * base^(-2i/hd).
   CHECK(table.data<double>()[0] == 1.0);
@@ -70,11 +71,11 @@ TEST_CASE("rope is a rotation and its backward is the inverse rotation", "[ops][
   Buffer y(DType::F64, Device::CPU, x.shape()), dx(DType::F64, Device::CPU, x.shape());
   auto loss = [&] {
     ops::copy(y, x);
-    ops::rope_forward(y, table);
+    ops::rope_forward(y, table, S);
     return weighted_sum(y, r);
   };
   ops::copy(dx, r);
-  ops::rope_backward(dx, table);
+  ops::rope_backward(dx, table, S);
   CHECK(max_fd_error(x, dx, loss) < kTol);
   // Token S (second sequence, position 0) is unrotated.
   loss();

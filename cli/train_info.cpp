@@ -1,0 +1,97 @@
+// deco train, deco info.
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "kernels/runtime.h"
+#include "model/model_stats.h"
+#include "parallel/layout.h"
+#include "trainer/config.h"
+#include "trainer/trainer.h"
+
+namespace deco::cli {
+namespace {
+
+// runs/<config stem>-<local time>, made unique if that exists already, so a
+// default run never writes into an earlier one.
+std::string default_run_dir(const std::string& config_path) {
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+  const std::string base = "runs/" + std::filesystem::path(config_path).stem().string() + "-" + stamp;
+  std::string dir = base;
+  for (int i = 2; std::filesystem::exists(dir); ++i) dir = base + "-" + std::to_string(i);
+  return dir;
+}
+
+std::string with_commas(int64_t n) {
+  std::string s = std::to_string(n);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+
+}  // namespace
+
+int train(const TrainArgs& args) {
+  const LaunchInfo launch = detect_launch();
+  const Config config = load_config(args.cfg.config, args.cfg.sets, launch.world_size);
+  ProcessGroups groups = make_process_groups(launch, config.parallel.expert_model_parallel_size,
+                                             config.model.num_experts);
+  TrainerOptions options;
+  options.run_dir = !args.run_dir.empty()              ? args.run_dir
+                    : !config.logging.run_dir.empty() ? config.logging.run_dir
+                                                      : default_run_dir(args.cfg.config);
+  options.console = groups.layout.rank == 0 ? &std::cout : nullptr;
+  Trainer trainer(config, groups, options);
+  trainer.train();
+  return 0;
+}
+
+int info(const ConfigArgs& args) {
+  const Config config = load_config(args.config, args.sets);
+  const ModelConfig& m = config.model;
+  const ParamCounts c = count_params(m);
+  std::printf("config: %s\n", config.source.c_str());
+  std::printf("model: %lld layers, hidden %lld, %lld heads (%lld query groups), vocab %lld, seq %lld\n",
+              static_cast<long long>(m.num_layers), static_cast<long long>(m.hidden_size),
+              static_cast<long long>(m.num_attention_heads), static_cast<long long>(m.num_query_groups),
+              static_cast<long long>(m.vocab_size), static_cast<long long>(m.seq_length));
+  if (m.num_experts > 0)
+    std::printf("DECO layers: %lld of %lld (%lld experts of width %lld, shared expert %lld, %s%s)\n",
+                static_cast<long long>(m.num_deco_layers()), static_cast<long long>(m.num_layers),
+                static_cast<long long>(m.num_experts), static_cast<long long>(m.moe_ffn_hidden_size),
+                static_cast<long long>(m.moe_shared_expert_intermediate_size), expert_act_name(m.expert_act),
+                m.expert_gated ? ", gated" : "");
+  else
+    std::printf("dense model: every layer has a SwiGLU FFN of width %lld\n",
+                static_cast<long long>(m.ffn_hidden_size));
+  std::printf("\nparameters\n");
+  const std::pair<const char*, int64_t> rows[] = {
+      {"total", c.total},           {"embedding", c.embedding},    {"lm head", c.lm_head},
+      {"non-embedding", c.non_embedding}, {"  attention", c.attention}, {"  dense FFN", c.dense_ffn},
+      {"  routed experts", c.routed_experts}, {"  shared experts", c.shared_experts},
+      {"  router", c.router},       {"  NormSiLU gamma", c.expert_act}, {"  norms", c.norms}};
+  for (const auto& [name, n] : rows)
+    std::printf("  %-18s %15s  (%.3f B)\n", name, with_commas(n).c_str(), static_cast<double>(n) / 1e9);
+  std::printf("\ntraining FLOPs per token (6 x matmul parameters + 12 x layers x hidden x seq)\n");
+  const double all = training_flops_per_token(m, 1.0);
+  std::printf("  %-34s %.4g\n", "all experts computed (dense path)", all);
+  if (m.num_experts > 0) {
+    const double rho = config.sparsity.target_ratio;
+    const double sparse = training_flops_per_token(m, rho);
+    std::printf("  %-34s %.4g  (%.2fx fewer)\n", ("active experts only at ratio " + std::to_string(rho).substr(0, 4)).c_str(),
+                sparse, all / sparse);
+  }
+  const double tokens = static_cast<double>(config.training.global_batch_size * m.seq_length) *
+                        static_cast<double>(config.training.train_iters);
+  std::printf("\nrun: %lld steps x %lld sequences x %lld tokens = %.4g tokens, %.4g training FLOPs (dense path)\n",
+              static_cast<long long>(config.training.train_iters),
+              static_cast<long long>(config.training.global_batch_size), static_cast<long long>(m.seq_length),
+              tokens, tokens * all);
+  return 0;
+}
+
+}  // namespace deco::cli
