@@ -136,9 +136,7 @@ void Buffer::ensure(DType dtype, Device device, const Shape& shape) {
     return;
   size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
   if (tensor_.raw() != nullptr && tensor_.device() == device && bytes <= capacity_bytes_) {
-    // Reuse the allocation; zero-fill keeps the "fresh buffer is zero" promise.
     tensor_ = Tensor(tensor_.raw(), dtype, device, shape);
-    device_memset_zero(device, tensor_.raw(), bytes);
     return;
   }
   release();

@@ -118,8 +118,11 @@ class Buffer {
   int64_t numel() const { return tensor_.numel(); }
   const Shape& shape() const { return tensor_.shape(); }
 
-  // Reallocates (zero-filled) only when the shape or dtype changes, so a
-  // training loop that calls this every step allocates once.
+  // Gives the buffer this dtype and shape. Allocates only when the bytes
+  // exceed what it already holds, so a loop whose shapes vary (the sparse
+  // path's pair count changes every step) allocates a few times, not every
+  // step. A new allocation is zero-filled; a reused one keeps stale values
+  // (every user overwrites or zeroes explicitly).
   void ensure(DType dtype, Device device, const Shape& shape);
 
  private:

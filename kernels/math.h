@@ -13,7 +13,16 @@
 
 namespace deco::math {
 
-template <typename T> DECO_HD T sigmoid(T x) { return T(1) / (T(1) + exp(-x)); }
+// std::exp on the host: a bare exp(float) would resolve to C's double exp.
+template <typename T> DECO_HD T exp_t(T x) {
+#if defined(__CUDA_ARCH__)
+  return exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+template <typename T> DECO_HD T sigmoid(T x) { return T(1) / (T(1) + exp_t(-x)); }
 
 // SiLU(x) = x * sigmoid(x)
 template <typename T> DECO_HD T silu(T x) { return x * sigmoid(x); }

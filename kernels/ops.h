@@ -57,6 +57,25 @@ void linear_backward_input(const Tensor& dx, const Tensor& dy, const Tensor& w, 
 // dw[out, in] += dy^T @ x
 void linear_backward_weight(const Tensor& dw, const Tensor& dy, const Tensor& x);
 
+// ---------------------------------------------------------------- grouped GEMM
+// One GEMM per expert: the sparse expert path's building block (a grouped
+// GEMM over variable-sized groups on the GPU). Each operand is split by
+// expert in one of three ways:
+enum class GroupSplit {
+  Rows,        // rows [offsets[e], offsets[e+1]): the pairs of expert e (P rows in all)
+  ExpertRows,  // rows [e*block, (e+1)*block): expert e's rows of a [E*D, H] weight
+  ExpertCols,  // columns [e*block, (e+1)*block): expert e's columns of a [H, E*D] weight
+};
+struct Grouped {
+  Matrix m;
+  GroupSplit split;
+};
+// For every expert e: C_e = alpha * op(A_e) @ op(B_e) + beta * C_e, with
+// offsets int32[E+1] (host memory) and block = D. Experts with no pairs are
+// skipped (so a beta = 1 accumulation leaves their C block unchanged).
+void grouped_gemm(const Grouped& C, const Grouped& A, bool trans_a, const Grouped& B, bool trans_b,
+                  double alpha, double beta, const Tensor& offsets, int64_t block);
+
 // ---------------------------------------------------------------- gather / scatter
 // out[P, K] = x[index[p], :]   (index int32[P])
 void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index);

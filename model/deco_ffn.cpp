@@ -115,38 +115,33 @@ void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
   pair_token_.ensure(DType::I32, dev, Shape{N * E_});
   pair_flat_.ensure(DType::I32, dev, Shape{N * E_});
   pairs_ = ops::build_routing(offsets_, pair_token_, pair_flat_, z_);
-  host_offsets_.assign(offsets_.data<int32_t>(), offsets_.data<int32_t>() + E_ + 1);
   const int64_t P = pairs_;
+  const Tensor tokens = pair_token_.tensor().slice(0, P);
 
+  // Each pair's input row, grouped by expert; then one GEMM per expert.
+  xg_.ensure(dt, dev, Shape{P, H});
+  ops::gather_rows(xg_, x, tokens);
   pre_.ensure(dt, dev, Shape{P, D_});
-  if (gated_) lin_.ensure(dt, dev, Shape{P, D_});
+  ops::grouped_gemm({pre_.tensor().matrix(), ops::GroupSplit::Rows}, {xg_.tensor().matrix(), ops::GroupSplit::Rows},
+                    false, {act_proj_.value.matrix(), ops::GroupSplit::ExpertRows}, true, 1.0, 0.0, offsets_, D_);
+  if (gated_) {
+    lin_.ensure(dt, dev, Shape{P, D_});
+    ops::grouped_gemm({lin_.tensor().matrix(), ops::GroupSplit::Rows}, {xg_.tensor().matrix(), ops::GroupSplit::Rows},
+                      false, {lin_proj_.value.matrix(), ops::GroupSplit::ExpertRows}, true, 1.0, 0.0, offsets_, D_);
+  }
   if (ops::expert_act_has_mean(act_kind_)) {
     mean_.ensure(dt, dev, Shape{N, 1});
     ops::linear_forward(mean_, x, w_bar_);  // mean(u) = h . w_bar, no expert computed
   }
-  xe_.ensure(dt, dev, Shape{N, H});
-  for (int64_t e = 0; e < E_; ++e) {
-    const int64_t o0 = host_offsets_[static_cast<size_t>(e)], o1 = host_offsets_[static_cast<size_t>(e) + 1];
-    if (o0 == o1) continue;
-    const Tensor xe = xe_.tensor().slice(0, o1 - o0);
-    ops::gather_rows(xe, x, pair_token_.tensor().slice(o0, o1));
-    ops::linear_forward(pre_.tensor().slice(o0, o1), xe, act_proj_.value.slice(e * D_, (e + 1) * D_));
-    if (gated_)
-      ops::linear_forward(lin_.tensor().slice(o0, o1), xe, lin_proj_.value.slice(e * D_, (e + 1) * D_));
-  }
   gscale_.ensure(dt, dev, Shape{P, 1});
   ops::gather_rows(gscale_, g_.tensor().view(Shape{N * E_, 1}), pair_flat_);
-  activation_forward(pair_token_.tensor().slice(0, P), 0);
+  activation_forward(tokens, 0);
 
-  ye_.ensure(dt, dev, Shape{N, H});
-  const Matrix down = down_.value.matrix();  // [H, E*D]
-  for (int64_t e = 0; e < E_; ++e) {
-    const int64_t o0 = host_offsets_[static_cast<size_t>(e)], o1 = host_offsets_[static_cast<size_t>(e) + 1];
-    if (o0 == o1) continue;
-    const Tensor ye = ye_.tensor().slice(0, o1 - o0);
-    ops::gemm(ye.matrix(), ga_.tensor().slice(o0, o1).matrix(), false, down.col_block(e * D_, (e + 1) * D_), true);
-    ops::scatter_add_rows(y, ye, pair_token_.tensor().slice(o0, o1));
-  }
+  // Down-projection per expert, then every pair's row added into its token.
+  yg_.ensure(dt, dev, Shape{P, H});
+  ops::grouped_gemm({yg_.tensor().matrix(), ops::GroupSplit::Rows}, {ga_.tensor().matrix(), ops::GroupSplit::Rows},
+                    false, {down_.value.matrix(), ops::GroupSplit::ExpertCols}, true, 1.0, 0.0, offsets_, D_);
+  ops::scatter_add_rows(y, yg_, tokens);
 }
 
 void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg,
@@ -230,47 +225,33 @@ void DecoFfn::experts_backward_sparse(const Tensor& dx, const Tensor& dy, const 
   const int64_t N = x.size(0), H = x.size(1), P = pairs_;
   const DType dt = x.dtype();
   const Device dev = x.device();
-  const Matrix down = down_.value.matrix();
-  const Matrix ddown = down_.grad.matrix();
-  auto pair_range = [&](int64_t e) {
-    return std::make_pair(static_cast<int64_t>(host_offsets_[static_cast<size_t>(e)]),
-                          static_cast<int64_t>(host_offsets_[static_cast<size_t>(e) + 1]));
-  };
+  const Tensor tokens = pair_token_.tensor().slice(0, P);
+  using ops::GroupSplit;
+  const ops::Grouped dyg{yg_.tensor().matrix(), GroupSplit::Rows}, ga{ga_.tensor().matrix(), GroupSplit::Rows},
+      xg{xg_.tensor().matrix(), GroupSplit::Rows};
 
-  // Through the down-projection, one expert at a time over its own tokens.
+  // Through the down-projection: dy of each pair's token, per expert.
+  ops::gather_rows(yg_, dy, tokens);
   q_.ensure(dt, dev, Shape{P, D_});
-  for (int64_t e = 0; e < E_; ++e) {
-    const auto [o0, o1] = pair_range(e);
-    if (o0 == o1) continue;
-    const Tensor dye = ye_.tensor().slice(0, o1 - o0);
-    ops::gather_rows(dye, dy, pair_token_.tensor().slice(o0, o1));
-    const Matrix block = down.col_block(e * D_, (e + 1) * D_);  // [H, D]
-    ops::gemm(q_.tensor().slice(o0, o1).matrix(), dye.matrix(), false, block, false);
-    ops::gemm(ddown.col_block(e * D_, (e + 1) * D_), dye.matrix(), true,
-              ga_.tensor().slice(o0, o1).matrix(), false, 1.0, 1.0);
-  }
+  ops::grouped_gemm({q_.tensor().matrix(), GroupSplit::Rows}, dyg, false,
+                    {down_.value.matrix(), GroupSplit::ExpertCols}, false, 1.0, 0.0, offsets_, D_);
+  ops::grouped_gemm({down_.grad.matrix(), GroupSplit::ExpertCols}, dyg, true, ga, false, 1.0, 1.0, offsets_, D_);
   activation_backward();
   ops::zero(dg_);
   ops::scatter_add_rows(dg_.tensor().view(Shape{N * E_, 1}), dgs_.tensor().view(Shape{P, 1}), pair_flat_);
 
-  // Through the up (and gate) projections of the active pairs.
-  for (int64_t e = 0; e < E_; ++e) {
-    const auto [o0, o1] = pair_range(e);
-    if (o0 == o1) continue;
-    const Tensor index = pair_token_.tensor().slice(o0, o1);
-    const Tensor xe = xe_.tensor().slice(0, o1 - o0);
-    const Tensor dxe = ye_.tensor().slice(0, o1 - o0);
-    ops::gather_rows(xe, x, index);
-    const Tensor dc = dc_.tensor().slice(o0, o1);
-    ops::linear_backward_weight(act_proj_.grad.slice(e * D_, (e + 1) * D_), dc, xe);
-    ops::linear_backward_input(dxe, dc, act_proj_.value.slice(e * D_, (e + 1) * D_), false);
-    if (gated_) {
-      const Tensor dl = dlin_.tensor().slice(o0, o1);
-      ops::linear_backward_weight(lin_proj_.grad.slice(e * D_, (e + 1) * D_), dl, xe);
-      ops::linear_backward_input(dxe, dl, lin_proj_.value.slice(e * D_, (e + 1) * D_), true);
-    }
-    ops::scatter_add_rows(dx, dxe, index);
+  // Through the up (and gate) projections of the active pairs; yg_ now holds dx by pair.
+  const ops::Grouped dc{dc_.tensor().matrix(), GroupSplit::Rows};
+  ops::grouped_gemm({act_proj_.grad.matrix(), GroupSplit::ExpertRows}, dc, true, xg, false, 1.0, 1.0, offsets_, D_);
+  ops::grouped_gemm({yg_.tensor().matrix(), GroupSplit::Rows}, dc, false,
+                    {act_proj_.value.matrix(), GroupSplit::ExpertRows}, false, 1.0, 0.0, offsets_, D_);
+  if (gated_) {
+    const ops::Grouped dl{dlin_.tensor().matrix(), GroupSplit::Rows};
+    ops::grouped_gemm({lin_proj_.grad.matrix(), GroupSplit::ExpertRows}, dl, true, xg, false, 1.0, 1.0, offsets_, D_);
+    ops::grouped_gemm({yg_.tensor().matrix(), GroupSplit::Rows}, dl, false,
+                      {lin_proj_.value.matrix(), GroupSplit::ExpertRows}, false, 1.0, 1.0, offsets_, D_);
   }
+  ops::scatter_add_rows(dx, yg_, tokens);
 
   // The mean over all E*D entries: du_j = dc_j - kappa for every entry j of
   // the token (zero dc for inactive experts), kappa = sum(dc) / (E*D). Its

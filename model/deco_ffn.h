@@ -72,10 +72,10 @@ class DecoFfn {
   // Sparse routing: pairs grouped by expert (ops::build_routing).
   Buffer offsets_, pair_token_, pair_flat_;
   int64_t pairs_ = 0;
-  std::vector<int32_t> host_offsets_;
   // Backward temporaries.
   Buffer q_, dgs_, dact_, dc_, dlin_, kappa_, row_means_, dg_, dr_, dz_, kvec_;
-  Buffer xe_, ye_;  // per-expert gathered rows [<= N, H]
+  Buffer xg_;  // inputs gathered by pair [P, H], saved for the weight gradients
+  Buffer yg_;  // per-pair rows [P, H]: expert outputs, then dy gathered, then dx by pair
 };
 
 }  // namespace deco

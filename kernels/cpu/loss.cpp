@@ -35,13 +35,19 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
         const int32_t target = tgt[c0 + r];
         T mx = row[0];
         for (int64_t j = 1; j < V; ++j) mx = std::max(mx, row[j]);
+        // exp in the compute dtype (each term is in (0, 1] after the shift),
+        // the sum and the log in double.
+        const T logit_target = row[target];
         double sum = 0.0;
-        for (int64_t j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j] - mx));
-        const double lse = static_cast<double>(mx) + std::log(sum);
-        row_loss[static_cast<size_t>(r)] = lse - static_cast<double>(row[target]);
+        for (int64_t j = 0; j < V; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        row_loss[static_cast<size_t>(r)] =
+            static_cast<double>(mx) + std::log(sum) - static_cast<double>(logit_target);
         if (backward) {  // dlogits = grad_scale * (softmax - onehot), written over the logits
-          for (int64_t j = 0; j < V; ++j)
-            row[j] = static_cast<T>(grad_scale * std::exp(static_cast<double>(row[j]) - lse));
+          const T scale = static_cast<T>(grad_scale / sum);
+          for (int64_t j = 0; j < V; ++j) row[j] *= scale;
           row[target] -= static_cast<T>(grad_scale);
         }
       }

@@ -4,6 +4,7 @@
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/math.h"
 #include "kernels/ops.h"
 
@@ -24,9 +25,9 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < m.rows; ++r) {
       const T* row = px + r * m.cols;
-      double ss = 0.0;  // statistics in at least double on the CPU (spec: fp32 or better)
-      for (int64_t c = 0; c < m.cols; ++c) ss += static_cast<double>(row[c]) * row[c];
-      const T rs = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(m.cols) + eps));
+      T ss = 0;  // statistics in the compute dtype: float32 or float64 on the CPU
+      for (int64_t c = 0; c < m.cols; ++c) ss += row[c] * row[c];
+      const T rs = T(1) / std::sqrt(ss / static_cast<T>(m.cols) + static_cast<T>(eps));
       pr[r] = rs;
       for (int64_t c = 0; c < m.cols; ++c) po[r * m.cols + c] = row[c] * rs * pw[c];
     }
@@ -45,23 +46,19 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
     const T* pd = dout.data<T>();
     const T* pr = rstd.data<T>();
     T* pdx = dx.data<T>();
-    // dx = rs * (w*dy - xhat * mean(w*dy*xhat)), xhat = x*rs
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < m.rows; ++r) {
+    // dx = rs * (w*dy - xhat * mean(w*dy*xhat)), xhat = x*rs; dweight = sum over rows of dy * xhat
+    cpu::for_rows_reduce(m.rows, cols, dweight.data<T>(), [&](int64_t r, T* dw) {
       const T rs = pr[r];
-      double dot = 0.0;
-      for (int64_t c = 0; c < cols; ++c)
-        dot += static_cast<double>(pw[c] * pd[r * cols + c]) * (px[r * cols + c] * rs);
-      const T mean_dot = static_cast<T>(dot / static_cast<double>(cols));
+      const T* xr = px + r * cols;
+      const T* dr = pd + r * cols;
+      T dot = 0;
       for (int64_t c = 0; c < cols; ++c) {
-        const T xhat = px[r * cols + c] * rs;
-        pdx[r * cols + c] += rs * (pw[c] * pd[r * cols + c] - xhat * mean_dot);
+        dot += pw[c] * dr[c] * xr[c] * rs;
+        dw[c] += dr[c] * xr[c] * rs;
       }
-    }
-    // dweight = sum over rows of dy * xhat, rows in order (deterministic)
-    T* pdw = dweight.data<T>();
-    for (int64_t r = 0; r < m.rows; ++r)
-      for (int64_t c = 0; c < cols; ++c) pdw[c] += pd[r * cols + c] * px[r * cols + c] * pr[r];
+      const T mean_dot = dot / static_cast<T>(cols);
+      for (int64_t c = 0; c < cols; ++c) pdx[r * cols + c] += rs * (pw[c] * dr[c] - xr[c] * rs * mean_dot);
+    });
   });
 }
 
@@ -96,9 +93,9 @@ void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, c
       T* xb = px + b * D;
       for (int64_t d = 0; d < D; ++d) xb[d] = pu[b * D + d] - shift;
       if (has_rms) {
-        double ss = 0.0;
-        for (int64_t d = 0; d < D; ++d) ss += static_cast<double>(xb[d]) * xb[d];
-        const T r = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(D) + eps));
+        T ss = 0;
+        for (int64_t d = 0; d < D; ++d) ss += xb[d] * xb[d];
+        const T r = T(1) / std::sqrt(ss / static_cast<T>(D) + static_cast<T>(eps));
         pr[b] = r;
         for (int64_t d = 0; d < D; ++d) {
           xb[d] *= r;
@@ -129,25 +126,21 @@ void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dac
     } else {
       const T* pg = gamma.data<T>();
       const T* pr = rs.data<T>();
-      // n = xhat*gamma, act = silu(n): dn = dact * silu'(n), dxhat = dn * gamma,
-      // dc = rs * (dxhat - xhat * mean(dxhat * xhat))  (RMSNorm backward per block)
-#pragma omp parallel for schedule(static)
-      for (int64_t b = 0; b < m.rows; ++b) {
+      // n = xhat*gamma, act = silu(n): dn = dact * silu'(n), dgamma += dn * xhat,
+      // dxhat = dn * gamma, dc = rs * (dxhat - xhat * mean(dxhat * xhat))  (RMSNorm backward per block)
+      cpu::for_rows_reduce(m.rows, D, dgamma.data<T>(), [&](int64_t b, T* dg) {
         const T* xb = px + b * D;
         T* db = pdc + b * D;
         T dot = 0;
         for (int64_t d = 0; d < D; ++d) {
-          db[d] = pda[b * D + d] * math::silu_grad(xb[d] * pg[d]) * pg[d];  // dxhat
+          const T dn = pda[b * D + d] * math::silu_grad(xb[d] * pg[d]);
+          dg[d] += dn * xb[d];
+          db[d] = dn * pg[d];  // dxhat
           dot += db[d] * xb[d];
         }
         const T mean_dot = dot / static_cast<T>(D);
         for (int64_t d = 0; d < D; ++d) db[d] = pr[b] * (db[d] - xb[d] * mean_dot);
-      }
-      // dgamma = sum over blocks of dn * xhat, blocks in order (deterministic)
-      T* pdg = dgamma.data<T>();
-      for (int64_t b = 0; b < m.rows; ++b)
-        for (int64_t d = 0; d < D; ++d)
-          pdg[d] += pda[b * D + d] * math::silu_grad(px[b * D + d] * pg[d]) * px[b * D + d];
+      });
     }
   });
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
 
@@ -50,16 +51,16 @@ void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& d
     const T* pdg = dg.data<T>();
     const T* pex = dr_extra.defined() ? dr_extra.data<T>() : nullptr;
     T* pdz = dz.data<T>();
-    // g = r * s, r = relu(z): dr = dg*s (+ regularizer), dz = dr where z > 0
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m.rows * E; ++i) {
-      const T dr = pdg[i] * ps[i % E] + (pex ? pex[i] : T(0));
-      pdz[i] = pz[i] > T(0) ? dr : T(0);
-    }
-    T* pds = dscale.data<T>();
-    for (int64_t t = 0; t < m.rows; ++t)
-      for (int64_t e = 0; e < E; ++e)
-        if (pz[t * E + e] > T(0)) pds[e] += pdg[t * E + e] * pz[t * E + e];
+    // g = r * s, r = relu(z): dr = dg*s (+ regularizer), dz = dr where z > 0; ds = sum dg * r
+    cpu::for_rows_reduce(m.rows, E, dscale.data<T>(), [&](int64_t t, T* ds) {
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t i = t * E + e;
+        const T dr = pdg[i] * ps[e] + (pex ? pex[i] : T(0));
+        const bool active = pz[i] > T(0);
+        pdz[i] = active ? dr : T(0);
+        if (active) ds[e] += pdg[i] * pz[i];
+      }
+    });
   });
 }
 

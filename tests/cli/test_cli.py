@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the `deco` command line: what users type and see.
+
+Checks exit codes and messages for bad input (one line, starting with
+"error:", naming the file and the key), the parameter counts `deco info`
+prints for the paper configs, a short `deco train` run and its outputs,
+`deco eval` and `deco data samples`.
+
+Usage: test_cli.py --deco build/deco --source-dir . --workdir DIR
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        FAILURES.append(what)
+
+
+def run(args, **kw):
+    return subprocess.run([DECO] + args, capture_output=True, text=True, **kw)
+
+
+def expect_error(args, must_contain, what):
+    """A user error: exit code 1 (not a crash), one line on stderr naming the thing."""
+    r = run(args)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    ok = (r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ")
+          and all(s in lines[0] for s in must_contain))
+    check(ok, f"{what}: exit {r.returncode}, stderr {r.stderr.strip()!r}")
+
+
+def test_info(src):
+    """Non-embedding counts within 3% of the paper's names; DECO within 2% of its dense twin."""
+    names = {"0.1b": 0.11e9, "0.2b": 0.24e9, "0.5b": 0.53e9, "1.2b": 1.18e9}
+    for size, target in names.items():
+        counts = {}
+        for kind in ("deco", "dense"):
+            r = run(["info", "--config", f"{src}/configs/{kind}-{size}.yaml"])
+            check(r.returncode == 0, f"deco info {kind}-{size} runs")
+            got = {m.group(1): int(m.group(2).replace(",", ""))
+                   for m in re.finditer(r"^\s+(total|non-embedding)\s+([\d,]+)", r.stdout, re.M)}
+            counts[kind] = got
+        ne = counts["deco"]["non-embedding"]
+        check(abs(ne - target) / target < 0.03, f"deco-{size} non-embedding {ne:,} within 3% of {target:,.0f}")
+        t_deco, t_dense = counts["deco"]["total"], counts["dense"]["total"]
+        check(abs(t_deco - t_dense) / t_dense < 0.02, f"deco-{size} total {t_deco:,} within 2% of dense {t_dense:,}")
+
+
+def test_bad_config(src, work):
+    tiny = f"{src}/configs/tiny.yaml"
+    bad = os.path.join(work, "typo.yaml")
+    with open(bad, "w") as f:
+        f.write(open(tiny).read().replace("hidden_size:", "hiden_size:"))
+    expect_error(["train", "--config", bad], ["typo.yaml", "model.hiden_size", "model.hidden_size"], "unknown key suggests")
+    expect_error(["info", "--config", os.path.join(work, "missing.yaml")], ["missing.yaml"], "missing config file")
+    expect_error(["info", "--config", tiny, "--set", "model.num_layers=abc"], ["model.num_layers", "integer"], "wrong type")
+    expect_error(["info", "--config", tiny, "--set", "model.num_attention_heads=5"],
+                 ["tiny.yaml", "model.hidden_size", "model.num_attention_heads"], "hidden not divisible by heads")
+    expect_error(["info", "--config", tiny, "--set", "model.num_query_groups=3"],
+                 ["model.num_query_groups"], "groups not dividing heads")
+    expect_error(["info", "--config", tiny, "--set", "training.global_batch_size=12"],
+                 ["training.global_batch_size", "micro_batch_size"], "global batch not divisible")
+    expect_error(["info", "--config", tiny, "--set", "optimizer.lrr=1"], ["optimizer.lrr", "optimizer.lr"], "unknown --set key")
+    nolr = os.path.join(work, "nolr.yaml")
+    with open(nolr, "w") as f:
+        f.write(re.sub(r"\n  lr: .*\n", "\n", open(tiny).read()))
+    expect_error(["info", "--config", nolr], ["nolr.yaml", "optimizer.lr", "missing"], "missing required key")
+    broken = os.path.join(work, "broken.yaml")
+    with open(broken, "w") as f:
+        f.write("model: [1, 2\n")
+    expect_error(["info", "--config", broken], ["broken.yaml", "line"], "YAML syntax error")
+
+
+def test_train(src, work):
+    tiny = f"{src}/configs/tiny.yaml"
+    run_dir = os.path.join(work, "run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    short = ["--set", "training.train_iters=12", "--set", "schedule.lr_warmup_iters=2",
+             "--set", "schedule.lr_wsd_decay_iters=4", "--set", "training.log_interval=5"]
+    r = run(["train", "--config", tiny, "--run-dir", run_dir] + short)
+    check(r.returncode == 0, f"deco train runs (exit {r.returncode}) {r.stderr[-300:]!r}")
+    check("resolved config" in r.stdout and "act ratio" in r.stdout, "console shows the resolved config and log lines")
+    log_lines = [l for l in r.stdout.splitlines() if l.startswith(" step")]
+    check(len(log_lines) == 4, f"log lines at steps 1, 5, 10, 12 (got {len(log_lines)})")
+    rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    check(len(rows) == 12, "one metrics.jsonl row per step")
+    required = ["step", "lm_loss", "reg_loss", "lr", "grad_norm", "activation_ratio",
+                "activation_ratio_per_layer", "reg_coef", "tokens_per_second"]
+    check(all(k in rows[-1] for k in required), "metrics rows carry the required keys")
+    check(rows[-1]["lm_loss"] < rows[0]["lm_loss"], "loss falls over 12 steps")
+    check(os.path.exists(os.path.join(run_dir, "config.yaml")), "resolved config saved in the run dir")
+    check(run(["info", "--config", os.path.join(run_dir, "config.yaml")]).returncode == 0, "the saved config loads")
+    before = open(os.path.join(run_dir, "metrics.jsonl"), "rb").read()
+    expect_error(["train", "--config", tiny, "--run-dir", run_dir] + short, ["metrics.jsonl", "already exists"],
+                 "an existing run is not overwritten")
+    check(open(os.path.join(run_dir, "metrics.jsonl"), "rb").read() == before, "its metrics.jsonl is unchanged")
+    expect_error(["train", "--config", tiny, "--run-dir", os.path.join(work, "r2"), "--set", "checkpoint.save=ckpt"],
+                 ["checkpoint.save"], "checkpoint keys are refused, not ignored")
+    # A dense model trains too, and reports no activation ratio.
+    dense_dir = os.path.join(work, "dense")
+    shutil.rmtree(dense_dir, ignore_errors=True)
+    r = run(["train", "--config", tiny, "--run-dir", dense_dir, "--set", "model.num_experts=0"] + short)
+    rows = [json.loads(l) for l in open(os.path.join(dense_dir, "metrics.jsonl"))] if r.returncode == 0 else []
+    check(r.returncode == 0 and rows[-1]["activation_ratio"] is None, "dense model trains, ratio null")
+
+
+def test_eval_and_samples(src, work):
+    tiny = f"{src}/configs/tiny.yaml"
+    w = os.path.join(work, "w.h5")
+    check(run(["init", "--config", tiny, "--out", w]).returncode == 0, "deco init writes weights")
+    samples = os.path.join(work, "s.npy")
+    r = run(["data", "samples", "--config", tiny, "--first", "4", "--out", samples])
+    check(r.returncode == 0, "deco data samples runs")
+    s = np.load(samples)
+    check(s.shape == (4, 129) and s.dtype == np.int32 and s.min() >= 0 and s.max() < 512,
+          f"samples are [4, seq+1] int32 in the vocabulary ({s.shape}, {s.dtype})")
+    again = os.path.join(work, "s2.npy")
+    run(["data", "samples", "--config", tiny, "--first", "2", "--out", again])
+    check(np.array_equal(np.load(again), s[:2]), "samples are deterministic")
+
+    g = os.path.join(work, "g.h5")
+    r = run(["eval", "--config", tiny, "--weights", w, "--tokens", samples, "--reg-coef", "0.01", "--dump-grads", g])
+    out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+    check(r.returncode == 0 and abs(out["lm_loss"] - np.log(512)) < 0.1, f"eval at init: loss ~ ln(512) ({out.get('lm_loss')})")
+    check(0 < out.get("activation_ratio", 0) < 1 and len(out.get("activation_ratio_per_layer", [])) == 3,
+          "eval reports the activation ratio overall and per DECO layer")
+    import h5py
+    with h5py.File(g, "r") as f, h5py.File(w, "r") as fw:
+        check(sorted(f["model"].keys()) == sorted(fw["model"].keys()), "gradient file has every parameter's name")
+        check(float(np.abs(f["model"]["lm_head.weight"][...]).sum()) > 0, "gradients are non-zero")
+
+    bad = os.path.join(work, "bad_tokens.npy")
+    np.save(bad, np.full((2, 129), 512, dtype=np.int64))
+    expect_error(["eval", "--config", tiny, "--weights", w, "--tokens", bad], ["bad_tokens.npy", "512"], "token id out of range")
+    long = os.path.join(work, "long.npy")
+    np.save(long, np.zeros((1, 300), dtype=np.int32))
+    expect_error(["eval", "--config", tiny, "--weights", w, "--tokens", long], ["long.npy", "seq_length"], "sequence too long")
+    trunc = os.path.join(work, "trunc.npy")
+    open(trunc, "wb").write(open(samples, "rb").read()[:-10])
+    expect_error(["eval", "--config", tiny, "--weights", w, "--tokens", trunc], ["trunc.npy"], "truncated .npy")
+    expect_error(["eval", "--config", tiny, "--set", "model.hidden_size=64", "--weights", w, "--tokens", samples],
+                 ["w.h5", "shape"], "mis-shaped tensor")
+    expect_error(["eval", "--config", tiny, "--set", "model.expert_gated=true", "--weights", w, "--tokens", samples],
+                 ["w.h5", "expert_gate_proj"], "missing tensor")
+    garbage = os.path.join(work, "garbage.h5")
+    open(garbage, "wb").write(b"not an hdf5 file at all" * 10)
+    expect_error(["eval", "--config", tiny, "--weights", garbage, "--tokens", samples], ["garbage.h5"], "not an HDF5 file")
+
+
+def main():
+    global DECO
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--deco", required=True)
+    ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--workdir", required=True)
+    a = ap.parse_args()
+    DECO = os.path.abspath(a.deco)
+    os.makedirs(a.workdir, exist_ok=True)
+    test_info(a.source_dir)
+    test_bad_config(a.source_dir, a.workdir)
+    test_train(a.source_dir, a.workdir)
+    test_eval_and_samples(a.source_dir, a.workdir)
+    print(f"{len(FAILURES)} failure(s)")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
