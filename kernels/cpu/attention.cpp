@@ -44,6 +44,12 @@ inline void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double 
               static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
 }
 
+// Causal attention only needs keys up to each query: queries are taken in
+// blocks of kQueryBlock rows, and block [i0, i1) computes scores against keys
+// [0, i1) only, which skips about half the work of the full S x S products
+// at long sequence lengths.
+constexpr int64_t kQueryBlock = 64;
+
 template <typename T>
 void attention_forward_cpu(const Tensor& out, const Tensor& probs, const Tensor& q, const Tensor& k,
                            const Tensor& v, const AttentionShape& s) {
@@ -62,22 +68,23 @@ void attention_forward_cpu(const Tensor& out, const Tensor& probs, const Tensor&
     const T* kb = pk + b * S * ldk + g * hd;
     const T* vb = pv + b * S * ldk + g * hd;
     T* P = pp + bh * S * S;
-    // scores = scale * Q K^T; only the lower triangle is used
-    blas_gemm(false, true, S, S, hd, scale, qb, ldq, kb, ldk, T(0), P, S);
-    for (int64_t i = 0; i < S; ++i) {
-      T* row = P + i * S;
-      T mx = row[0];
-      for (int64_t j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
-      T sum = 0;
-      for (int64_t j = 0; j <= i; ++j) {
-        row[j] = std::exp(row[j] - mx);
-        sum += row[j];
+    for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
+      const int64_t i1 = std::min(S, i0 + kQueryBlock);
+      // scores = scale * Q K^T for this block of queries against keys [0, i1)
+      blas_gemm(false, true, i1 - i0, i1, hd, scale, qb + i0 * ldq, ldq, kb, ldk, T(0), P + i0 * S, S);
+      for (int64_t i = i0; i < i1; ++i) {
+        T* row = P + i * S;
+        T mx = row[0];
+        for (int64_t j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
+        for (int64_t j = 0; j <= i; ++j) row[j] = std::exp(row[j] - mx);
+        T sum = 0;
+        for (int64_t j = 0; j <= i; ++j) sum += row[j];
+        const T inv = T(1) / sum;
+        for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
+        for (int64_t j = i + 1; j < S; ++j) row[j] = 0;  // causal mask
       }
-      const T inv = T(1) / sum;
-      for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
-      for (int64_t j = i + 1; j < S; ++j) row[j] = 0;  // causal mask
+      blas_gemm(false, false, i1 - i0, hd, i1, T(1), P + i0 * S, S, vb, ldk, T(0), po + (b * S + i0) * ldq + h * hd, ldq);
     }
-    blas_gemm(false, false, S, hd, S, T(1), P, S, vb, ldk, T(0), po + b * S * ldq + h * hd, ldq);
   }
 }
 
@@ -100,7 +107,7 @@ void attention_backward_cpu(const Tensor& dq, const Tensor& dk, const Tensor& dv
   // parallel unit is (batch, group) and its heads run in order.
 #pragma omp parallel
   {
-    std::vector<T> dP(static_cast<size_t>(S * S));
+    std::vector<T> dP(static_cast<size_t>(std::min(kQueryBlock, S) * S));
 #pragma omp for schedule(dynamic)
     for (int64_t bg = 0; bg < s.batch * s.groups; ++bg) {
       const int64_t b = bg / s.groups, g = bg % s.groups;
@@ -108,27 +115,31 @@ void attention_backward_cpu(const Tensor& dq, const Tensor& dk, const Tensor& dv
       const T* vb = pv + b * S * ldk + g * hd;
       T* dkb = pdk + b * S * ldk + g * hd;
       T* dvb = pdv + b * S * ldk + g * hd;
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t d = 0; d < hd; ++d) dkb[i * ldk + d] = dvb[i * ldk + d] = T(0);
       for (int64_t h = g * heads_per_group; h < (g + 1) * heads_per_group; ++h) {
-        const T beta = h == g * heads_per_group ? T(0) : T(1);  // first head overwrites
         const T* P = pp + (b * s.heads + h) * S * S;
         const T* qb = pq + b * S * ldq + h * hd;
         const T* dob = pdo + b * S * ldq + h * hd;
         T* dqb = pdq + b * S * ldq + h * hd;
-        // dV = P^T dO
-        blas_gemm(true, false, S, hd, S, T(1), P, S, dob, ldq, beta, dvb, ldk);
-        // dP = dO V^T, then dScores = P * (dP - rowsum(dP * P))
-        blas_gemm(false, true, S, S, hd, T(1), dob, ldq, vb, ldk, T(0), dP.data(), S);
-        for (int64_t i = 0; i < S; ++i) {
-          T* row = dP.data() + i * S;
-          const T* prow = P + i * S;
-          T dot = 0;
-          for (int64_t j = 0; j <= i; ++j) dot += row[j] * prow[j];
-          for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
-          for (int64_t j = i + 1; j < S; ++j) row[j] = 0;
+        for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
+          const int64_t i1 = std::min(S, i0 + kQueryBlock), rows = i1 - i0;
+          const T* Pb = P + i0 * S;
+          // dV[0:i1] += P^T dO ; dP = dO V^T, then dScores = P * (dP - rowsum(dP * P))
+          blas_gemm(true, false, i1, hd, rows, T(1), Pb, S, dob + i0 * ldq, ldq, T(1), dvb, ldk);
+          blas_gemm(false, true, rows, i1, hd, T(1), dob + i0 * ldq, ldq, vb, ldk, T(0), dP.data(), S);
+          for (int64_t i = i0; i < i1; ++i) {
+            T* row = dP.data() + (i - i0) * S;
+            const T* prow = P + i * S;
+            T dot = 0;
+            for (int64_t j = 0; j <= i; ++j) dot += row[j] * prow[j];
+            for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
+            for (int64_t j = i + 1; j < i1; ++j) row[j] = 0;
+          }
+          // dQ = scale * dS K ; dK[0:i1] += scale * dS^T Q
+          blas_gemm(false, false, rows, hd, i1, scale, dP.data(), S, kb, ldk, T(0), dqb + i0 * ldq, ldq);
+          blas_gemm(true, false, i1, hd, rows, scale, dP.data(), S, qb + i0 * ldq, ldq, T(1), dkb, ldk);
         }
-        // dQ = scale * dS K ; dK += scale * dS^T Q
-        blas_gemm(false, false, S, hd, S, scale, dP.data(), S, kb, ldk, T(0), dqb, ldq);
-        blas_gemm(true, false, S, hd, S, scale, dP.data(), S, qb, ldq, beta, dkb, ldk);
       }
     }
   }

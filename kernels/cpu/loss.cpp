@@ -38,11 +38,9 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
         // exp in the compute dtype (each term is in (0, 1] after the shift),
         // the sum and the log in double.
         const T logit_target = row[target];
+        for (int64_t j = 0; j < V; ++j) row[j] = std::exp(row[j] - mx);
         double sum = 0.0;
-        for (int64_t j = 0; j < V; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          sum += row[j];
-        }
+        for (int64_t j = 0; j < V; ++j) sum += row[j];
         row_loss[static_cast<size_t>(r)] =
             static_cast<double>(mx) + std::log(sum) - static_cast<double>(logit_target);
         if (backward) {  // dlogits = grad_scale * (softmax - onehot), written over the logits

@@ -297,3 +297,90 @@ TEST_CASE("small elementwise ops and their adjoints", "[ops][grad]") {
   CHECK(acc.data<double>()[2 * 3 + 1] == px[0 * 3 + 1] + px[2 * 3 + 1]);
   CHECK(acc.data<double>()[1 * 3 + 1] == 0.0);
 }
+
+TEST_CASE("grouped GEMM equals one GEMM per expert, empty experts untouched", "[ops]") {
+  // 3 experts of width D = 2 over H = 5; expert 1 has no pairs.
+  const int64_t E = 3, D = 2, H = 5;
+  std::vector<int32_t> off{0, 3, 3, 7};
+  const Tensor offsets(off.data(), DType::I32, Device::CPU, {E + 1});
+  Buffer x = random_buffer({7, H}, 1), w_up = random_buffer({E * D, H}, 2), w_down = random_buffer({H, E * D}, 3);
+  Buffer up(DType::F64, Device::CPU, {7, D}), down(DType::F64, Device::CPU, {7, H});
+  using ops::GroupSplit;
+  // up: pairs of expert e times rows [e*D, (e+1)*D) of w_up, transposed
+  ops::grouped_gemm({up.tensor().matrix(), GroupSplit::Rows}, {x.tensor().matrix(), GroupSplit::Rows}, false,
+                    {w_up.tensor().matrix(), GroupSplit::ExpertRows}, true, 1.0, 0.0, offsets, D);
+  // down: those outputs times columns [e*D, (e+1)*D) of w_down, transposed
+  ops::grouped_gemm({down.tensor().matrix(), GroupSplit::Rows}, {up.tensor().matrix(), GroupSplit::Rows}, false,
+                    {w_down.tensor().matrix(), GroupSplit::ExpertCols}, true, 1.0, 0.0, offsets, D);
+  auto expert_of = [&](int64_t p) { return p < 3 ? 0 : 2; };
+  for (int64_t p = 0; p < 7; ++p)
+    for (int64_t d = 0; d < D; ++d) {
+      double s = 0.0;
+      for (int64_t h = 0; h < H; ++h) s += x.data<double>()[p * H + h] * w_up.data<double>()[(expert_of(p) * D + d) * H + h];
+      CHECK(up.data<double>()[p * D + d] == Approx(s).epsilon(1e-13));
+    }
+  for (int64_t p = 0; p < 7; ++p)
+    for (int64_t h = 0; h < H; ++h) {
+      double s = 0.0;
+      for (int64_t d = 0; d < D; ++d) s += up.data<double>()[p * D + d] * w_down.data<double>()[h * E * D + expert_of(p) * D + d];
+      CHECK(down.data<double>()[p * H + h] == Approx(s).epsilon(1e-13));
+    }
+  // Weight-gradient form, accumulating (beta = 1): expert 1's block keeps its value.
+  Buffer dw(DType::F64, Device::CPU, {E * D, H});
+  for (int64_t i = 0; i < E * D * H; ++i) dw.data<double>()[i] = 7.0;
+  ops::grouped_gemm({dw.tensor().matrix(), GroupSplit::ExpertRows}, {up.tensor().matrix(), GroupSplit::Rows}, true,
+                    {x.tensor().matrix(), GroupSplit::Rows}, false, 1.0, 1.0, offsets, D);
+  for (int64_t i = D * H; i < 2 * D * H; ++i) CHECK(dw.data<double>()[i] == 7.0);
+  double s = 7.0;  // dw[row 0 of expert 2, col 1] = 7 + sum over expert 2's pairs of up[p, 0] * x[p, 1]
+  for (int64_t p = 3; p < 7; ++p) s += up.data<double>()[p * D] * x.data<double>()[p * H + 1];
+  CHECK(dw.data<double>()[(2 * D) * H + 1] == Approx(s).epsilon(1e-13));
+}
+
+TEST_CASE("causal attention over several query blocks matches the naive formula", "[ops][grad]") {
+  // S = 150 spans three of the reference's 64-row query blocks (the last one partial).
+  const ops::AttentionShape s{1, 150, 2, 1, 4};
+  const int64_t S = s.seq, hd = s.head_dim, N = S;
+  Buffer q = random_buffer({N, 2 * hd}, 1), k = random_buffer({N, hd}, 2), v = random_buffer({N, hd}, 3),
+         r = random_buffer({N, 2 * hd}, 4);
+  Buffer out(DType::F64, Device::CPU, q.shape()), saved(DType::F64, Device::CPU, ops::attention_saved_shape(Device::CPU, s));
+  ops::attention_forward(out, saved, q, k, v, s);
+  const double* pq = q.data<double>();
+  const double* pk = k.data<double>();
+  const double* pv = v.data<double>();
+  double worst = 0.0;
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t i = 0; i < S; i += 7) {
+      std::vector<double> w(static_cast<size_t>(i + 1));
+      double mx = -1e300, z = 0.0;
+      for (int64_t j = 0; j <= i; ++j) {
+        double dot = 0.0;
+        for (int64_t d = 0; d < hd; ++d) dot += pq[i * 2 * hd + h * hd + d] * pk[j * hd + d];
+        w[static_cast<size_t>(j)] = dot / 2.0;  // 1 / sqrt(4)
+        mx = std::max(mx, w[static_cast<size_t>(j)]);
+      }
+      for (double& x : w) z += (x = std::exp(x - mx));
+      for (int64_t d = 0; d < hd; ++d) {
+        double o = 0.0;
+        for (int64_t j = 0; j <= i; ++j) o += w[static_cast<size_t>(j)] / z * pv[j * hd + d];
+        worst = std::max(worst, std::abs(o - out.data<double>()[i * 2 * hd + h * hd + d]));
+      }
+    }
+  CHECK(worst < 1e-12);
+  // Backward: directional derivatives along random directions of q, k and v.
+  Buffer dq(DType::F64, Device::CPU, q.shape()), dk(DType::F64, Device::CPU, k.shape()), dv(DType::F64, Device::CPU, v.shape());
+  ops::attention_backward(dq, dk, dv, r, saved, q, k, v, s);
+  auto loss = [&] {
+    ops::attention_forward(out, saved, q, k, v, s);
+    return weighted_sum(out, r);
+  };
+  for (auto [x, g] : {std::pair<Buffer*, Buffer*>{&q, &dq}, {&k, &dk}, {&v, &dv}}) {
+    Buffer dir = random_buffer(x->shape(), 9);
+    const double analytic = weighted_sum(*g, dir), h = 1e-6;
+    ops::axpy(*x, dir, h);
+    const double up = loss();
+    ops::axpy(*x, dir, -2 * h);
+    const double down = loss();
+    ops::axpy(*x, dir, h);
+    CHECK((up - down) / (2 * h) == Approx(analytic).epsilon(1e-7));
+  }
+}
