@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 // Elements are handed out with the file's bytes as they are, and the token
 // reader decodes little-endian files with memcpy: both assume a
@@ -203,21 +204,6 @@ uint64_t read_le(const uint8_t* p, size_t n) {
   return v;
 }
 
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-// Best effort: makes the rename itself durable. Some filesystems refuse to
-// fsync a directory; the data is already safe by then, so that is not an error.
-void fsync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
 }  // namespace
 
 int64_t NpyArray::numel() const {
@@ -365,32 +351,7 @@ void write_npy(const std::string& path, const std::string& descr, const std::vec
   for (size_t i = 0; i < prefix_len - kMagicLen - 2; ++i)
     preamble += static_cast<char>((hlen >> (8 * i)) & 0xff);
 
-  const std::string dir = parent_dir(path);
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    fail("cannot write ", path, ": directory ", dir, " does not exist; create it first");
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  FILE* raw = std::fopen(tmp.c_str(), "wb");
-  if (raw == nullptr) fail("cannot write ", path, ": creating ", tmp, " failed: ", std::strerror(errno));
-  File file(raw);
-  bool ok = std::fwrite(preamble.data(), 1, preamble.size(), file.get()) == preamble.size() &&
-            std::fwrite(header.data(), 1, header.size(), file.get()) == header.size() &&
-            (nbytes == 0 || std::fwrite(data, 1, nbytes, file.get()) == nbytes) &&
-            std::fflush(file.get()) == 0 && ::fsync(::fileno(file.get())) == 0;
-  int err = ok ? 0 : errno;
-  if (std::fclose(file.release()) != 0 && ok) {
-    ok = false;
-    err = errno;
-  }
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) {
-    std::remove(tmp.c_str());
-    fail("cannot write ", path, ": ", std::strerror(err), " (", path, " was left unchanged)");
-  }
-  fsync_dir(dir);
+  write_file_atomic(path, {{preamble.data(), preamble.size()}, {header.data(), header.size()}, {data, nbytes}});
 }
 
 namespace {

@@ -3,8 +3,8 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
+#include "core/file_io.h"
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
 #include "model/model_stats.h"
@@ -16,18 +16,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Writes `text` to `path` through a temporary file and a rename, so a
-// reader never sees half a file.
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << text;
-    if (!out) fail("cannot write ", tmp, "; check that the directory is writable.");
-  }
-  std::filesystem::rename(tmp, path);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace deco {
 namespace {
@@ -250,45 +251,6 @@ std::vector<uint8_t> build_image(const std::string& name, const std::string& pat
   return image;
 }
 
-// Writes `image` to `tmp` and fsyncs it: the data must be on disk before the
-// rename makes it the file at `path`, or a crash could leave an empty file there.
-void write_image(const std::vector<uint8_t>& image, const std::string& tmp,
-                 const std::string& path) {
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) fail("cannot write ", path, ": creating ", tmp, " failed: ", std::strerror(errno));
-  size_t done = 0;
-  int err = 0;
-  while (done < image.size()) {
-    const ssize_t n = ::write(fd, image.data() + done, image.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      err = n < 0 ? errno : EIO;
-      break;
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  if (err != 0)
-    fail("cannot write ", path, ": writing ", tmp, " failed after ", done, " of ", image.size(),
-         " bytes: ", std::strerror(err));
-}
-
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-// Best effort: some filesystems cannot fsync a directory, and the data is
-// already safe by then; this only makes the rename itself durable sooner.
-void fsync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
 // ---------------------------------------------------------------- loading: diagnostics
 
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
@@ -431,28 +393,12 @@ void save_weights_h5(const std::string& path, const ParamStore& store,
   for (const auto& entry : attributes)
     DECO_ASSERT(!entry.first.empty() && entry.first != "format" && entry.first != "format_version",
                 "save_weights_h5: attribute name '", entry.first, "' is empty or reserved");
-  const std::string dir = parent_dir(path);
+  // The HDF5 file is assembled in memory, then written in one atomic step.
   struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    fail("cannot write ", path, ": directory ", dir, " does not exist; create it first or choose "
-         "another path");
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
     fail("cannot write ", path, ": it is a directory; choose a file name such as ", path, "/W.h5");
-
-  // The pid keeps two processes saving to the same path from sharing a temporary.
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  try {
-    write_image(build_image(tmp, path, store, attributes, group), tmp, path);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      fail("cannot write ", path, ": renaming ", tmp, " over it failed: ", std::strerror(errno));
-  } catch (const Error& e) {
-    std::remove(tmp.c_str());
-    throw Error(str(e.what(), "; ", path, " was left unchanged"));
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
-  }
-  fsync_dir(dir);
+  const std::vector<uint8_t> image = build_image(path + ".image", path, store, attributes, group);
+  write_file_atomic(path, {{image.data(), image.size()}});
 }
 
 void load_weights_h5(const std::string& path, const ParamStore& store, const std::string& group) {

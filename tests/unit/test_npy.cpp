@@ -16,40 +16,18 @@
 
 #include "core/error.h"
 #include "data/npy.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using deco::NpyArray;
 
+using deco::test::TempDir;
+using deco::test::error_of;
+using deco::test::kPython;
+using deco::test::run_command;
+
 namespace {
-
-const char* kPython = "/usr/bin/python3";
-
-// A fresh directory under /tmp, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "deco-npy-XXXXXX").string();
-    REQUIRE(::mkdtemp(&pattern[0]) != nullptr);
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-// The deco::Error message `f` throws, or a marker that fails any comparison.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const deco::Error& e) {
-    return e.what();
-  }
-  return "<no deco::Error thrown>";
-}
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -61,32 +39,18 @@ void write_file(const std::string& path, const std::string& bytes) {
   out << bytes;
 }
 
-// Runs a shell command and returns its stdout; *rc gets the exit status.
-std::string run(const std::string& command, int* rc) {
-  std::string out;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) {
-    *rc = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  *rc = ::pclose(pipe);
-  return out;
-}
 
 // The independent-reader checks need NumPy; without it they are skipped
 // with a warning rather than failed, since a bare build machine is valid.
 bool have_numpy() {
   if (::access(kPython, X_OK) != 0) return false;
   int rc = 0;
-  run(std::string(kPython) + " -c 'import numpy' 2>/dev/null", &rc);
+  run_command(std::string(kPython) + " -c 'import numpy' 2>/dev/null", &rc);
   return rc == 0;
 }
 
 std::string check_io(const std::string& args, int* rc) {
-  return run(std::string(kPython) + " " DECO_SOURCE_DIR "/tests/reference/check_io.py " + args, rc);
+  return run_command(std::string(kPython) + " " DECO_SOURCE_DIR "/tests/reference/check_io.py " + args, rc);
 }
 
 template <typename T>

@@ -1,14 +1,67 @@
 // Helpers shared by the unit tests: random tensors and finite differences.
 #pragma once
 
+#include <stdlib.h>
+
+#include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
 #include "core/tensor.h"
 
 namespace deco::test {
+
+// Debian's Python with numpy and h5py, for checks by independent readers.
+inline const char* kPython = "/usr/bin/python3";
+
+// A fresh directory under /tmp, removed with everything in it at scope exit.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "deco-test-XXXXXX").string();
+    REQUIRE(::mkdtemp(&pattern[0]) != nullptr);
+    path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+  size_t entries() const {
+    return static_cast<size_t>(std::distance(std::filesystem::directory_iterator(path),
+                                             std::filesystem::directory_iterator()));
+  }
+};
+
+// The deco::Error message `f` throws, or a marker that fails any comparison.
+template <typename F> std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const deco::Error& e) {
+    return e.what();
+  }
+  return "<no deco::Error thrown>";
+}
+
+// Runs a shell command and returns its stdout; *rc gets the exit status.
+inline std::string run_command(const std::string& command, int* rc) {
+  std::string out;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) {
+    *rc = -1;
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+  *rc = ::pclose(pipe);
+  return out;
+}
 
 // A CPU buffer of N(0, scale^2) values (or uniform in [lo, hi) with fill_uniform).
 inline Buffer random_buffer(const Shape& shape, uint64_t seed, double scale = 1.0,

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "model/params.h"
 #include "trainer/weights_io.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -29,55 +30,17 @@ using deco::ParamLayout;
 using deco::ParamSpec;
 using deco::ParamStore;
 
+using deco::test::TempDir;
+using deco::test::error_of;
+using deco::test::kPython;
+using deco::test::run_command;
+
 namespace {
-
-const char* kPython = "/usr/bin/python3";
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "deco-h5-XXXXXX").string();
-    REQUIRE(::mkdtemp(&pattern[0]) != nullptr);
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-  size_t entries() const {
-    return static_cast<size_t>(std::distance(fs::directory_iterator(path), fs::directory_iterator()));
-  }
-};
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const deco::Error& e) {
-    return e.what();
-  }
-  return "<no deco::Error thrown>";
-}
-
-std::string run(const std::string& command, int* rc) {
-  std::string out;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) {
-    *rc = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  *rc = ::pclose(pipe);
-  return out;
-}
 
 bool have_h5py() {
   if (::access(kPython, X_OK) != 0) return false;
   int rc = 0;
-  run(std::string(kPython) + " -c 'import numpy, h5py' 2>/dev/null", &rc);
+  run_command(std::string(kPython) + " -c 'import numpy, h5py' 2>/dev/null", &rc);
   return rc == 0;
 }
 
@@ -233,7 +196,7 @@ TEST_CASE("weights: h5py reads the files deco writes", "[io]") {
 
   int rc = 0;
   std::istringstream lines(
-      run(std::string(kPython) + " " DECO_SOURCE_DIR "/tests/reference/check_io.py h5-summary " +
+      run_command(std::string(kPython) + " " DECO_SOURCE_DIR "/tests/reference/check_io.py h5-summary " +
               path,
           &rc));
   REQUIRE(rc == 0);
