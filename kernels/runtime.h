@@ -10,5 +10,8 @@ void set_cpu_threads(int64_t threads);
 int64_t cpu_threads();
 // The BLAS library the CPU backend was linked with, for the start-up banner.
 const char* cpu_blas_name();
+// Host memory the kernel can still give this process (MemAvailable of
+// /proc/meminfo), in bytes; 0 when unknown.
+double host_memory_available_bytes();
 
 }  // namespace deco

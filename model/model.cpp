@@ -117,7 +117,6 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
     if (L.deco_ffn) {
       DecoLayerStats stats = L.deco_ffn->forward(branch_out_, L.normed2, opt.reg);
       const double mean_reg = stats.reg_sum / static_cast<double>(N) / static_cast<double>(config_.num_layers);
-      result.reg_value += mean_reg;
       result.reg_loss += opt.reg_coef * mean_reg;
       result.deco_layers.push_back(std::move(stats));
     } else {

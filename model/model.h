@@ -24,7 +24,6 @@ struct StepResult {
   double lm_loss_sum = 0.0;  // cross-entropy summed over target tokens
   int64_t tokens = 0;        // target tokens
   double reg_loss = 0.0;     // lambda * sum over DECO layers of mean_tokens(reg) / num_layers
-  double reg_value = 0.0;    // the same without lambda (tells the regularizer's state when lambda is tiny)
   std::vector<DecoLayerStats> deco_layers;  // one per DECO layer, in layer order
 
   double lm_loss() const { return tokens ? lm_loss_sum / static_cast<double>(tokens) : 0.0; }

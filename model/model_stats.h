@@ -32,4 +32,11 @@ ParamCounts count_params(const ModelConfig& config);
 // seq_length (PaLM's convention: the causal mask's skipped half is counted).
 double training_flops_per_token(const ModelConfig& config, double routed_fraction);
 
+// Bytes of activations and backward temporaries the CPU backend holds for a
+// micro-batch of `batch` sequences of seq_length tokens in `dtype`: what
+// model/ allocates, block by block, with the sparse path's pairs counted at
+// an activation ratio of 0.5 (where training starts). An estimate to refuse
+// runs that cannot fit, not an exact count.
+double cpu_activation_bytes(const ModelConfig& config, int64_t batch, size_t dtype_bytes);
+
 }  // namespace deco

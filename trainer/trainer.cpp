@@ -29,6 +29,7 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
       plan_(config.training.micro_batch_size, config.training.global_batch_size,
             groups.layout.dp_size, groups.layout.dp_rank) {
   set_cpu_threads(config_.training.threads);
+  check_memory();
   model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU);
   model_->init(config_.training.seed);
   optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU);
@@ -50,6 +51,25 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
 
 Trainer::~Trainer() = default;
 
+void Trainer::check_memory() {
+  // Linux overcommits: a run that cannot fit would be killed mid-step by the
+  // OOM killer without a word. Refuse it here instead, with the numbers.
+  const ModelConfig& m = config_.model;
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  const double state = 16.0 * static_cast<double>(count_params(m).total);  // fp32 weights, grads, AdamW m and v
+  const double activations = cpu_activation_bytes(m, config_.training.micro_batch_size, sizeof(float));
+  memory_note_ = str("about ", std::round((state + activations) / gib * 10) / 10, " GiB (",
+                     std::round(state / gib * 10) / 10, " GiB weights, gradients and AdamW state; ",
+                     std::round(activations / gib * 10) / 10, " GiB activations)");
+  const double available = host_memory_available_bytes();
+  if (available > 0 && state + activations > available)
+    fail(config_.source, ": training on the CPU needs ", memory_note_, " for training.micro_batch_size ",
+         config_.training.micro_batch_size, " x model.seq_length ", m.seq_length, ", but only ",
+         std::round(available / gib * 10) / 10,
+         " GiB of memory is available; lower training.micro_batch_size or model.seq_length, or use a "
+         "smaller model.");
+}
+
 void Trainer::print_banner() {
   if (!options_.console) return;
   std::ostream& out = *options_.console;
@@ -58,7 +78,7 @@ void Trainer::print_banner() {
   out << "deco " << DECO_VERSION << " | config " << config_.source << " | run dir " << options_.run_dir
       << "\n";
   out << "parallel: " << groups_.layout.describe() << "\n";
-  out << "cpu: " << cpu_threads() << " threads, " << cpu_blas_name() << "\n";
+  out << "cpu: " << cpu_threads() << " threads, " << cpu_blas_name() << "; memory " << memory_note_ << "\n";
   out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
       << m.num_layers << " layers";
   if (m.num_experts > 0)

@@ -41,6 +41,7 @@ class Trainer {
   double reg_coef() const { return sparsity_.coef(); }
 
  private:
+  void check_memory();
   void print_banner();
   void reduce_gradients();
   double global_grad_norm();
@@ -59,6 +60,7 @@ class Trainer {
   int64_t consumed_samples_ = 0;
   double elapsed_s_ = 0.0;
   std::vector<int32_t> batch_;  // host tokens of the current micro-batch
+  std::string memory_note_;     // the memory estimate, for the banner
 };
 
 }  // namespace deco

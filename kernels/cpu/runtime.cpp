@@ -2,6 +2,9 @@
 
 #include <cblas.h>
 
+#include <fstream>
+#include <string>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -27,5 +30,15 @@ int64_t cpu_threads() {
 }
 
 const char* cpu_blas_name() { return openblas_get_config(); }
+
+double host_memory_available_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0.0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024.0;
+  return 0.0;
+}
 
 }  // namespace deco

@@ -107,6 +107,12 @@ def test_train(src, work):
     check(open(os.path.join(run_dir, "metrics.jsonl"), "rb").read() == before, "its metrics.jsonl is unchanged")
     expect_error(["train", "--config", tiny, "--run-dir", os.path.join(work, "r2"), "--set", "checkpoint.save=ckpt"],
                  ["checkpoint.save"], "checkpoint keys are refused, not ignored")
+    # A run that cannot fit in memory is refused before it starts, not OOM-killed
+    # (micro-batches of 512 x 4096 tokens of deco-1.2b need terabytes of activations).
+    expect_error(["train", "--config", f"{src}/configs/deco-1.2b.yaml", "--run-dir", os.path.join(work, "r3"),
+                  "--set", "training.micro_batch_size=512"],
+                 ["deco-1.2b.yaml", "GiB", "training.micro_batch_size"], "a run too big for memory is refused")
+    check(not os.path.exists(os.path.join(work, "r3", "metrics.jsonl")), "and leaves no run directory behind")
     # A dense model trains too, and reports no activation ratio.
     dense_dir = os.path.join(work, "dense")
     shutil.rmtree(dense_dir, ignore_errors=True)

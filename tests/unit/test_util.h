@@ -23,7 +23,8 @@ inline const char* kPython = "/usr/bin/python3";
 struct TempDir {
   std::filesystem::path path;
   TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "deco-test-XXXXXX").string();
+    // mkdtemp replaces the template's six trailing X characters.
+    std::string pattern = (std::filesystem::temp_directory_path() / ("deco-test-" + std::string(6, 'X'))).string();
     REQUIRE(::mkdtemp(&pattern[0]) != nullptr);
     path = pattern;
   }
