@@ -9,8 +9,9 @@
 # Rows:
 #  - deco sparse: the config's own training run (adaptive sparsity
 #    coefficient); tokens/s over steps 11-60, where the activation ratio is
-#    still near its initial ~0.5, and over the last half of the run, where it
-#    sits near the 0.2 target. Only the sparse path's speed depends on it.
+#    still near its initial ~0.5, over the last half of the run, where it
+#    sits near the 0.2 target, and over the whole run after the 10 warm-up
+#    steps. Only the sparse path's speed depends on the ratio.
 #  - deco dense experts: steps 11-60 (its speed does not depend on the ratio).
 #  - PyTorch reference: steps 11-60, computing all experts as the authors'
 #    code does, with OpenMP's PASSIVE and ACTIVE wait policies (the faster
@@ -56,6 +57,8 @@ for r in $(seq "$rounds"); do
   echo "sparse_early $tps $ratio" >> "$work/results"
   read -r tps ratio < <(rate "$work/sparse$r" $((iters / 2)) "$iters")
   echo "sparse_target $tps $ratio" >> "$work/results"
+  read -r tps ratio < <(rate "$work/sparse$r" $warmup "$iters")
+  echo "sparse_run $tps $ratio" >> "$work/results"
   build/deco train --config "$config" --run-dir "$work/dense$r" "${deco_args[@]}" "${short[@]}" \
     --set model.expert_compute=dense >/dev/null
   read -r tps _ < <(rate "$work/dense$r" $warmup $((warmup + timed)))
@@ -70,24 +73,33 @@ done
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), threads $threads"
 echo "config: $config; median of $rounds interleaved rounds; float32"
-$py - "$work/results" <<'PY'
+$py - "$work/results" "$rounds" <<'PY'
 import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    name, tps, ratio = line.split()
-    rows.setdefault(name, []).append((float(tps), float(ratio)))
-med = {k: (statistics.median(t for t, _ in v), statistics.mean(r for _, r in v)) for k, v in rows.items()}
-torch_policy = max(("torch_PASSIVE", "torch_ACTIVE"), key=lambda k: med[k][0])
-ref = med[torch_policy][0]
-table = [
-    ("deco sparse experts, steps 11-60 (ratio %.2f)" % med["sparse_early"][1], med["sparse_early"][0]),
-    ("deco sparse experts, 2nd half of run (ratio %.2f)" % med["sparse_target"][1], med["sparse_target"][0]),
-    ("deco dense experts, steps 11-60", med["dense"][0]),
-    ("PyTorch reference, OMP_WAIT_POLICY=PASSIVE", med["torch_PASSIVE"][0]),
-    ("PyTorch reference, OMP_WAIT_POLICY=ACTIVE", med["torch_ACTIVE"][0]),
+lines = [l.split() for l in open(sys.argv[1])]
+rounds = int(sys.argv[2])
+per_round = len(lines) // rounds
+runs = {}  # name -> [(tokens/s, ratio) per round]
+for r in range(rounds):
+    for name, tps, act in lines[r * per_round:(r + 1) * per_round]:
+        runs.setdefault(name, []).append((float(tps), float(act)))
+# The PyTorch peer of each round: its faster wait policy in that round.
+torch = [max(p, a) for (p, _), (a, _) in zip(runs["torch_PASSIVE"], runs["torch_ACTIVE"])]
+rows = [
+    ("sparse_early", "deco sparse experts, steps 11-60 (ratio %.2f)"),
+    ("sparse_target", "deco sparse experts, 2nd half of run (ratio %.2f)"),
+    ("sparse_run", "deco sparse experts, whole run after warm-up"),
+    ("dense", "deco dense experts, steps 11-60"),
+    ("torch_PASSIVE", "PyTorch reference, OMP_WAIT_POLICY=PASSIVE"),
+    ("torch_ACTIVE", "PyTorch reference, OMP_WAIT_POLICY=ACTIVE"),
 ]
-print(f"{'run':<52}{'tokens/s':>10}{'vs PyTorch':>12}")
-for name, tps in table:
-    print(f"{name:<52}{tps:>10.0f}{tps / ref:>11.2f}x")
-print(f"(vs PyTorch = against {torch_policy.replace('torch_', 'OMP_WAIT_POLICY=')}, the faster reference run)")
+print(f"{'run':<52}{'tokens/s':>10}{'vs PyTorch':>12}{'  per-round range':>20}")
+for key, label in rows:
+    tps = [t for t, _ in runs[key]]
+    ratio = statistics.mean(a for _, a in runs[key])
+    vs = [t / p for t, p in zip(tps, torch)]
+    name = label % ratio if "%" in label else label
+    print(f"{name:<52}{statistics.median(tps):>10.0f}{statistics.median(vs):>11.2f}x"
+          f"{'':>5}{min(vs):.2f}x - {max(vs):.2f}x")
+print("tokens/s: median over rounds; vs PyTorch: median over rounds of the ratio to that round's faster")
+print("PyTorch run (runs of one round are back to back, so the ratio is robust to the machine's drift)")
 PY
