@@ -15,6 +15,7 @@ packages=(
   nlohmann-json3-dev                        # metrics.jsonl, eval output
   libopenblas-openmp-dev                    # CPU GEMMs, sharing deco's OpenMP threads
   libopenmpi-dev openmpi-bin                # multi-process launch (mpirun)
+  libsentencepiece-dev zlib1g-dev          # tokenizers (SentencePiece) and .jsonl.gz input
   python3 python3-numpy python3-h5py python3-yaml python3-torch  # the PyTorch reference tests
 )
 

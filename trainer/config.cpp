@@ -231,6 +231,37 @@ void read_value(const YAML::Node& node, const Where& where, E* out) {
        ".");
 }
 
+// data_path: a list whose items are [weight, prefix] pairs or bare prefixes
+// (weight 1); a single string is a one-item list.
+void read_value(const YAML::Node& node, const Where& where, std::vector<DataPathEntry>* out) {
+  out->clear();
+  if (node.IsNull()) return;
+  auto item_error = [&](const YAML::Node& item) {
+    fail(where.origin, ": ", where.name, " items must be [weight, prefix] pairs or prefixes, got ",
+         describe(item), "; write for example [[0.7, /data/web_text_document], [0.3, /data/code]].");
+  };
+  auto read_item = [&](const YAML::Node& item) {
+    DataPathEntry e;
+    if (item.IsScalar()) {
+      e.prefix = item.Scalar();
+    } else if (item.IsSequence() && item.size() == 2 && item[0].IsScalar() && item[1].IsScalar()) {
+      Where weight_where = where;
+      weight_where.name = where.name + " weight";
+      read_value(item[0], weight_where, &e.weight);
+      e.prefix = item[1].Scalar();
+    } else {
+      item_error(item);
+    }
+    out->push_back(e);
+  };
+  if (node.IsScalar()) {
+    read_item(node);
+    return;
+  }
+  if (!node.IsSequence()) type_error(node, where, "a list of [weight, prefix] pairs");
+  for (const YAML::Node& item : node) read_item(item);
+}
+
 // ---------------------------------------------------------------- writing one value
 
 void emit_value(YAML::Emitter& out, int64_t v) { out << v; }
@@ -240,6 +271,15 @@ void emit_value(YAML::Emitter& out, bool v) { out << (v ? "true" : "false"); }
 // yaml-cpp quotes a string when its plain form would not read back as the
 // same text ("", "null", "#x", leading spaces).
 void emit_value(YAML::Emitter& out, const std::string& v) { out << v; }
+void emit_value(YAML::Emitter& out, const std::vector<DataPathEntry>& v) {
+  out << YAML::Flow << YAML::BeginSeq;
+  for (const DataPathEntry& e : v) {
+    out << YAML::Flow << YAML::BeginSeq;
+    emit_value(out, e.weight);
+    out << e.prefix << YAML::EndSeq;
+  }
+  out << YAML::EndSeq;
+}
 
 template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>>
 void emit_value(YAML::Emitter& out, E v) {
@@ -357,7 +397,12 @@ const std::vector<Section>& schema() {
         DECO_FIELD(sparsity, reg_coef_init),
         DECO_FIELD(sparsity, reg_coef_multiplier)}},
       {"data",
-       {DECO_FIELD(data, synthetic_successors),
+       {DECO_FIELD(data, data_path),
+        DECO_FIELD(data, split),
+        DECO_FIELD(data, data_cache_path),
+        DECO_FIELD(data, tokenizer_type),
+        DECO_FIELD(data, tokenizer_model),
+        DECO_FIELD(data, synthetic_successors),
         DECO_FIELD(data, synthetic_repeat_prob)}},
       {"parallel",
        {DECO_FIELD(parallel, expert_model_parallel_size),
@@ -608,6 +653,25 @@ void check_required(const YAML::Node& root, const std::set<std::string>& present
 
 // ---------------------------------------------------------------- value constraints
 
+// "969,30,1", "98/2", "100": up to three non-negative numbers, positive sum.
+bool valid_split(const std::string& split) {
+  std::vector<double> parts;
+  std::string token;
+  for (size_t i = 0; i <= split.size(); ++i) {
+    if (i == split.size() || split[i] == ',' || split[i] == '/') {
+      double v = 0.0;
+      if (parse_number(token, &v) != std::errc() || !(v >= 0) || !std::isfinite(v)) return false;
+      parts.push_back(v);
+      token.clear();
+    } else if (split[i] != ' ') {
+      token += split[i];
+    }
+  }
+  double sum = 0.0;
+  for (double v : parts) sum += v;
+  return parts.size() <= 3 && sum > 0;
+}
+
 class Validator {
  public:
   Validator(const Config& config, const Origins& origins, const std::set<std::string>& present,
@@ -776,6 +840,28 @@ class Validator {
 
   void data() const {
     const DataConfig& d = c_.data;
+    for (const DataPathEntry& e : d.data_path) {
+      check(e.weight > 0, {"data.data_path"},
+            str("data.data_path weight of ", e.prefix, " (", show(e.weight), ") must be positive; "
+                "drop the corpus instead of weighting it 0."));
+      check(!e.prefix.empty(), {"data.data_path"}, "data.data_path has an empty prefix; give the path "
+            "of a corpus without its .bin/.idx extension.");
+      const bool has_ext = e.prefix.size() > 4 && (e.prefix.compare(e.prefix.size() - 4, 4, ".bin") == 0 ||
+                                                   e.prefix.compare(e.prefix.size() - 4, 4, ".idx") == 0);
+      check(!has_ext, {"data.data_path"},
+            str("data.data_path entry ", e.prefix, " ends in its extension; give the prefix (",
+                e.prefix.substr(0, e.prefix.size() - 4), "), as Megatron-LM does."));
+    }
+    check(valid_split(d.split), {"data.split"},
+          str("data.split ('", d.split, "') must be up to three non-negative numbers separated by "
+              "commas or slashes with a positive sum, such as \"969,30,1\"."));
+    const std::string tok = lower(d.tokenizer_type);
+    check(tok.empty() || tok == "sentencepiece" || tok == "gptsentencepiecetokenizer" ||
+              tok == "sentencepiecetokenizer" || tok == "byte",
+          {"data.tokenizer_type"},
+          str("data.tokenizer_type (", d.tokenizer_type, ") must be sentencepiece or byte."));
+    check(tok == "byte" || tok.empty() || !d.tokenizer_model.empty(), {"data.tokenizer_model"},
+          "data.tokenizer_model is missing; a SentencePiece tokenizer needs its .model file.");
     check(d.synthetic_successors >= 1 && d.synthetic_successors <= c_.model.vocab_size,
           {"data.synthetic_successors", "model.vocab_size"},
           str("data.synthetic_successors (", d.synthetic_successors, ") must be between 1 and "

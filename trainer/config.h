@@ -55,11 +55,24 @@ struct SparsityConfig {
   double initial_coef() const { return reg_coef_init < 0 ? reg_coef_min : reg_coef_init; }
 };
 
-// Until the Megatron data pipeline lands, training reads the built-in
-// synthetic corpus (data/synthetic_corpus.h); these are its knobs.
+// One corpus of a blend: a Megatron indexed dataset (<prefix>.bin/.idx) and its weight.
+struct DataPathEntry {
+  double weight = 1.0;
+  std::string prefix;
+  bool operator==(const DataPathEntry& o) const { return weight == o.weight && prefix == o.prefix; }
+};
+
+// Training data, with Megatron-LM's names (docs/data.md). With no
+// data_path, training reads the built-in synthetic corpus
+// (data/synthetic_corpus.h), whose knobs are the synthetic_* keys.
 struct DataConfig {
-  int64_t synthetic_successors = 4;     // likely next tokens per token in the Markov part
-  double synthetic_repeat_prob = 0.3;   // chance a segment repeats an earlier one (learnable by attention)
+  std::vector<DataPathEntry> data_path;  // YAML: a list of [weight, prefix] pairs (or bare prefixes, weight 1)
+  std::string split = "969,30,1";        // train, valid, test shares of each corpus's documents
+  std::string data_cache_path;           // where sample indices are cached; empty: next to the first corpus
+  std::string tokenizer_type;            // sentencepiece | byte (for inspecting data; training reads ids)
+  std::string tokenizer_model;           // the SentencePiece .model file
+  int64_t synthetic_successors = 4;      // likely next tokens per token in the Markov part
+  double synthetic_repeat_prob = 0.3;    // chance a segment repeats an earlier one (learnable by attention)
 };
 
 struct ParallelConfig {

@@ -32,6 +32,7 @@ void MetricsLog::write(const StepMetrics& m) {
   j["tokens_per_second"] = m.tokens_per_second;
   j["step_time_s"] = m.step_time_s;
   j["elapsed_s"] = m.elapsed_s;
+  j["data_wait_s"] = m.data_wait_s;
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   out_ << j.dump() << '\n';
   out_.flush();  // a crashed run keeps every finished step

@@ -27,6 +27,7 @@ struct StepMetrics {
   double tokens_per_second = 0.0;
   double step_time_s = 0.0;
   double elapsed_s = 0.0;
+  double data_wait_s = 0.0;  // time the step waited for its batches (0 when prefetching keeps up)
   std::optional<double> val_loss;
 };
 

@@ -40,6 +40,7 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   };
   train_data_ = corpus(Split::Train);
   valid_data_ = corpus(Split::Valid);
+  loader_ = std::make_unique<DataLoader>(*train_data_, plan_, consumed_samples_);
 
   if (groups_.layout.rank == 0) {
     std::filesystem::create_directories(options_.run_dir);
@@ -143,9 +144,11 @@ StepMetrics Trainer::train_step() {
   const size_t n_deco = deco_layers.size();
   pairs.assign(2 * n_deco, 0);
 
+  const double wait_before = loader_->wait_seconds();
   for (int64_t micro = 0; micro < micro_batches; ++micro) {
-    plan_.load(*train_data_, consumed_samples_, micro, batch_);
-    const Tensor tokens(batch_.data(), DType::I32, Device::CPU, Shape{plan_.micro_batch(), seq + 1});
+    const std::vector<int32_t>& batch = loader_->next();
+    const Tensor tokens(const_cast<int32_t*>(batch.data()), DType::I32, Device::CPU,
+                        Shape{plan_.micro_batch(), seq + 1});
     const StepResult r = model_->step(tokens, opt);
     sums[0] += r.lm_loss_sum;
     sums[1] += static_cast<double>(r.tokens);
@@ -198,6 +201,7 @@ StepMetrics Trainer::train_step() {
   elapsed_s_ += m.step_time_s;
   m.elapsed_s = elapsed_s_;
   m.tokens_per_second = static_cast<double>(t.global_batch_size * seq) / m.step_time_s;
+  m.data_wait_s = loader_->wait_seconds() - wait_before;
 
   if (t.eval_interval > 0 && t.eval_iters > 0 &&
       (step_ % t.eval_interval == 0 || step_ == t.train_iters)) {
@@ -214,8 +218,9 @@ StepMetrics Trainer::train_step() {
 }
 
 double Trainer::evaluate() {
-  // The same validation batches every time (the first eval_iters global
-  // batches of the split), so val loss is comparable across steps.
+  // Evaluation j reads validation batches [j * eval_iters, (j + 1) * eval_iters),
+  // Megatron-LM's order, which its requested validation size accounts for.
+  const int64_t first = evaluations_++ * config_.training.eval_iters * plan_.global_batch();
   StepOptions opt;
   opt.reg = RegType::None;
   opt.backward = false;
@@ -223,7 +228,7 @@ double Trainer::evaluate() {
   std::vector<double> sums(2, 0.0);
   for (int64_t it = 0; it < config_.training.eval_iters; ++it)
     for (int64_t micro = 0; micro < plan_.micro_batches_per_step(); ++micro) {
-      plan_.load(*valid_data_, it * plan_.global_batch(), micro, batch_);
+      plan_.load(*valid_data_, first + it * plan_.global_batch(), micro, batch_);
       const Tensor tokens(batch_.data(), DType::I32, Device::CPU, Shape{plan_.micro_batch(), seq + 1});
       const StepResult r = model_->step(tokens, opt);
       sums[0] += r.lm_loss_sum;

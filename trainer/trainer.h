@@ -8,6 +8,7 @@
 #include <ostream>
 #include <string>
 
+#include "data/loader.h"
 #include "data/synthetic_corpus.h"
 #include "model/model.h"
 #include "parallel/layout.h"
@@ -33,7 +34,8 @@ class Trainer {
   void train();
   // One optimizer step over one global batch; returns its metrics (also logged).
   StepMetrics train_step();
-  // Mean lm loss over training.eval_iters global batches of the validation split.
+  // Mean lm loss over the next training.eval_iters global batches of the
+  // validation split (each evaluation reads fresh batches, as Megatron-LM does).
   double evaluate();
 
   const Model& model() const { return *model_; }
@@ -55,11 +57,13 @@ class Trainer {
   SparsityController sparsity_;
   std::unique_ptr<SampleSource> train_data_, valid_data_;
   BatchPlan plan_;
+  std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<MetricsLog> metrics_;
   int64_t step_ = 0;
   int64_t consumed_samples_ = 0;
+  int64_t evaluations_ = 0;
   double elapsed_s_ = 0.0;
-  std::vector<int32_t> batch_;  // host tokens of the current micro-batch
+  std::vector<int32_t> batch_;  // host tokens of the current validation micro-batch
   std::string memory_note_;     // the memory estimate, for the banner
 };
 

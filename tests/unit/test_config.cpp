@@ -173,6 +173,11 @@ void require_same(const Config& a, const Config& b) {
   CHECK(a.sparsity.reg_coef_init == b.sparsity.reg_coef_init);
   CHECK(a.sparsity.reg_coef_multiplier == b.sparsity.reg_coef_multiplier);
 
+  CHECK(a.data.data_path == b.data.data_path);
+  CHECK(a.data.split == b.data.split);
+  CHECK(a.data.data_cache_path == b.data.data_cache_path);
+  CHECK(a.data.tokenizer_type == b.data.tokenizer_type);
+  CHECK(a.data.tokenizer_model == b.data.tokenizer_model);
   CHECK(a.data.synthetic_successors == b.data.synthetic_successors);
   CHECK(a.data.synthetic_repeat_prob == b.data.synthetic_repeat_prob);
 
@@ -733,4 +738,48 @@ TEST_CASE("world size and expert parallelism that fit are accepted", "[config]")
   const Config c = load_config(path, {}, 2);
   CHECK(c.parallel.expert_model_parallel_size == 2);
   CHECK(load_config(config_path("deco-0.1b.yaml"), {}, 8).training.global_batch_size == 64);
+}
+
+TEST_CASE("data section: Megatron data paths, split, cache and tokenizer", "[config]") {
+  TempDir dir;
+  const std::string base = Doc().text();
+  const std::string path = dir.write(
+      "data.yaml", base + "data:\n  data_path: [[0.7, /corpora/web_text_document], /corpora/code]\n"
+                          "  split: 98,2,0\n  data_cache_path: /tmp/cache\n"
+                          "  tokenizer_type: sentencepiece\n  tokenizer_model: /m/tok.model\n");
+  const Config c = load_config(path);
+  REQUIRE(c.data.data_path.size() == 2);
+  CHECK(c.data.data_path[0].weight == 0.7);
+  CHECK(c.data.data_path[0].prefix == "/corpora/web_text_document");
+  CHECK(c.data.data_path[1].weight == 1.0);  // a bare prefix weighs 1
+  CHECK(c.data.data_path[1].prefix == "/corpora/code");
+  CHECK(c.data.split == "98,2,0");
+  CHECK(c.data.data_cache_path == "/tmp/cache");
+  // Round trip through the resolved YAML keeps every entry.
+  const Config again = load_config(dir.write("again.yaml", config_to_yaml(c)));
+  CHECK(again.data.data_path == c.data.data_path);
+  CHECK(again.data.tokenizer_model == "/m/tok.model");
+  // Overrides take the same forms; a single prefix is a one-corpus list.
+  const Config one = load_config(path, {"data.data_path=/x/corpus"});
+  REQUIRE(one.data.data_path.size() == 1);
+  CHECK(one.data.data_path[0].prefix == "/x/corpus");
+  CHECK(load_config(dir.write("none.yaml", base)).data.data_path.empty());  // synthetic corpus
+
+  auto error = [&](const std::string& data) {
+    try {
+      load_config(dir.write("bad.yaml", base + "data:\n" + data));
+    } catch (const deco::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(error("  data_path: [[0, /a]]\n"), Contains("bad.yaml") && Contains("data.data_path") && Contains("positive"));
+  CHECK_THAT(error("  data_path: [/a/corpus.bin]\n"), Contains("data.data_path") && Contains("/a/corpus"));
+  CHECK_THAT(error("  data_path: [[0.5, /a, 3]]\n"), Contains("data.data_path") && Contains("[weight, prefix]"));
+  CHECK_THAT(error("  split: 90,x,1\n"), Contains("data.split") && Contains("969,30,1"));
+  CHECK_THAT(error("  split: 0,0,0\n"), Contains("data.split"));
+  CHECK_THAT(error("  split: 1,2,3,4\n"), Contains("data.split"));
+  CHECK_THAT(error("  tokenizer_type: wordpiece\n"), Contains("data.tokenizer_type") && Contains("sentencepiece"));
+  CHECK_THAT(error("  tokenizer_type: sentencepiece\n"), Contains("data.tokenizer_model"));
+  CHECK(error("  split: 100\n  tokenizer_type: byte\n") == "no error");
 }
