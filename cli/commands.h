@@ -43,4 +43,39 @@ struct SamplesArgs {
 };
 int data_samples(const SamplesArgs& args);
 
+// deco preprocess: Megatron's flag names (--input, --output-prefix,
+// --tokenizer-type, --tokenizer-model, --json-keys, --append-eod, --workers).
+struct PreprocessArgs {
+  std::vector<std::string> inputs;
+  std::string output_prefix, tokenizer_type, tokenizer_model;
+  std::vector<std::string> text_keys{"text"};  // --text-key, alias --json-keys
+  std::string input_format = "auto";           // auto | jsonl | text
+  std::string text_docs = "line";              // line | paragraph | file
+  std::string on_bad_line = "fail";            // fail | skip
+  bool append_eod = false;
+  int workers = 0;                             // 0: every core
+};
+int preprocess(const PreprocessArgs& args);
+
+struct TokenizerTrainArgs {
+  std::vector<std::string> inputs;
+  long long vocab_size = 0;
+  std::string output;
+  std::string model_type = "bpe";
+  double character_coverage = 0.9995;
+  long long max_sentences = 0;                 // 0: all
+  int threads = 0;                             // 0: every core
+  std::string text_key = "text", input_format = "auto";
+  bool verbose = false;
+};
+int tokenizer_train(const TokenizerTrainArgs& args);
+
+struct InspectArgs {
+  std::string prefix;
+  long long document = 0;
+  long long tokens = 32;
+  std::string tokenizer_type, tokenizer_model;
+};
+int data_inspect(const InspectArgs& args);
+
 }  // namespace deco::cli

@@ -55,6 +55,63 @@ int main(int argc, char** argv) {
   samples_cmd->add_option("--first", samples.first, "number of samples")->required()->check(CLI::PositiveNumber);
   samples_cmd->add_option("--out", samples.out, "output .npy file")->required();
 
+  deco::cli::InspectArgs inspect;
+  CLI::App* inspect_cmd = data_cmd->add_subcommand(
+      "inspect", "counts, dtype and token range of a Megatron dataset, and the first tokens of a document");
+  inspect_cmd->add_option("prefix", inspect.prefix, "dataset prefix P (reads P.bin and P.idx)")->required();
+  inspect_cmd->add_option("--document", inspect.document, "document to show (default 0)");
+  inspect_cmd->add_option("--tokens", inspect.tokens, "how many of its tokens (default 32)")
+      ->check(CLI::NonNegativeNumber);
+  inspect_cmd->add_option("--tokenizer-type", inspect.tokenizer_type,
+                          "decode with this tokenizer: sentencepiece or byte");
+  inspect_cmd->add_option("--tokenizer-model", inspect.tokenizer_model, "SentencePiece .model file");
+
+  deco::cli::PreprocessArgs prep;
+  CLI::App* prep_cmd = app.add_subcommand(
+      "preprocess", "tokenize JSONL or text files into a Megatron dataset (P.bin, P.idx)");
+  prep_cmd->add_option("--input", prep.inputs, "input files: .jsonl/.json or .txt, optionally .gz")
+      ->required();
+  prep_cmd->add_option("--output-prefix", prep.output_prefix, "writes <prefix>.bin and <prefix>.idx")
+      ->required();
+  prep_cmd->add_option("--tokenizer-type", prep.tokenizer_type,
+                       "sentencepiece (alias GPTSentencePieceTokenizer) or byte")->required();
+  prep_cmd->add_option("--tokenizer-model", prep.tokenizer_model, "SentencePiece .model file");
+  prep_cmd->add_option("--text-key,--json-keys", prep.text_keys, "JSONL key holding the text (default text)");
+  prep_cmd->add_flag("--append-eod", prep.append_eod, "end every document with the tokenizer's EOD id");
+  prep_cmd->add_option("--workers", prep.workers, "tokenizing threads (default: every core); "
+                       "the output does not depend on it")->check(CLI::NonNegativeNumber);
+  prep_cmd->add_option("--on-bad-line", prep.on_bad_line, "malformed JSONL line: fail (default) or skip")
+      ->check(CLI::IsMember({"fail", "skip"}));
+  prep_cmd->add_option("--text-docs", prep.text_docs,
+                       "plain-text documents: line (default), paragraph (blank-line separated) or file")
+      ->check(CLI::IsMember({"line", "paragraph", "file"}));
+  prep_cmd->add_option("--input-format", prep.input_format, "auto (from the file name), jsonl or text")
+      ->check(CLI::IsMember({"auto", "jsonl", "text"}));
+
+  CLI::App* tok_cmd = app.add_subcommand("tokenizer", "tokenizer tools");
+  tok_cmd->require_subcommand(1);
+  deco::cli::TokenizerTrainArgs tok_train;
+  CLI::App* tok_train_cmd = tok_cmd->add_subcommand(
+      "train", "train a SentencePiece model (lossless: byte fallback, no normalization)");
+  tok_train_cmd->add_option("--input", tok_train.inputs, "training text: .txt or .jsonl, optionally .gz")
+      ->required();
+  tok_train_cmd->add_option("--vocab-size", tok_train.vocab_size, "vocabulary size")->required()
+      ->check(CLI::PositiveNumber);
+  tok_train_cmd->add_option("--output", tok_train.output, "output .model file")->required();
+  tok_train_cmd->add_option("--model-type", tok_train.model_type, "bpe (default) or unigram")
+      ->check(CLI::IsMember({"bpe", "unigram"}));
+  tok_train_cmd->add_option("--character-coverage", tok_train.character_coverage,
+                            "share of characters kept as pieces; the rest are spelled in bytes (default 0.9995)");
+  tok_train_cmd->add_option("--max-sentences", tok_train.max_sentences,
+                            "train on a random sample of this many lines (default 0: all)")
+      ->check(CLI::NonNegativeNumber);
+  tok_train_cmd->add_option("--threads", tok_train.threads, "training threads (default: every core)")
+      ->check(CLI::NonNegativeNumber);
+  tok_train_cmd->add_option("--text-key", tok_train.text_key, "JSONL key holding the text (default text)");
+  tok_train_cmd->add_option("--input-format", tok_train.input_format, "auto, jsonl or text")
+      ->check(CLI::IsMember({"auto", "jsonl", "text"}));
+  tok_train_cmd->add_flag("--verbose", tok_train.verbose, "show SentencePiece's training log");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train_cmd) return deco::cli::train(train);
@@ -62,6 +119,9 @@ int main(int argc, char** argv) {
     if (*init_cmd) return deco::cli::init(init);
     if (*eval_cmd) return deco::cli::eval(eval);
     if (*samples_cmd) return deco::cli::data_samples(samples);
+    if (*inspect_cmd) return deco::cli::data_inspect(inspect);
+    if (*prep_cmd) return deco::cli::preprocess(prep);
+    if (*tok_train_cmd) return deco::cli::tokenizer_train(tok_train);
   } catch (const deco::Error& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 1;

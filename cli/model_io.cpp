@@ -7,10 +7,11 @@
 
 #include "cli/commands.h"
 #include "data/npy.h"
-#include "data/synthetic_corpus.h"
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "parallel/layout.h"
 #include "trainer/config.h"
+#include "trainer/data_sources.h"
 #include "trainer/weights_io.h"
 
 namespace deco::cli {
@@ -79,18 +80,21 @@ int eval(const EvalArgs& args) {
 
 int data_samples(const SamplesArgs& args) {
   const Config config = load_config(args.cfg.config, args.cfg.sets);
-  const ModelConfig& m = config.model;
-  const Split split = args.split == "valid" ? Split::Valid : args.split == "test" ? Split::Test : Split::Train;
-  const SyntheticCorpus corpus(m.vocab_size, m.seq_length, config.data.synthetic_successors,
-                               config.data.synthetic_repeat_prob, config.training.seed, split);
-  // Training order with one data-parallel rank is sample order; BatchPlan
-  // maps ranks onto it (tested separately).
-  const int64_t len = corpus.sample_tokens();
+  ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
+  const TrainingData data = make_training_data(config, groups);
+  const SampleSource* source = args.split == "valid" ? data.valid.get()
+                               : args.split == "test" ? data.test.get()
+                                                      : data.train.get();
+  if (source == nullptr)
+    fail(config.source, ": the ", args.split, " split of data.data_path is empty; check data.split.");
+  // With one data-parallel rank the training order is the sample order; the
+  // dataset itself applies Megatron's shuffle.
+  const int64_t len = source->sample_tokens();
   std::vector<int32_t> out(static_cast<size_t>(args.first * len));
-  for (int64_t i = 0; i < args.first; ++i) corpus.read(i, out.data() + i * len);
+  for (int64_t i = 0; i < args.first; ++i) source->read(i, out.data() + i * len);
   write_npy(args.out, "<i4", {args.first, len}, out.data());
-  std::printf("wrote %lld samples of %lld tokens (%s split, %s) to %s\n", args.first,
-              static_cast<long long>(len), args.split.c_str(), corpus.describe().c_str(), args.out.c_str());
+  std::printf("wrote %lld samples of %lld tokens (%s split) to %s\n", args.first, static_cast<long long>(len),
+              args.split.c_str(), args.out.c_str());
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
 #include "model/model_stats.h"
+#include "trainer/data_sources.h"
 
 namespace deco {
 namespace {
@@ -33,14 +34,8 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU);
   model_->init(config_.training.seed);
   optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU);
-  const ModelConfig& m = config_.model;
-  auto corpus = [&](Split split) {
-    return std::make_unique<SyntheticCorpus>(m.vocab_size, m.seq_length, config_.data.synthetic_successors,
-                                             config_.data.synthetic_repeat_prob, config_.training.seed, split);
-  };
-  train_data_ = corpus(Split::Train);
-  valid_data_ = corpus(Split::Valid);
-  loader_ = std::make_unique<DataLoader>(*train_data_, plan_, consumed_samples_);
+  data_ = make_training_data(config_, groups_);
+  loader_ = std::make_unique<DataLoader>(*data_.train, plan_, consumed_samples_);
 
   if (groups_.layout.rank == 0) {
     std::filesystem::create_directories(options_.run_dir);
@@ -86,7 +81,7 @@ void Trainer::print_banner() {
     out << " (" << m.num_deco_layers() << " DECO: " << m.num_experts << " experts x " << m.moe_ffn_hidden_size
         << ", " << expert_act_name(m.expert_act) << (m.expert_gated ? ", gated" : "") << ", "
         << expert_compute_name(m.expert_compute) << " expert compute)";
-  out << "\ndata: " << train_data_->describe() << "\n";
+  out << "\ndata: " << data_.description << "\n";
   out << "---- resolved config (saved to " << options_.run_dir << "/config.yaml) ----\n"
       << config_to_yaml(config_) << "----\n";
   out.flush();
@@ -228,7 +223,7 @@ double Trainer::evaluate() {
   std::vector<double> sums(2, 0.0);
   for (int64_t it = 0; it < config_.training.eval_iters; ++it)
     for (int64_t micro = 0; micro < plan_.micro_batches_per_step(); ++micro) {
-      plan_.load(*valid_data_, first + it * plan_.global_batch(), micro, batch_);
+      plan_.load(*data_.valid, first + it * plan_.global_batch(), micro, batch_);
       const Tensor tokens(batch_.data(), DType::I32, Device::CPU, Shape{plan_.micro_batch(), seq + 1});
       const StepResult r = model_->step(tokens, opt);
       sums[0] += r.lm_loss_sum;

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "data/loader.h"
-#include "data/synthetic_corpus.h"
+#include "trainer/data_sources.h"
 #include "model/model.h"
 #include "parallel/layout.h"
 #include "trainer/config.h"
@@ -55,7 +55,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   LrSchedule schedule_;
   SparsityController sparsity_;
-  std::unique_ptr<SampleSource> train_data_, valid_data_;
+  TrainingData data_;
   BatchPlan plan_;
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<MetricsLog> metrics_;

@@ -6,7 +6,10 @@
 
 #include "core/error.h"
 #include "data/loader.h"
+#include "data/indexed_dataset.h"
+#include "data/megatron_data.h"
 #include "data/synthetic_corpus.h"
+#include "test_util.h"
 
 using namespace deco;
 
@@ -67,4 +70,43 @@ TEST_CASE("a loader destroyed while its producer waits for space shuts down", "[
   // destructor runs; it must wake and stop rather than hang.
   auto done = std::async(std::launch::async, [&] { DataLoader loader(source, plan, 0, 1); });
   CHECK(done.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+}
+
+TEST_CASE("resuming mid-epoch on a Megatron corpus continues with the very next sample", "[data][loader]") {
+  deco::test::TempDir dir;
+  // 40 documents of 5-20 tokens: with seq_length 8 and 60 samples the
+  // dataset spans several epochs, so step 7 of 15 is mid-epoch.
+  {
+    IndexedDatasetBuilder builder(dir / "corpus", IndexDType::U16);
+    for (int d = 0; d < 40; ++d) {
+      std::vector<int32_t> doc(static_cast<size_t>(5 + (d * 7) % 16));
+      for (size_t i = 0; i < doc.size(); ++i) doc[i] = static_cast<int32_t>(d * 31 + i) % 500;
+      builder.add_document(doc.data(), static_cast<int64_t>(doc.size()));
+    }
+    builder.finalize();
+  }
+  MegatronDataOptions options;
+  options.data_path = {{1.0, dir / "corpus"}};
+  options.split = "100,0,0";
+  options.cache_dir = dir / "cache";
+  options.seq_length = 8;
+  options.train_samples = 60;
+  const MegatronDatasets data = build_megatron_datasets(options);
+  REQUIRE(data.train);
+  const BatchPlan plan(2, 4, 1, 0);  // 2 micro-batches of 2 per step of 4 samples
+
+  DataLoader fresh(*data.train, plan, 0);
+  std::vector<std::vector<int32_t>> uninterrupted;
+  for (int i = 0; i < 30; ++i) uninterrupted.push_back(fresh.next());
+  // Resume after 7 steps (28 samples): the next micro-batch is the 15th of the fresh run.
+  DataLoader resumed(*data.train, plan, 28);
+  for (int i = 14; i < 30; ++i) CHECK(resumed.next() == uninterrupted[static_cast<size_t>(i)]);
+  // And the indices came from the cache the first build wrote (a second build loads them).
+  const MegatronDatasets again = build_megatron_datasets(options);
+  std::vector<int32_t> a(9), b(9);
+  for (int64_t k = 0; k < 60; ++k) {
+    data.train->read(k, a.data());
+    again.train->read(k, b.data());
+    CHECK(a == b);
+  }
 }

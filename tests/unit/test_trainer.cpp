@@ -9,6 +9,7 @@
 #include <sstream>
 #include <unistd.h>
 
+#include "data/synthetic_corpus.h"
 #include "trainer/trainer.h"
 
 using namespace deco;
