@@ -16,6 +16,7 @@ struct ConfigArgs {
 struct TrainArgs {
   ConfigArgs cfg;
   std::string run_dir;            // --run-dir D (overrides logging.run_dir)
+  std::string load_weights;       // --load W.h5: start from these weights, fresh optimizer
 };
 int train(const TrainArgs& args);
 
@@ -77,5 +78,21 @@ struct InspectArgs {
   std::string tokenizer_type, tokenizer_model;
 };
 int data_inspect(const InspectArgs& args);
+
+// deco export: weights (a checkpoint step or save directory, or a weights
+// .h5) to <out>/model.safetensors and <out>/config.json (docs/export.md).
+struct ExportArgs {
+  std::string checkpoint, out;
+  std::string dtype = "bf16";     // bf16 | fp32
+  ConfigArgs cfg;                 // optional here: default, the config stored with the weights
+};
+int export_weights(const ExportArgs& args);
+
+// deco import: <dir>/model.safetensors, checked against --config, to a weights .h5.
+struct ImportArgs {
+  std::string safetensors, out;
+  ConfigArgs cfg;
+};
+int import_weights(const ImportArgs& args);
 
 }  // namespace deco::cli

@@ -24,6 +24,9 @@ int main(int argc, char** argv) {
   CLI::App* train_cmd = app.add_subcommand("train", "train a model");
   add_config_options(train_cmd, train.cfg);
   train_cmd->add_option("--run-dir", train.run_dir, "directory for config.yaml and metrics.jsonl");
+  train_cmd->add_option("--load", train.load_weights,
+                        "start from these weights (W.h5 or a checkpoint directory) with a fresh optimizer, "
+                        "for fine-tuning; to resume a run use checkpoint.load");
 
   deco::cli::ConfigArgs info;
   CLI::App* info_cmd = app.add_subcommand("info", "parameter counts and training FLOPs of a config");
@@ -112,6 +115,28 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "jsonl", "text"}));
   tok_train_cmd->add_flag("--verbose", tok_train.verbose, "show SentencePiece's training log");
 
+  deco::cli::ExportArgs export_args;
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "write weights as Hugging Face safetensors (DIR/model.safetensors, DIR/config.json)");
+  export_cmd->add_option("--checkpoint", export_args.checkpoint,
+                         "checkpoint step directory, save directory (its latest) or weights .h5")
+      ->required();
+  export_cmd->add_option("--out", export_args.out, "output directory (created if missing)")->required();
+  export_cmd->add_option("--dtype", export_args.dtype, "bf16 (default, rounded to nearest even) or fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}));
+  export_cmd->add_option("--config", export_args.cfg.config,
+                         "model config (default: the one stored with the weights)");
+  export_cmd->add_option("--set", export_args.cfg.sets, "override a key of --config (repeatable)");
+
+  deco::cli::ImportArgs import_args;
+  CLI::App* import_cmd = app.add_subcommand(
+      "import", "read Hugging Face safetensors into a weights .h5 for deco train --load / deco eval");
+  import_cmd->add_option("--safetensors", import_args.safetensors,
+                         "directory holding model.safetensors (and config.json), or the file")
+      ->required();
+  add_config_options(import_cmd, import_args.cfg);
+  import_cmd->add_option("--out", import_args.out, "output weights .h5")->required();
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train_cmd) return deco::cli::train(train);
@@ -122,6 +147,8 @@ int main(int argc, char** argv) {
     if (*inspect_cmd) return deco::cli::data_inspect(inspect);
     if (*prep_cmd) return deco::cli::preprocess(prep);
     if (*tok_train_cmd) return deco::cli::tokenizer_train(tok_train);
+    if (*export_cmd) return deco::cli::export_weights(export_args);
+    if (*import_cmd) return deco::cli::import_weights(import_args);
   } catch (const deco::Error& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 1;

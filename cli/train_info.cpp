@@ -45,6 +45,7 @@ int train(const TrainArgs& args) {
                     : !config.logging.run_dir.empty() ? config.logging.run_dir
                                                       : default_run_dir(args.cfg.config);
   options.console = groups.layout.rank == 0 ? &std::cout : nullptr;
+  options.load_weights = args.load_weights;
   Trainer trainer(config, groups, options);
   trainer.train();
   return 0;

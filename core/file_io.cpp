@@ -13,21 +13,6 @@
 namespace deco {
 namespace {
 
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-// Best effort: some filesystems cannot fsync a directory, and the data is
-// already safe by then; this only makes the rename itself durable sooner.
-void fsync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
 // Writes every part to `tmp` and fsyncs it: the data must be on disk before
 // the rename makes it the file at the real path, or a crash could leave an
 // empty file there. Returns 0 or the errno of the failure.
@@ -53,7 +38,13 @@ int write_and_sync(const std::string& tmp, const std::vector<std::pair<const voi
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::vector<std::pair<const void*, size_t>>& parts) {
+std::string parent_dir(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+void check_output_path(const std::string& path) {
   const std::string dir = parent_dir(path);
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
@@ -61,6 +52,18 @@ void write_file_atomic(const std::string& path, const std::vector<std::pair<cons
          "another path");
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
     fail("cannot write ", path, ": it is a directory; choose a file name inside it");
+}
+
+void fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void write_file_atomic(const std::string& path, const std::vector<std::pair<const void*, size_t>>& parts) {
+  check_output_path(path);
+  const std::string dir = parent_dir(path);
   // The pid keeps two processes writing the same path from sharing a temporary.
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   size_t done = 0, total = 0;

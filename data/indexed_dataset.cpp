@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 // The .idx fields and the tokens in .bin are little-endian; they are decoded
 // with memcpy, which is only right on a little-endian host.
@@ -115,12 +116,6 @@ int write_all(int fd, const uint8_t* bytes, size_t size) {
     done += static_cast<size_t>(n);
   }
   return 0;
-}
-
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 }  // namespace
@@ -452,11 +447,7 @@ void IndexedDatasetBuilder::finalize() {
   if (std::rename(idx_tmp_.c_str(), idx_path.c_str()) != 0)
     fail("cannot write ", idx_path, ": renaming ", idx_tmp_, " failed: ", std::strerror(errno));
   finalized_ = true;
-  const int dir = ::open(parent_dir(prefix_).c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir >= 0) {  // best effort: makes the renames durable sooner
-    ::fsync(dir);
-    ::close(dir);
-  }
+  fsync_dir(parent_dir(prefix_));
 }
 
 }  // namespace deco

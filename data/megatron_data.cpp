@@ -53,11 +53,6 @@ void validate(const MegatronDataOptions& o) {
       fail(split_name(kSplits[i]), " samples must be >= 0, not ", requested[i]);
 }
 
-std::string parent_dir(const std::string& path) {
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  return parent.empty() ? "." : parent.string();
-}
-
 SplitPlan plan_split(int split, int64_t requested, const MegatronDataOptions& o,
                      const std::vector<std::shared_ptr<const IndexedDataset>>& data,
                      const std::vector<double>& weights, const std::string& cache_dir) {

@@ -39,6 +39,7 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
   ParamStore& grads() { return grads_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }

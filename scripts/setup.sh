@@ -17,6 +17,7 @@ packages=(
   libopenmpi-dev openmpi-bin                # multi-process launch (mpirun)
   libsentencepiece-dev zlib1g-dev          # tokenizers (SentencePiece) and .jsonl.gz input
   python3 python3-numpy python3-h5py python3-yaml python3-torch  # the PyTorch reference tests
+  python3-pip                               # fetches the safetensors package for the export test
 )
 
 if command -v apt-get >/dev/null; then
@@ -36,6 +37,16 @@ if command -v apt-get >/dev/null; then
   fi
 else
   echo "setup.sh: apt-get not found; install the equivalents of: ${packages[*]}" >&2
+fi
+
+# The export test reads deco's files with the Python safetensors package,
+# which Debian does not ship: pip puts it in build/pydeps, leaving the system
+# Python untouched (the test adds that folder to its path).
+if [ ! -d build/pydeps/safetensors ]; then
+  echo "setup.sh: installing the Python safetensors package into build/pydeps"
+  /usr/bin/python3 -m pip install --quiet --no-deps --target build/pydeps safetensors==0.4.5 ||
+    echo "setup.sh: warning: pip could not install safetensors (offline?); the test cli_export_import" \
+         "fails until build/pydeps/safetensors exists" >&2
 fi
 
 # nvcc often lives outside PATH; CMake finds it through CUDACXX.

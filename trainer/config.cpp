@@ -887,14 +887,14 @@ class Validator {
   // now would let a run believe it is protected by checkpoints.
   void checkpoint() const {
     const CheckpointConfig& k = c_.checkpoint;
-    for (const auto& [name, value] : {std::pair{"checkpoint.save", &k.save},
-                                      std::pair{"checkpoint.load", &k.load}}) {
-      check(value->empty(), {name},
-            str(name, " is set ('", *value, "') but checkpoints are not available in this "
-                "version of deco; remove ", name, "."));
-    }
     non_negative("checkpoint.save_interval", k.save_interval);
     non_negative("checkpoint.keep_last", k.keep_last);
+    check(k.save_interval == 0 || !k.save.empty(), {"checkpoint.save_interval", "checkpoint.save"},
+          str("checkpoint.save_interval (", k.save_interval, ") asks for checkpoints but "
+              "checkpoint.save names no directory; set checkpoint.save."));
+    check(k.load != "auto" || !k.save.empty(), {"checkpoint.load", "checkpoint.save"},
+          "checkpoint.load is auto, which resumes from checkpoint.save's latest checkpoint, but "
+          "checkpoint.save is not set; set it, or give checkpoint.load a checkpoint path.");
   }
 
   const Config& c_;
@@ -905,10 +905,12 @@ class Validator {
 
 }  // namespace
 
-Config load_config(const std::string& path, const std::vector<std::string>& overrides,
-                   int64_t world_size) {
+namespace {
+
+Config config_from_text(const std::string& text, const std::string& path,
+                        const std::vector<std::string>& overrides, int64_t world_size) {
   DECO_ASSERT(world_size >= 1, "world_size is ", world_size);
-  YAML::Node root = parse_yaml(read_text(path), path);
+  YAML::Node root = parse_yaml(text, path);
   check_structure(root, path);
   Origins origins(path);
   for (const std::string& text : overrides) apply_override(root, text, origins);
@@ -921,6 +923,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     config.model.num_query_groups = config.model.num_attention_heads;
   Validator(config, origins, present, world_size).run();
   return config;
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides,
+                   int64_t world_size) {
+  return config_from_text(read_text(path), path, overrides, world_size);
+}
+
+Config parse_config(const std::string& yaml, const std::string& origin) {
+  return config_from_text(yaml, origin, {}, 1);
 }
 
 std::string config_to_yaml(const Config& config) {

@@ -115,6 +115,10 @@ struct Config {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {},
                    int64_t world_size = 1);
 
+// A configuration held in memory (the one a checkpoint was saved with);
+// `origin` names it in messages.
+Config parse_config(const std::string& yaml, const std::string& origin);
+
 // The fully resolved configuration (every key, defaults included) as YAML;
 // load_config of this text gives back the same Config.
 std::string config_to_yaml(const Config& config);

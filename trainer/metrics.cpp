@@ -4,15 +4,32 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include <fstream>
+
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace deco {
 
-MetricsLog::MetricsLog(const std::string& run_dir) : path_(run_dir + "/metrics.jsonl") {
-  if (std::filesystem::exists(path_))
+MetricsLog::MetricsLog(const std::string& run_dir, int64_t resume_step)
+    : path_(run_dir + "/metrics.jsonl") {
+  const bool exists = std::filesystem::exists(path_);
+  if (exists && resume_step == 0)
     fail(path_, " already exists; pass --run-dir with a new directory (or remove the old run) so "
          "an earlier run's metrics are not overwritten.");
-  out_.open(path_, std::ios::out);
+  if (exists) {
+    std::ifstream in(path_);
+    std::string kept, later;
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      const auto row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      const bool before = row.is_object() && row.contains("step") && row["step"].get<int64_t>() <= resume_step;
+      (before ? kept : later) += line + "\n";
+    }
+    if (!later.empty()) write_file_atomic(str(path_, ".after-step-", resume_step), later);
+    write_file_atomic(path_, kept);
+  }
+  out_.open(path_, std::ios::out | std::ios::app);
   if (!out_) fail("cannot create ", path_, "; check that the run directory is writable.");
 }
 

@@ -33,8 +33,11 @@ struct StepMetrics {
 
 class MetricsLog {
  public:
-  // Creates <run_dir>/metrics.jsonl; refuses to overwrite an existing one.
-  explicit MetricsLog(const std::string& run_dir);
+  // Creates <run_dir>/metrics.jsonl and refuses to overwrite an existing
+  // one, unless the run resumes at `resume_step` > 0: then the rows up to
+  // that step are kept and appended to, and rows after it (steps the
+  // resumed run recomputes) move to metrics.jsonl.after-step-<N>.
+  explicit MetricsLog(const std::string& run_dir, int64_t resume_step = 0);
   void write(const StepMetrics& m);
   const std::string& path() const { return path_; }
 

@@ -17,6 +17,8 @@ class AdamW {
   void step(const ParamStore& params, const ParamStore& grads, double lr, double grad_scale);
 
   int64_t steps_taken() const { return step_; }
+  // Resuming: the moments come from the checkpoint, the count from its state.
+  void restore_steps(int64_t steps) { step_ = steps; }
   const ParamStore& exp_avg() const { return m_; }
   const ParamStore& exp_avg_sq() const { return v_; }
 

@@ -3,12 +3,16 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
 
 #include "core/file_io.h"
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
 #include "model/model_stats.h"
 #include "trainer/data_sources.h"
+#include "trainer/weights_io.h"
 
 namespace deco {
 namespace {
@@ -34,18 +38,104 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU);
   model_->init(config_.training.seed);
   optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU);
+  restore();
   data_ = make_training_data(config_, groups_);
   loader_ = std::make_unique<DataLoader>(*data_.train, plan_, consumed_samples_);
+  if (!config_.checkpoint.save.empty())
+    checkpoints_ = std::make_unique<CheckpointWriter>(config_.checkpoint.save, config_.checkpoint.keep_last);
 
   if (groups_.layout.rank == 0) {
     std::filesystem::create_directories(options_.run_dir);
-    metrics_ = std::make_unique<MetricsLog>(options_.run_dir);
+    metrics_ = std::make_unique<MetricsLog>(options_.run_dir, step_);
     write_file_atomic(options_.run_dir + "/config.yaml", config_to_yaml(config_));
     print_banner();
   }
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::restore() {
+  if (!options_.load_weights.empty()) {
+    // Fine-tuning: weights only, a fresh optimizer and schedule from step 0.
+    if (!config_.checkpoint.load.empty())
+      fail("both --load (", options_.load_weights, ") and checkpoint.load (", config_.checkpoint.load,
+           ") are set; use --load for weights only or checkpoint.load to resume a run, not both.");
+    const std::string path = std::filesystem::is_directory(options_.load_weights)
+                                 ? options_.load_weights + "/model.h5"
+                                 : options_.load_weights;
+    load_weights_h5(path, model_->params());
+    model_->refresh_derived();
+    resumed_from_ = str("weights of ", path, " (fresh optimizer)");
+    return;
+  }
+  const std::string dir = resolve_checkpoint(config_.checkpoint.load, config_.checkpoint.save);
+  if (dir.empty()) return;
+  // The config first (no tensors): a changed architecture is named by its
+  // key rather than by the first tensor whose shape it changes.
+  check_resume_config(load_checkpoint(dir, {}).config_yaml, dir + "/state.h5");
+  const LoadedCheckpoint loaded =
+      load_checkpoint(dir, {&model_->params(), &optimizer_->exp_avg(), &optimizer_->exp_avg_sq()});
+  const TrainingState& s = loaded.state;
+  step_ = s.step;
+  consumed_samples_ = s.consumed_samples;
+  evaluations_ = s.evaluations;
+  elapsed_s_ = s.elapsed_s;
+  sparsity_.set_coef(s.reg_coef);
+  optimizer_->restore_steps(s.step);
+  model_->refresh_derived();
+  last_saved_step_ = s.step;
+  resumed_from_ = str(dir, " at step ", s.step, " (", s.consumed_samples, " samples consumed)");
+}
+
+void Trainer::check_resume_config(const std::string& saved_yaml, const std::string& origin) const {
+  // Keys that change the parameters' shapes or what the model computes must
+  // match; anything else may change on resume (learning rate, intervals,
+  // iterations, the expert compute path...) and is reported.
+  static const std::set<std::string> architecture = {
+      "model.num_layers", "model.hidden_size", "model.num_attention_heads", "model.num_query_groups",
+      "model.ffn_hidden_size", "model.vocab_size", "model.norm_epsilon", "model.rotary_base",
+      "model.num_experts", "model.moe_ffn_hidden_size", "model.moe_shared_expert_intermediate_size",
+      "model.dense_layers", "model.expert_act", "model.expert_gated"};
+  auto flatten = [](const std::string& yaml) {  // "section.key" -> value text, from config_to_yaml
+    std::map<std::string, std::string> out;
+    std::istringstream in(yaml);
+    std::string section;
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty() || line[0] == '#') continue;
+      const size_t colon = line.find(':');
+      if (colon == std::string::npos) continue;
+      if (line[0] != ' ') section = line.substr(0, colon);
+      else out[section + "." + line.substr(2, colon - 2)] = line.substr(std::min(colon + 2, line.size()));
+    }
+    return out;
+  };
+  const auto saved = flatten(config_to_yaml(parse_config(saved_yaml, origin)));
+  const auto current = flatten(config_to_yaml(config_));
+  for (const auto& [key, value] : current) {
+    const auto it = saved.find(key);
+    if (it == saved.end() || it->second == value) continue;
+    if (architecture.count(key))
+      fail(config_.source, ": ", key, " is ", value, " but the checkpoint (", origin, ") was trained with ",
+           it->second, "; resume with the checkpoint's value, or start a new run from its weights with --load.");
+    if (options_.console && groups_.layout.rank == 0)
+      *options_.console << "warning: resuming with " << key << " = " << value << " (the checkpoint has "
+                        << it->second << ")\n";
+  }
+}
+
+void Trainer::save_checkpoint() {
+  if (!checkpoints_ || last_saved_step_ == step_) return;
+  TrainingState state;
+  state.step = step_;
+  state.consumed_samples = consumed_samples_;
+  state.evaluations = evaluations_;
+  state.reg_coef = sparsity_.coef();
+  state.elapsed_s = elapsed_s_;
+  state.seed = config_.training.seed;
+  checkpoints_->save({&model_->params(), &optimizer_->exp_avg(), &optimizer_->exp_avg_sq()}, state,
+                     config_to_yaml(config_));
+  last_saved_step_ = step_;
+}
 
 void Trainer::check_memory() {
   // Linux overcommits: a run that cannot fit would be killed mid-step by the
@@ -74,6 +164,7 @@ void Trainer::print_banner() {
   out << "deco " << DECO_VERSION << " | config " << config_.source << " | run dir " << options_.run_dir
       << "\n";
   out << "parallel: " << groups_.layout.describe() << "\n";
+  if (!resumed_from_.empty()) out << "resumed from " << resumed_from_ << "\n";
   out << "cpu: " << cpu_threads() << " threads, " << cpu_blas_name() << "; memory " << memory_note_ << "\n";
   out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
       << m.num_layers << " layers";
@@ -88,7 +179,13 @@ void Trainer::print_banner() {
 }
 
 void Trainer::train() {
-  while (step_ < config_.training.train_iters) train_step();
+  const int64_t interval = config_.checkpoint.save_interval;
+  while (step_ < config_.training.train_iters) {
+    train_step();
+    if (interval > 0 && step_ % interval == 0) save_checkpoint();
+  }
+  save_checkpoint();  // the final state, unless the interval just saved it
+  if (checkpoints_) checkpoints_->wait();
   if (options_.console && groups_.layout.rank == 0)
     *options_.console << "done: " << step_ << " steps, " << consumed_samples_ << " samples, metrics in "
                       << (metrics_ ? metrics_->path() : std::string("(rank 0)")) << "\n";

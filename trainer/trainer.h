@@ -12,6 +12,7 @@
 #include "trainer/data_sources.h"
 #include "model/model.h"
 #include "parallel/layout.h"
+#include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
@@ -23,6 +24,7 @@ namespace deco {
 struct TrainerOptions {
   std::string run_dir;            // created if missing; holds config.yaml and metrics.jsonl
   std::ostream* console = nullptr;  // where rank 0 prints; nullptr = quiet
+  std::string load_weights;       // start from these weights (W.h5 or a checkpoint) with a fresh optimizer
 };
 
 class Trainer {
@@ -30,8 +32,11 @@ class Trainer {
   Trainer(const Config& config, ProcessGroups& groups, const TrainerOptions& options);
   ~Trainer();
 
-  // Runs the remaining steps up to training.train_iters.
+  // Runs the remaining steps up to training.train_iters, saving checkpoints
+  // every checkpoint.save_interval steps and at the end when checkpoint.save is set.
   void train();
+  // Saves a checkpoint of the current step now (in the background).
+  void save_checkpoint();
   // One optimizer step over one global batch; returns its metrics (also logged).
   StepMetrics train_step();
   // Mean lm loss over the next training.eval_iters global batches of the
@@ -44,6 +49,8 @@ class Trainer {
 
  private:
   void check_memory();
+  void restore();
+  void check_resume_config(const std::string& saved_yaml, const std::string& origin) const;
   void print_banner();
   void reduce_gradients();
   double global_grad_norm();
@@ -59,6 +66,9 @@ class Trainer {
   BatchPlan plan_;
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<CheckpointWriter> checkpoints_;
+  std::string resumed_from_;    // the checkpoint or weights this run started from
+  int64_t last_saved_step_ = -1;
   int64_t step_ = 0;
   int64_t consumed_samples_ = 0;
   int64_t evaluations_ = 0;

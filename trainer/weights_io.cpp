@@ -4,12 +4,17 @@
 #include <hdf5.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 #include <utility>
 #include <vector>
@@ -20,8 +25,13 @@
 namespace deco {
 namespace {
 
+// The direct writer stores host float32 bytes as the files' little-endian floats.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "tensor files are written from host memory");
+
 constexpr const char* kFormat = "deco-weights";
+constexpr const char* kScalarsFormat = "deco-scalars";
 constexpr int64_t kFormatVersion = 1;
+constexpr const char* kCrcAttribute = "crc32";
 
 // ---------------------------------------------------------------- HDF5 plumbing
 
@@ -63,6 +73,8 @@ class H5Id {
 
 // HDF5 prints its whole error stack to stderr by default; users should see
 // only deco's one-sentence message, with HDF5's innermost reason folded in.
+// The setting is per thread (HDF5 is built thread-safe), so every entry
+// point calls it: checkpoints are written on a background thread.
 void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
 herr_t innermost_error(unsigned n, const H5E_error2_t* err, void* out) {
@@ -104,6 +116,12 @@ std::string index_string(const Shape& shape, int64_t flat) {
   return shape_string(index);
 }
 
+std::vector<hsize_t> dims_of(const Shape& shape) {
+  std::vector<hsize_t> dims;
+  for (int d = 0; d < shape.ndim; ++d) dims.push_back(static_cast<hsize_t>(shape[d]));
+  return dims;
+}
+
 // ---------------------------------------------------------------- dtype conversion
 
 float bf16_to_float(uint16_t bits) {
@@ -132,30 +150,125 @@ const void* host_bytes(const Tensor& t, std::vector<uint8_t>* staging) {
   return staging->data();
 }
 
-std::vector<float> to_float32(const Tensor& t) {
-  std::vector<uint8_t> staging;
-  const void* src = host_bytes(t, &staging);
-  const size_t n = static_cast<size_t>(t.numel());
-  std::vector<float> out(n);
-  switch (t.dtype()) {
-    case DType::F32: std::memcpy(out.data(), src, n * sizeof(float)); break;
-    case DType::F64:
-      for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<const double*>(src)[i]);
-      break;
-    case DType::BF16:
-      for (size_t i = 0; i < n; ++i) out[i] = bf16_to_float(static_cast<const uint16_t*>(src)[i]);
-      break;
-    case DType::I32:
-      for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<const int32_t*>(src)[i]);
-      break;
-    case DType::I64:
-      for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<const int64_t*>(src)[i]);
-      break;
-  }
-  return out;
+bool is_host_float32(const Tensor& t) { return t.device() == Device::CPU && t.dtype() == DType::F32; }
+
+// A name for an in-memory file. The core driver tells open files apart by
+// name, so two saves building images at once (the checkpoint thread and the
+// main thread) must not share one.
+std::string image_name(const std::string& path) {
+  static std::atomic<uint64_t> counter{0};
+  return path + ".image-" + std::to_string(counter.fetch_add(1));
 }
 
-// ---------------------------------------------------------------- saving
+// ---------------------------------------------------------------- POSIX output
+
+// The file a save writes: <path> itself or <path>.tmp-<pid> (the pid keeps
+// two processes writing the same path from sharing a temporary).
+std::string write_target(const std::string& path, WriteMode mode) {
+  return mode == WriteMode::Create ? path : path + ".tmp-" + std::to_string(::getpid());
+}
+
+// One file written with pwrite. The first error is kept rather than thrown,
+// so the caller removes the partial file and reports it in its own words;
+// later calls do nothing.
+class OutFile {
+ public:
+  explicit OutFile(const std::string& target) : target_(target) {
+    fd_ = ::open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd_ < 0) err_ = errno;
+  }
+  ~OutFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  OutFile(const OutFile&) = delete;
+  OutFile& operator=(const OutFile&) = delete;
+
+  bool ok() const { return err_ == 0; }
+  int error() const { return err_; }
+  uint64_t written() const { return written_; }
+
+  void write_at(uint64_t offset, const void* data, size_t size) {
+    const char* p = static_cast<const char*>(data);
+    while (err_ == 0 && size > 0) {
+      const ssize_t n = ::pwrite(fd_, p, size, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        err_ = n < 0 ? errno : EIO;
+        break;
+      }
+      p += n;
+      offset += static_cast<uint64_t>(n);
+      size -= static_cast<size_t>(n);
+      written_ += static_cast<uint64_t>(n);
+    }
+  }
+
+  // Starts writing [offset, offset + size) back to the disk without waiting.
+  // The kernel would otherwise hold the dirty pages until its background
+  // threshold (10% of RAM) and the final fsync would write them all at
+  // once, after the checksums, instead of while they are computed.
+  void start_writeback(uint64_t offset, uint64_t size) {
+#ifdef SYNC_FILE_RANGE_WRITE
+    if (err_ == 0 && size > 0)
+      ::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(size),
+                        SYNC_FILE_RANGE_WRITE);
+#else
+    (void)offset;
+    (void)size;
+#endif
+  }
+
+  void set_size(uint64_t size) {
+    if (err_ == 0 && ::ftruncate(fd_, static_cast<off_t>(size)) != 0) err_ = errno;
+  }
+
+  // fsync and close: the data must be on disk before a rename makes the
+  // file (or its directory) the one at the real path.
+  void finish() {
+    if (err_ == 0 && ::fsync(fd_) != 0) err_ = errno;
+    if (fd_ >= 0 && ::close(fd_) != 0 && err_ == 0) err_ = errno;
+    fd_ = -1;
+  }
+
+ private:
+  std::string target_;
+  int fd_ = -1;
+  int err_ = 0;
+  uint64_t written_ = 0;
+};
+
+// Removes a partial output file unless the save got through.
+struct RemoveUnlessDone {
+  std::string path;
+  bool done = false;
+  ~RemoveUnlessDone() {
+    if (!done) ::unlink(path.c_str());
+  }
+};
+
+[[noreturn]] void write_failed(const std::string& path, const std::string& target, WriteMode mode,
+                               const char* step, const OutFile& out, uint64_t total, int err) {
+  ::unlink(target.c_str());
+  if (mode == WriteMode::Replace)
+    fail("cannot write ", path, ": ", step, " ", target, " failed after ", out.written(), " of ",
+         total, " bytes: ", std::strerror(err), "; ", path, " was left unchanged");
+  fail("cannot write ", path, ": ", step, " failed after ", out.written(), " of ", total,
+       " bytes: ", std::strerror(err));
+}
+
+// Writes a small file whole (a state.h5 image).
+void write_small_file(const std::string& path, const std::vector<uint8_t>& bytes, WriteMode mode) {
+  if (mode == WriteMode::Replace) {
+    write_file_atomic(path, {{bytes.data(), bytes.size()}});
+    return;
+  }
+  OutFile out(path);
+  out.write_at(0, bytes.data(), bytes.size());
+  out.finish();
+  if (!out.ok()) write_failed(path, path, mode, "writing", out, bytes.size(), out.error());
+}
+
+// ---------------------------------------------------------------- saving: HDF5 metadata in memory
 
 void write_string_attribute(hid_t loc, const std::string& key, const std::string& value,
                             const std::string& path) {
@@ -180,76 +293,394 @@ void write_int_attribute(hid_t loc, const std::string& key, int64_t value, const
     fail("cannot write ", path, ": writing attribute '", key, "' failed", hdf5_reason());
 }
 
-// Builds the whole file in memory with HDF5's core driver and returns its
-// bytes; `name` only identifies the in-memory file, `path` is the name users
-// know. HDF5 1.10 cannot abandon a file after a disk write error (a failed
-// H5Fclose leaves a half-closed file that crashes the process at exit), so
-// HDF5 never touches the disk here: write_image does, with plain POSIX calls
-// whose errors (ENOSPC, EFBIG, EIO) leave nothing behind to clean up. The
-// cost is the file's size in host memory, twice, while saving.
-std::vector<uint8_t> build_image(const std::string& name, const std::string& path,
-                                 const ParamStore& store,
-                                 const std::map<std::string, std::string>& attributes,
-                                 const std::string& group) {
-  // One allocation of about the final size, so the image is not regrown
-  // (and copied) tensor by tensor.
-  size_t estimate = size_t{1} << 20;
-  for (const ParamSpec& spec : store.layout().specs())
-    estimate += static_cast<size_t>(spec.shape.numel()) * sizeof(float) + 1024;
-  H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), estimate, /*backing_store=*/0) < 0)
-    fail("cannot write ", path, ": setting up HDF5 failed", hdf5_reason());
-  H5Id file(H5Fcreate(name.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
-  if (!file.valid()) fail("cannot write ", path, ": creating the HDF5 file failed", hdf5_reason());
-
-  H5Id group_id;
-  hid_t loc = file.get();
-  if (!group.empty()) {
-    // A group such as "ema/model" gets its parents created too.
-    H5Id lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-    H5Pset_create_intermediate_group(lcpl.get(), 1);
-    group_id = H5Id(H5Gcreate2(file.get(), group.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
-                    H5Gclose);
-    if (!group_id.valid())
-      fail("cannot write ", path, ": creating group /", group, " failed", hdf5_reason());
-    loc = group_id.get();
-  }
-
-  for (const ParamSpec& spec : store.layout().specs()) {
-    const std::vector<float> values = to_float32(store.get(spec));
-    std::vector<hsize_t> dims;
-    for (int d = 0; d < spec.shape.ndim; ++d) dims.push_back(static_cast<hsize_t>(spec.shape[d]));
-    H5Id space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
-    // Contiguous and uncompressed: loading is one read per tensor, and any
-    // HDF5 reader (no filter plugins) can open the file.
-    H5Id dataset(H5Dcreate2(loc, spec.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
-                            H5P_DEFAULT, H5P_DEFAULT),
-                 H5Dclose);
-    if (!space.valid() || !dataset.valid())
-      fail("cannot write ", path, ": creating tensor ", dataset_path(group, spec.name), " failed",
-           hdf5_reason());
-    if (!values.empty() && H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                                    values.data()) < 0)
-      fail("cannot write ", path, ": writing tensor ", dataset_path(group, spec.name), " failed",
-           hdf5_reason());
-  }
-
-  write_string_attribute(file.get(), "format", kFormat, path);
-  write_int_attribute(file.get(), "format_version", kFormatVersion, path);
-  for (const auto& [key, value] : attributes) write_string_attribute(file.get(), key, value, path);
-  group_id.close();
-
-  // Without the flush, HDF5 1.10's image lacks the cached metadata and
-  // cannot be opened.
-  if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
-    fail("cannot write ", path, ": flushing the HDF5 file failed", hdf5_reason());
-  const ssize_t size = H5Fget_file_image(file.get(), nullptr, 0);
-  std::vector<uint8_t> image(size > 0 ? static_cast<size_t>(size) : 0);
-  if (size <= 0 || H5Fget_file_image(file.get(), image.data(), image.size()) != size)
-    fail("cannot write ", path, ": assembling the HDF5 file failed", hdf5_reason());
-  if (file.close() < 0) fail("cannot write ", path, ": closing the HDF5 file failed", hdf5_reason());
-  return image;
+void write_root_attributes(hid_t file, const char* format,
+                           const std::map<std::string, std::string>& attributes,
+                           const std::string& path) {
+  for (const auto& entry : attributes)
+    DECO_ASSERT(!entry.first.empty() && entry.first != "format" && entry.first != "format_version",
+                "attribute name '", entry.first, "' is empty or reserved");
+  write_string_attribute(file, "format", format, path);
+  write_int_attribute(file, "format_version", kFormatVersion, path);
+  for (const auto& [key, value] : attributes) write_string_attribute(file, key, value, path);
 }
+
+// The memory of HDF5's core (in-memory) driver, taken over when the file is
+// closed: the file image without a copy. H5Fget_file_image would instead
+// want a buffer as large as the whole file, data regions included, and
+// H5Fflush would grow the driver's memory to that size too.
+struct CoreImage {
+  void* kept = nullptr;   // the image, once HDF5 closed the file
+  size_t kept_size = 0;
+  size_t size = 0;        // bytes of the driver's current allocation
+  ~CoreImage() { std::free(kept); }
+
+  static void* malloc_cb(size_t size, H5FD_file_image_op_t, void* udata) {
+    void* p = std::malloc(size);
+    if (p != nullptr) static_cast<CoreImage*>(udata)->size = size;
+    return p;
+  }
+  static void* memcpy_cb(void* dst, const void* src, size_t size, H5FD_file_image_op_t, void*) {
+    return std::memcpy(dst, src, size);
+  }
+  static void* realloc_cb(void* ptr, size_t size, H5FD_file_image_op_t, void* udata) {
+    void* p = std::realloc(ptr, size);
+    if (p != nullptr) static_cast<CoreImage*>(udata)->size = size;
+    return p;
+  }
+  static herr_t free_cb(void* ptr, H5FD_file_image_op_t op, void* udata) {
+    auto* image = static_cast<CoreImage*>(udata);
+    if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE) {
+      std::free(image->kept);
+      image->kept = ptr;
+      image->kept_size = image->size;
+    } else {
+      std::free(ptr);
+    }
+    return 0;
+  }
+  static void* udata_copy_cb(void* udata) { return udata; }
+  static herr_t udata_free_cb(void*) { return 0; }
+};
+
+// File-access properties for an in-memory file whose image `capture` takes
+// over at close. All metadata goes into one block of `meta_block` bytes at
+// the start of the file (allocated before any tensor), so the image holds
+// only metadata and the tensors' regions follow it.
+H5Id core_fapl(const std::string& path, CoreImage* capture, size_t meta_block) {
+  H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5FD_file_image_callbacks_t callbacks = {
+      CoreImage::malloc_cb,     CoreImage::memcpy_cb,     CoreImage::realloc_cb, CoreImage::free_cb,
+      CoreImage::udata_copy_cb, CoreImage::udata_free_cb, capture};
+  if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), size_t{64} << 10, /*backing_store=*/0) < 0 ||
+      H5Pset_file_image_callbacks(fapl.get(), &callbacks) < 0 ||
+      H5Pset_meta_block_size(fapl.get(), meta_block) < 0)
+    fail("cannot write ", path, ": setting up HDF5 failed", hdf5_reason());
+  return fapl;
+}
+
+// Room for every object header, link name and B-tree node, with a wide
+// margin (about 450 bytes per tensor are used). Running out costs only
+// memory: HDF5 then puts later metadata after the tensors, and the image
+// grows to cover them.
+size_t meta_block_bytes(const std::vector<StoreGroup>& groups) {
+  size_t bytes = size_t{64} << 10;
+  for (const StoreGroup& g : groups) {
+    bytes += 4096 + 4 * g.group.size();
+    for (const ParamSpec& spec : g.store->layout().specs()) bytes += 1024 + 4 * spec.name.size();
+  }
+  const size_t unit = size_t{64} << 10;
+  return (bytes + unit - 1) / unit * unit;
+}
+
+// The end-of-address the superblock records (HDF5 file format, section
+// "Superblock"): readers refuse a file shorter than it. Its position depends
+// on the superblock version; offsets are 8 bytes in every file HDF5 writes
+// with default properties.
+uint64_t superblock_eoa(const uint8_t* image, size_t size, const std::string& path) {
+  static const uint8_t kSignature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  DECO_ASSERT(size >= 64 && std::memcmp(image, kSignature, 8) == 0,
+              "HDF5 image of ", path, " has no superblock at offset 0");
+  const int version = image[8];
+  size_t at = 0;
+  int offset_size = 0;
+  if (version == 0 || version == 1) {
+    offset_size = image[13];
+    at = (version == 0 ? 24 : 28) + 2 * static_cast<size_t>(offset_size);
+  } else {
+    offset_size = image[9];
+    at = 12 + 2 * static_cast<size_t>(offset_size);
+  }
+  DECO_ASSERT(version <= 3 && offset_size == 8 && at + 8 <= size, "HDF5 superblock version ",
+              version, " with ", offset_size, "-byte offsets in the image of ", path);
+  uint64_t eoa = 0;
+  for (int i = 7; i >= 0; --i) eoa = (eoa << 8) | image[at + static_cast<size_t>(i)];
+  return eoa;
+}
+
+// One tensor of a file being written.
+struct PlannedTensor {
+  std::string where;  // /group/name
+  Tensor source;
+  H5Id dataset, crc_attr;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
+  uint32_t crc = 0;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- public helpers
+
+uint32_t crc32_of(const void* data, size_t bytes) {
+  uLong crc = crc32_z(0L, Z_NULL, 0);
+  // crc32_z takes the whole length; chunks only keep the loop interruptible
+  // in a debugger and the code independent of zlib's size type.
+  const auto* p = static_cast<const Bytef*>(data);
+  while (bytes > 0) {
+    const size_t n = std::min(bytes, size_t{1} << 30);
+    crc = crc32_z(crc, p, n);
+    p += n;
+    bytes -= n;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+void copy_to_float32(const Tensor& src, float* dst) {
+  std::vector<uint8_t> staging;
+  const void* p = host_bytes(src, &staging);
+  const size_t n = static_cast<size_t>(src.numel());
+  switch (src.dtype()) {
+    case DType::F32: std::memcpy(dst, p, n * sizeof(float)); break;
+    case DType::F64:
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const double*>(p)[i]);
+      break;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+      break;
+    case DType::I32:
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const int32_t*>(p)[i]);
+      break;
+    case DType::I64:
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const int64_t*>(p)[i]);
+      break;
+  }
+}
+
+void copy_from_float32(const float* src, const Tensor& dst) {
+  const size_t n = static_cast<size_t>(dst.numel());
+  if (dst.dtype() == DType::F32) {
+    device_copy(dst.device(), dst.raw(), Device::CPU, src, n * sizeof(float));
+    return;
+  }
+  std::vector<uint8_t> out(n * dtype_size(dst.dtype()));
+  switch (dst.dtype()) {
+    case DType::F64:
+      for (size_t i = 0; i < n; ++i) reinterpret_cast<double*>(out.data())[i] = src[i];
+      break;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(out.data())[i] = float_to_bf16(src[i]);
+      break;
+    default: DECO_ASSERT(false, "float32 values cannot go into a ", dtype_name(dst.dtype()), " tensor");
+  }
+  device_copy(dst.device(), dst.raw(), Device::CPU, out.data(), out.size());
+}
+
+// ---------------------------------------------------------------- saving
+
+int64_t save_stores_h5(const std::string& path, const std::vector<StoreGroup>& groups,
+                       const std::map<std::string, std::string>& attributes, WriteMode mode) {
+  quiet_hdf5();
+  check_output_path(path);
+  for (const StoreGroup& g : groups) DECO_ASSERT(g.store != nullptr, "save_stores_h5: no store for /", g.group);
+
+  // 1. The file's layout and metadata, in memory: every dataset is
+  // allocated (contiguous, never filled) so HDF5 assigns its file offset,
+  // but no tensor byte passes through HDF5.
+  CoreImage image;
+  std::vector<PlannedTensor> tensors;
+  H5Id fapl = core_fapl(path, &image, meta_block_bytes(groups));
+  H5Id file(H5Fcreate(image_name(path).c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+  if (!file.valid()) fail("cannot write ", path, ": creating the HDF5 file failed", hdf5_reason());
+  // Attributes first: their strings live in HDF5's global heap, which is
+  // allocated like raw data; created now it sits before the tensors.
+  write_root_attributes(file.get(), kFormat, attributes, path);
+
+  H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Id lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Id scalar(H5Screate(H5S_SCALAR), H5Sclose);
+  // Contiguous and uncompressed: loading is one read per tensor, and any
+  // HDF5 reader (no filter plugins) can open the file.
+  if (!dcpl.valid() || H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS) < 0 ||
+      H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY) < 0 ||
+      H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER) < 0 || !lcpl.valid() ||
+      H5Pset_create_intermediate_group(lcpl.get(), 1) < 0 || !scalar.valid())
+    fail("cannot write ", path, ": setting up HDF5 failed", hdf5_reason());
+
+  std::vector<H5Id> group_ids;
+  for (const StoreGroup& g : groups) {
+    hid_t loc = file.get();
+    if (!g.group.empty()) {
+      // A group such as "ema/model" gets its parents created too.
+      group_ids.emplace_back(
+          H5Gcreate2(file.get(), g.group.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      if (!group_ids.back().valid())
+        fail("cannot write ", path, ": creating group /", g.group, " failed", hdf5_reason());
+      loc = group_ids.back().get();
+    }
+    for (const ParamSpec& spec : g.store->layout().specs()) {
+      PlannedTensor t;
+      t.where = dataset_path(g.group, spec.name);
+      t.source = g.store->get(spec);
+      t.bytes = static_cast<uint64_t>(spec.shape.numel()) * sizeof(float);
+      const std::vector<hsize_t> dims = dims_of(spec.shape);
+      H5Id space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+      if (space.valid())
+        t.dataset = H5Id(H5Dcreate2(loc, spec.name.c_str(), H5T_IEEE_F32LE, space.get(),
+                                    H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                         H5Dclose);
+      if (t.dataset.valid())
+        t.crc_attr = H5Id(H5Acreate2(t.dataset.get(), kCrcAttribute, H5T_STD_U32LE, scalar.get(),
+                                     H5P_DEFAULT, H5P_DEFAULT),
+                          H5Aclose);
+      if (!t.crc_attr.valid())
+        fail("cannot write ", path, ": creating tensor ", t.where, " failed", hdf5_reason());
+      if (t.bytes > 0) {
+        const haddr_t offset = H5Dget_offset(t.dataset.get());
+        DECO_ASSERT(offset != HADDR_UNDEF, "HDF5 allocated no space for ", t.where);
+        t.offset = offset;
+      }
+      tensors.push_back(std::move(t));
+    }
+  }
+
+  // 2. The tensors, straight from host memory to the file, in file order,
+  // each checksummed on the way.
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return tensors[a].offset < tensors[b].offset; });
+  uint64_t data_end = 0;
+  for (const PlannedTensor& t : tensors) data_end = std::max(data_end, t.offset + t.bytes);
+
+  const std::string target = write_target(path, mode);
+  RemoveUnlessDone cleanup{target};
+  OutFile out(target);
+  constexpr size_t kChunk = size_t{16} << 20;      // checksum and write granule
+  constexpr uint64_t kWriteback = uint64_t{64} << 20;  // start writeback every this many bytes
+  uint64_t writeback_from = 0;
+  std::vector<float> staging;
+  for (size_t i : order) {
+    PlannedTensor& t = tensors[i];
+    if (t.bytes == 0 || !out.ok()) continue;
+    const float* values = nullptr;
+    if (is_host_float32(t.source)) {
+      values = static_cast<const float*>(t.source.raw());
+    } else {
+      staging.resize(static_cast<size_t>(t.source.numel()));
+      copy_to_float32(t.source, staging.data());
+      values = staging.data();
+    }
+    const auto* bytes = reinterpret_cast<const uint8_t*>(values);
+    uLong crc = crc32_z(0L, Z_NULL, 0);
+    for (uint64_t done = 0; done < t.bytes && out.ok();) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, t.bytes - done));
+      crc = crc32_z(crc, bytes + done, n);
+      out.write_at(t.offset + done, bytes + done, n);
+      done += n;
+      const uint64_t end = t.offset + done;
+      if (end >= writeback_from + kWriteback) {
+        out.start_writeback(writeback_from, end - writeback_from);
+        writeback_from = end;
+      }
+    }
+    t.crc = static_cast<uint32_t>(crc);
+  }
+  if (!out.ok()) write_failed(path, target, mode, "writing", out, data_end, out.error());
+
+  // 3. The checksums into the metadata, and the metadata into the file.
+  for (PlannedTensor& t : tensors) {
+    if (H5Awrite(t.crc_attr.get(), H5T_NATIVE_UINT32, &t.crc) < 0)
+      fail("cannot write ", path, ": writing the crc32 of ", t.where, " failed", hdf5_reason());
+    t.crc_attr.close();
+    t.dataset.close();
+  }
+  group_ids.clear();
+  if (file.close() < 0)
+    fail("cannot write ", path, ": closing the HDF5 file failed", hdf5_reason());
+  DECO_ASSERT(image.kept != nullptr, "HDF5 left no image of ", path);
+  const auto* meta = static_cast<const uint8_t*>(image.kept);
+  const uint64_t eoa = superblock_eoa(meta, image.kept_size, path);
+  DECO_ASSERT(eoa >= data_end, "HDF5 superblock of ", path, " ends at ", eoa, " before its data (",
+              data_end, ")");
+  // The image is all zeros inside the tensors' regions (HDF5 never wrote
+  // there); everything around them is metadata.
+  const uint64_t meta_end = std::min<uint64_t>(image.kept_size, eoa);
+  uint64_t pos = 0;
+  for (size_t i : order) {
+    const PlannedTensor& t = tensors[i];
+    if (t.bytes == 0) continue;
+    if (pos < t.offset && pos < meta_end)
+      out.write_at(pos, meta + pos, static_cast<size_t>(std::min(t.offset, meta_end) - pos));
+    pos = std::max(pos, t.offset + t.bytes);
+  }
+  if (pos < meta_end) out.write_at(pos, meta + pos, static_cast<size_t>(meta_end - pos));
+  out.set_size(eoa);
+  out.finish();
+  if (!out.ok()) write_failed(path, target, mode, "writing", out, eoa, out.error());
+  if (mode == WriteMode::Replace) {
+    if (std::rename(target.c_str(), path.c_str()) != 0)
+      write_failed(path, target, mode, "renaming", out, eoa, errno);
+    fsync_dir(parent_dir(path));
+  }
+  cleanup.done = true;
+  return static_cast<int64_t>(eoa);
+}
+
+void save_weights_h5(const std::string& path, const ParamStore& store,
+                     const std::map<std::string, std::string>& attributes,
+                     const std::string& group) {
+  save_stores_h5(path, {{group, &store}}, attributes, WriteMode::Replace);
+}
+
+int64_t save_scalars_h5(const std::string& path, const std::map<std::string, H5Scalar>& values,
+                        const std::map<std::string, std::string>& attributes, WriteMode mode) {
+  quiet_hdf5();
+  check_output_path(path);
+  std::vector<uint8_t> bytes;
+  {
+    // Small: the ordinary in-memory image, flushed and copied out.
+    H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), size_t{64} << 10, 0) < 0)
+      fail("cannot write ", path, ": setting up HDF5 failed", hdf5_reason());
+    H5Id file(H5Fcreate(image_name(path).c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+    if (!file.valid()) fail("cannot write ", path, ": creating the HDF5 file failed", hdf5_reason());
+    write_root_attributes(file.get(), kScalarsFormat, attributes, path);
+    H5Id scalar(H5Screate(H5S_SCALAR), H5Sclose);
+    H5Id text(H5Tcopy(H5T_C_S1), H5Tclose);
+    if (!scalar.valid() || !text.valid() || H5Tset_size(text.get(), H5T_VARIABLE) < 0 ||
+        H5Tset_cset(text.get(), H5T_CSET_UTF8) < 0)
+      fail("cannot write ", path, ": setting up HDF5 failed", hdf5_reason());
+    for (const auto& [name, value] : values) {
+      hid_t file_type = text.get(), mem_type = text.get();
+      const void* data = nullptr;
+      const char* chars = nullptr;
+      if (const auto* i = std::get_if<int64_t>(&value)) {
+        file_type = H5T_STD_I64LE;
+        mem_type = H5T_NATIVE_INT64;
+        data = i;
+      } else if (const auto* u = std::get_if<uint64_t>(&value)) {
+        file_type = H5T_STD_U64LE;
+        mem_type = H5T_NATIVE_UINT64;
+        data = u;
+      } else if (const auto* d = std::get_if<double>(&value)) {
+        file_type = H5T_IEEE_F64LE;
+        mem_type = H5T_NATIVE_DOUBLE;
+        data = d;
+      } else {
+        chars = std::get<std::string>(value).c_str();
+        data = &chars;
+      }
+      H5Id dataset(H5Dcreate2(file.get(), name.c_str(), file_type, scalar.get(), H5P_DEFAULT,
+                              H5P_DEFAULT, H5P_DEFAULT),
+                   H5Dclose);
+      if (!dataset.valid() || H5Dwrite(dataset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+        fail("cannot write ", path, ": writing /", name, " failed", hdf5_reason());
+    }
+    // Without the flush, HDF5 1.10's image lacks the cached metadata and
+    // cannot be opened.
+    if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
+      fail("cannot write ", path, ": flushing the HDF5 file failed", hdf5_reason());
+    const ssize_t size = H5Fget_file_image(file.get(), nullptr, 0);
+    bytes.resize(size > 0 ? static_cast<size_t>(size) : 0);
+    if (size <= 0 || H5Fget_file_image(file.get(), bytes.data(), bytes.size()) != size)
+      fail("cannot write ", path, ": assembling the HDF5 file failed", hdf5_reason());
+    if (file.close() < 0) fail("cannot write ", path, ": closing the HDF5 file failed", hdf5_reason());
+  }
+  write_small_file(path, bytes, mode);
+  return static_cast<int64_t>(bytes.size());
+}
+
+namespace {
 
 // ---------------------------------------------------------------- loading: diagnostics
 
@@ -384,52 +815,54 @@ double max_finite(DType dtype) {
   }
 }
 
-}  // namespace
+// ---------------------------------------------------------------- loading
 
-void save_weights_h5(const std::string& path, const ParamStore& store,
-                     const std::map<std::string, std::string>& attributes,
-                     const std::string& group) {
-  quiet_hdf5();
-  for (const auto& entry : attributes)
-    DECO_ASSERT(!entry.first.empty() && entry.first != "format" && entry.first != "format_version",
-                "save_weights_h5: attribute name '", entry.first, "' is empty or reserved");
-  // The HDF5 file is assembled in memory, then written in one atomic step.
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
-    fail("cannot write ", path, ": it is a directory; choose a file name such as ", path, "/W.h5");
-  const std::vector<uint8_t> image = build_image(path + ".image", path, store, attributes, group);
-  write_file_atomic(path, {{image.data(), image.size()}});
+// How messages about a file being read are worded: "cannot <action> <path>:
+// ...", what a non-HDF5 file is told, and the fix for a damaged file.
+struct Reading {
+  std::string action;
+  std::string not_hdf5;
+  std::string fix;
+};
+
+Reading weights_reading() {
+  return {"load weights from",
+          "it is not an HDF5 file (deco reads weights as HDF5, written by deco or with h5py)",
+          "copy or save it again"};
 }
 
-void load_weights_h5(const std::string& path, const ParamStore& store, const std::string& group) {
-  quiet_hdf5();
-  const DType dtype = store.flat().dtype();
-  DECO_ASSERT(dtype == DType::F32 || dtype == DType::F64 || dtype == DType::BF16,
-              "load_weights_h5 into a ", dtype_name(dtype), " store");
+Reading checkpoint_reading(const std::string& fix) {
+  return {"load checkpoint file", "it is not an HDF5 file; the file is corrupted: " + fix, fix};
+}
 
+H5Id open_for_reading(const std::string& path, const Reading& how) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0)
-    fail("cannot load weights from ", path, ": ", std::strerror(errno), "; check the path");
-  if (S_ISDIR(st.st_mode)) fail("cannot load weights from ", path, ": it is a directory, not an "
-                                "HDF5 file");
+    fail("cannot ", how.action, " ", path, ": ", std::strerror(errno), "; check the path");
+  if (S_ISDIR(st.st_mode)) fail("cannot ", how.action, " ", path, ": it is a directory, not an HDF5 file");
   const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
-  if (is_hdf5 < 0) fail("cannot load weights from ", path, ": the file cannot be read", hdf5_reason());
-  if (is_hdf5 == 0)
-    fail("cannot load weights from ", path, ": it is not an HDF5 file (deco reads weights as HDF5, "
-         "written by deco or with h5py)");
+  if (is_hdf5 < 0) fail("cannot ", how.action, " ", path, ": the file cannot be read", hdf5_reason());
+  if (is_hdf5 == 0) fail("cannot ", how.action, " ", path, ": ", how.not_hdf5);
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!file.valid())
-    fail("cannot load weights from ", path, ": HDF5 cannot open it", hdf5_reason(),
-         "; the file may be truncated or corrupt (copy or save it again)");
+    fail("cannot ", how.action, " ", path, ": HDF5 cannot open it", hdf5_reason(),
+         "; the file may be truncated or corrupt (", how.fix, ")");
   check_format_version(file.get(), path);
+  return file;
+}
 
+// Opens every parameter of the store's layout at /<group>/<name>, in layout
+// order, after checking names (all present, nothing unknown), shapes and
+// dtype classes: nothing is read before the whole group is known to fit.
+std::vector<H5Id> open_group(hid_t file, const std::string& path, const std::string& group,
+                             const ParamStore& store) {
   H5Id group_id;
-  hid_t loc = file.get();
+  hid_t loc = file;
   if (!group.empty()) {
-    if (H5Lexists(file.get(), group.c_str(), H5P_DEFAULT) > 0)
-      group_id = H5Id(H5Gopen2(file.get(), group.c_str(), H5P_DEFAULT), H5Gclose);
+    if (H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0)
+      group_id = H5Id(H5Gopen2(file, group.c_str(), H5P_DEFAULT), H5Gclose);
     if (!group_id.valid()) {
-      std::vector<std::string> top = link_names(file.get());
+      std::vector<std::string> top = link_names(file);
       fail(path, " has no group /", group, " (", top.empty() ? "it is empty" : "it holds " +
            name_list(top, "", 5), "); it is not a deco weights file, or was saved under another "
            "group");
@@ -462,7 +895,6 @@ void load_weights_h5(const std::string& path, const ParamStore& store, const std
          config_hint(unknown[0], true, file_names, layout_names),
          "): load it with the config it was trained with");
 
-  // Shapes and dtype classes of every tensor, still before touching the store.
   std::vector<H5Id> datasets;
   for (const ParamSpec& spec : store.layout().specs()) {
     const std::string where = dataset_path(group, spec.name);
@@ -474,8 +906,7 @@ void load_weights_h5(const std::string& path, const ParamStore& store, const std
     const int ndims = H5Sget_simple_extent_ndims(space.get());
     std::vector<hsize_t> dims(static_cast<size_t>(ndims < 0 ? 0 : ndims));
     if (ndims > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
-    std::vector<hsize_t> want;
-    for (int d = 0; d < spec.shape.ndim; ++d) want.push_back(static_cast<hsize_t>(spec.shape[d]));
+    const std::vector<hsize_t> want = dims_of(spec.shape);
     if (ndims < 0 || H5Sget_simple_extent_type(space.get()) == H5S_NULL || dims != want)
       fail(path, ": tensor ", where, " has shape ", shape_string(dims), " but the config expects ",
            shape_string(want), "; it was written for a different model config (check ",
@@ -486,12 +917,62 @@ void load_weights_h5(const std::string& path, const ParamStore& store, const std
            "point (float32 or float64)");
     datasets.push_back(std::move(dataset));
   }
+  return datasets;
+}
+
+// The tensor's crc32 attribute, if it has one.
+std::optional<uint32_t> stored_crc(hid_t dataset, const std::string& path, const std::string& where) {
+  if (H5Aexists(dataset, kCrcAttribute) <= 0) return std::nullopt;
+  H5Id attr(H5Aopen(dataset, kCrcAttribute, H5P_DEFAULT), H5Aclose);
+  H5Id type(attr.valid() ? H5Aget_type(attr.get()) : -1, H5Tclose);
+  uint32_t crc = 0;
+  if (!type.valid() || H5Tget_class(type.get()) != H5T_INTEGER ||
+      H5Aread(attr.get(), H5T_NATIVE_UINT32, &crc) < 0)
+    fail(path, ": tensor ", where, " has a crc32 attribute that is not an unsigned 32-bit integer",
+         hdf5_reason());
+  return crc;
+}
+
+void check_crc(const std::string& path, const std::string& where, uint32_t stored,
+               uint32_t computed, const std::string& fix) {
+  if (stored != computed)
+    fail(path, ": tensor ", where, " fails its checksum (crc32 ", stored, " stored, ", computed,
+         " computed); the file is corrupted: ", fix);
+}
+
+// The whole dataset as little-endian float32 (HDF5 converts other float
+// formats), the bytes the crc32 is defined over.
+void read_float32(hid_t dataset, float* out, const std::string& path, const std::string& where) {
+  if (H5Dread(dataset, H5T_IEEE_F32LE, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+    fail(path, ": reading tensor ", where, " failed", hdf5_reason(),
+         "; the file may be truncated or corrupt");
+}
+
+size_t largest_tensor(const std::vector<StoreGroup>& groups) {
+  size_t n = 0;
+  for (const StoreGroup& g : groups)
+    for (const ParamSpec& spec : g.store->layout().specs())
+      n = std::max(n, static_cast<size_t>(spec.shape.numel()));
+  return n;
+}
+
+}  // namespace
+
+void load_weights_h5(const std::string& path, const ParamStore& store, const std::string& group) {
+  quiet_hdf5();
+  const DType dtype = store.flat().dtype();
+  DECO_ASSERT(dtype == DType::F32 || dtype == DType::F64 || dtype == DType::BF16,
+              "load_weights_h5 into a ", dtype_name(dtype), " store");
+  const Reading how = weights_reading();
+  H5Id file = open_for_reading(path, how);
+  std::vector<H5Id> datasets = open_group(file.get(), path, group, store);
 
   // Values. HDF5 converts any float format (float16, float32, float64)
-  // exactly into float64; the range and finiteness checks happen there,
-  // before narrowing to the store's dtype.
+  // exactly into float64; the checksum, range and finiteness checks happen
+  // there, before narrowing to the store's dtype.
   const double limit = max_finite(dtype);
   const auto& specs = store.layout().specs();
+  std::vector<float> as_float32;
   for (size_t p = 0; p < specs.size(); ++p) {
     const ParamSpec& spec = specs[p];
     const std::string where = dataset_path(group, spec.name);
@@ -499,6 +980,12 @@ void load_weights_h5(const std::string& path, const ParamStore& store, const std
     if (!values.empty() && H5Dread(datasets[p].get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL,
                                    H5P_DEFAULT, values.data()) < 0)
       fail(path, ": reading tensor ", where, " failed", hdf5_reason());
+    if (const std::optional<uint32_t> crc = stored_crc(datasets[p].get(), path, where)) {
+      // Exact: every value of a float32 dataset is a float64 too.
+      as_float32.assign(values.begin(), values.end());
+      check_crc(path, where, *crc, crc32_of(as_float32.data(), as_float32.size() * sizeof(float)),
+                how.fix);
+    }
     datasets[p].close();
     for (size_t i = 0; i < values.size(); ++i) {
       const double v = values[i];
@@ -515,6 +1002,117 @@ void load_weights_h5(const std::string& path, const ParamStore& store, const std
     if (!converted.empty())
       device_copy(dst.device(), dst.raw(), Device::CPU, converted.data(), converted.size());
   }
+}
+
+void verify_stores_h5(const std::string& path, const std::vector<StoreGroup>& groups,
+                      const std::string& fix) {
+  quiet_hdf5();
+  const Reading how = checkpoint_reading(fix);
+  H5Id file = open_for_reading(path, how);
+  std::vector<std::vector<H5Id>> opened;
+  for (const StoreGroup& g : groups) opened.push_back(open_group(file.get(), path, g.group, *g.store));
+  std::vector<float> values(largest_tensor(groups));
+  for (size_t k = 0; k < groups.size(); ++k) {
+    const auto& specs = groups[k].store->layout().specs();
+    for (size_t p = 0; p < specs.size(); ++p) {
+      const std::string where = dataset_path(groups[k].group, specs[p].name);
+      const hid_t dataset = opened[k][p].get();
+      const std::optional<uint32_t> crc = stored_crc(dataset, path, where);
+      if (!crc)
+        fail(path, ": tensor ", where, " has no crc32 attribute; checkpoint tensors carry one, so "
+             "the file was not written by deco or was rewritten by another tool: ", fix);
+      const size_t n = static_cast<size_t>(specs[p].shape.numel());
+      if (n > 0) read_float32(dataset, values.data(), path, where);
+      check_crc(path, where, *crc, crc32_of(values.data(), n * sizeof(float)), fix);
+      opened[k][p].close();
+    }
+  }
+}
+
+void read_stores_h5(const std::string& path, const std::vector<StoreGroup>& groups,
+                    const std::string& fix) {
+  quiet_hdf5();
+  H5Id file = open_for_reading(path, checkpoint_reading(fix));
+  std::vector<float> staging;
+  for (const StoreGroup& g : groups) {
+    std::vector<H5Id> datasets = open_group(file.get(), path, g.group, *g.store);
+    const auto& specs = g.store->layout().specs();
+    for (size_t p = 0; p < specs.size(); ++p) {
+      const Tensor dst = g.store->get(specs[p]);
+      if (dst.numel() == 0) continue;
+      const std::string where = dataset_path(g.group, specs[p].name);
+      if (is_host_float32(dst)) {
+        read_float32(datasets[p].get(), static_cast<float*>(dst.raw()), path, where);
+      } else {
+        staging.resize(static_cast<size_t>(dst.numel()));
+        read_float32(datasets[p].get(), staging.data(), path, where);
+        copy_from_float32(staging.data(), dst);
+      }
+      datasets[p].close();
+    }
+  }
+}
+
+std::map<std::string, H5Scalar> load_scalars_h5(const std::string& path, const std::string& fix) {
+  quiet_hdf5();
+  H5Id file = open_for_reading(path, checkpoint_reading(fix));
+  std::map<std::string, H5Scalar> values;
+  for (const std::string& name : link_names(file.get())) {
+    H5O_info_t info;
+    if (H5Oget_info_by_name(file.get(), name.c_str(), &info, H5P_DEFAULT) < 0 ||
+        info.type != H5O_TYPE_DATASET)
+      continue;
+    H5Id dataset(H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+    H5Id space(dataset.valid() ? H5Dget_space(dataset.get()) : -1, H5Sclose);
+    H5Id type(dataset.valid() ? H5Dget_type(dataset.get()) : -1, H5Tclose);
+    if (!space.valid() || !type.valid()) fail(path, ": reading /", name, " failed", hdf5_reason());
+    if (H5Sget_simple_extent_type(space.get()) != H5S_SCALAR) continue;
+    bool ok = true;
+    switch (H5Tget_class(type.get())) {
+      case H5T_INTEGER:
+        if (H5Tget_sign(type.get()) == H5T_SGN_NONE) {
+          uint64_t v = 0;
+          ok = H5Dread(dataset.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) >= 0;
+          values[name] = v;
+        } else {
+          int64_t v = 0;
+          ok = H5Dread(dataset.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) >= 0;
+          values[name] = v;
+        }
+        break;
+      case H5T_FLOAT: {
+        double v = 0;
+        ok = H5Dread(dataset.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) >= 0;
+        values[name] = v;
+        break;
+      }
+      case H5T_STRING: {
+        if (H5Tis_variable_str(type.get()) > 0) {
+          H5Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+          char* text = nullptr;
+          ok = mem.valid() && H5Tset_size(mem.get(), H5T_VARIABLE) >= 0 &&
+               H5Tset_cset(mem.get(), H5Tget_cset(type.get())) >= 0 &&
+               H5Dread(dataset.get(), mem.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, &text) >= 0;
+          values[name] = std::string(text != nullptr ? text : "");
+          if (text != nullptr) H5Dvlen_reclaim(mem.get(), space.get(), H5P_DEFAULT, &text);
+        } else {
+          // Fixed-length, as NumPy bytes arrive from h5py: padded with NULs.
+          const size_t size = H5Tget_size(type.get());
+          std::string text(size, '\0');
+          ok = size > 0 && H5Dread(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                   &text[0]) >= 0;
+          text.resize(std::strlen(text.c_str()));
+          values[name] = text;
+        }
+        break;
+      }
+      default: continue;
+    }
+    if (!ok)
+      fail(path, ": reading /", name, " failed", hdf5_reason(), "; the file may be truncated or "
+           "corrupt (", fix, ")");
+  }
+  return values;
 }
 
 }  // namespace deco

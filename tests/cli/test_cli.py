@@ -105,8 +105,8 @@ def test_train(src, work):
     expect_error(["train", "--config", tiny, "--run-dir", run_dir] + short, ["metrics.jsonl", "already exists"],
                  "an existing run is not overwritten")
     check(open(os.path.join(run_dir, "metrics.jsonl"), "rb").read() == before, "its metrics.jsonl is unchanged")
-    expect_error(["train", "--config", tiny, "--run-dir", os.path.join(work, "r2"), "--set", "checkpoint.save=ckpt"],
-                 ["checkpoint.save"], "checkpoint keys are refused, not ignored")
+    expect_error(["train", "--config", tiny, "--run-dir", os.path.join(work, "r2"), "--set", "checkpoint.load=auto"],
+                 ["checkpoint.load", "checkpoint.save"], "resuming needs a checkpoint directory")
     # A run that cannot fit in memory is refused before it starts, not OOM-killed
     # (micro-batches of 512 x 4096 tokens of deco-1.2b need terabytes of activations).
     expect_error(["train", "--config", f"{src}/configs/deco-1.2b.yaml", "--run-dir", os.path.join(work, "r3"),

@@ -696,8 +696,8 @@ TEST_CASE("impossible values name the key and the constraint", "[config]") {
        "world size", 1},
       {{{"parallel.expert_model_parallel_size", "3"}, {"training.global_batch_size", "6"}},
        "model.num_experts", "divide", 3},
-      {{{"checkpoint.save", "/tmp/ckpt"}}, "checkpoint.save", "not available in this version", 1},
-      {{{"checkpoint.load", "auto"}}, "checkpoint.load", "not available in this version", 1},
+      {{{"checkpoint.save_interval", "100"}}, "checkpoint.save", "names no directory", 1},
+      {{{"checkpoint.load", "auto"}}, "checkpoint.load", "checkpoint.save is not set", 1},
       {{{"checkpoint.save_interval", "-1"}}, "checkpoint.save_interval", "negative", 1},
       {{{"checkpoint.keep_last", "-1"}}, "checkpoint.keep_last", "negative", 1},
       // Valid alone; 8 sequences cannot split into micro-batches of 2 over 3 processes.

@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include "data/synthetic_corpus.h"
+#include "test_util.h"
 #include "trainer/trainer.h"
+#include "trainer/weights_io.h"
 
 using namespace deco;
 
@@ -52,7 +54,7 @@ TEST_CASE("quickstart: configs/tiny.yaml learns and moves the activation ratio t
   const Config config = tiny();
   ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
   const std::string dir = fresh_dir("e2e");
-  Trainer trainer(config, groups, TrainerOptions{dir, nullptr});
+  Trainer trainer(config, groups, TrainerOptions{dir, nullptr, ""});
   trainer.train();
   const auto rows = read_metrics(dir);
   REQUIRE(rows.size() == static_cast<size_t>(config.training.train_iters));
@@ -80,7 +82,7 @@ TEST_CASE("metrics.jsonl carries every required field, one line per step", "[tra
   ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
   const std::string dir = fresh_dir("metrics");
   std::ostringstream console;
-  Trainer trainer(config, groups, TrainerOptions{dir, &console});
+  Trainer trainer(config, groups, TrainerOptions{dir, &console, ""});
   trainer.train();
   const auto rows = read_metrics(dir);
   REQUIRE(rows.size() == 3);
@@ -107,7 +109,7 @@ TEST_CASE("metrics.jsonl carries every required field, one line per step", "[tra
   CHECK(without_comments(config_to_yaml(saved)) == without_comments(config_to_yaml(config)));
   CHECK(console.str().find("act ratio") != std::string::npos);
   // An existing run is never overwritten.
-  CHECK_THROWS_WITH(Trainer(config, groups, TrainerOptions{dir, nullptr}), Catch::Contains("already exists"));
+  CHECK_THROWS_WITH(Trainer(config, groups, TrainerOptions{dir, nullptr, ""}), Catch::Contains("already exists"));
   std::filesystem::remove_all(dir);
 }
 
@@ -117,7 +119,7 @@ TEST_CASE("gradient accumulation: 4 micro-batches of 4 equal 1 micro-batch of 16
     const Config config = short_tiny(2, {micro, "training.global_batch_size=16"});
     ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
     const std::string dir = fresh_dir("accum");
-    Trainer trainer(config, groups, TrainerOptions{dir, nullptr});
+    Trainer trainer(config, groups, TrainerOptions{dir, nullptr, ""});
     trainer.train_step();
     results.push_back(trainer.train_step());  // the second step sees the first update
     std::filesystem::remove_all(dir);
@@ -135,7 +137,7 @@ TEST_CASE("training is bit-for-bit reproducible", "[trainer]") {
     const Config config = short_tiny(4);
     ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
     const std::string dir = fresh_dir("repro" + std::to_string(run));
-    Trainer trainer(config, groups, TrainerOptions{dir, nullptr});
+    Trainer trainer(config, groups, TrainerOptions{dir, nullptr, ""});
     std::vector<double> values;
     for (int s = 0; s < 4; ++s) {
       const StepMetrics m = trainer.train_step();
@@ -170,4 +172,99 @@ TEST_CASE("synthetic corpus: deterministic, in range, learnable structure", "[da
   for (int32_t t : x) CHECK((t >= 0 && t < 512));
   CHECK(a.markov_entropy() == Approx(1.2425).margin(1e-4));  // Zipf 1/k over 4 successors
   CHECK(a.markov_entropy() < 0.25 * std::log(512.0));
+}
+
+namespace {
+
+// Runs `config` to its end in `run_dir` and returns its metrics rows.
+std::vector<nlohmann::json> run_to_end(const Config& config, const std::string& run_dir,
+                                       const std::string& load_weights = "", std::ostream* console = nullptr) {
+  ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
+  Trainer trainer(config, groups, TrainerOptions{run_dir, console, load_weights});
+  trainer.train();
+  return read_metrics(run_dir);
+}
+
+}  // namespace
+
+TEST_CASE("2N steps equal N steps + resume + N steps, bit for bit", "[trainer][checkpoint]") {
+  deco::test::TempDir dir;
+  const std::vector<std::string> common = {"checkpoint.save_interval=5", "training.eval_interval=3",
+                                           "training.eval_iters=1"};
+  std::vector<std::string> a = common;
+  a.push_back("checkpoint.save=" + (dir / "ckpt"));
+  const auto uninterrupted = run_to_end(short_tiny(10, a), dir / "a");
+  REQUIRE(uninterrupted.size() == 10);
+  REQUIRE(std::filesystem::exists(dir / "ckpt/step_0000005/model.h5"));
+
+  // A second run resumes from step 5 (not from `latest`, which is step 10).
+  std::vector<std::string> b = common;
+  b.push_back("checkpoint.save=" + (dir / "ckpt_b"));
+  b.push_back("checkpoint.load=" + (dir / "ckpt/step_0000005"));
+  const auto resumed = run_to_end(short_tiny(10, b), dir / "b");
+  REQUIRE(resumed.size() == 5);
+  for (size_t i = 0; i < 5; ++i) {
+    const nlohmann::json& x = uninterrupted[i + 5];
+    const nlohmann::json& y = resumed[i];
+    INFO("step " << x["step"]);
+    CHECK(y["step"] == x["step"]);
+    CHECK(y["consumed_samples"] == x["consumed_samples"]);
+    // Exact equality: the same float32 computation on the same data.
+    for (const char* key : {"lm_loss", "reg_loss", "grad_norm", "reg_coef", "lr", "activation_ratio"})
+      CHECK(y[key].get<double>() == x[key].get<double>());
+    CHECK(y["activation_ratio_per_layer"] == x["activation_ratio_per_layer"]);
+    CHECK(y.contains("val_loss") == x.contains("val_loss"));
+    if (x.contains("val_loss")) CHECK(y["val_loss"].get<double>() == x["val_loss"].get<double>());
+  }
+}
+
+TEST_CASE("resuming into the same run directory keeps one row per step", "[trainer][checkpoint]") {
+  deco::test::TempDir dir;
+  const std::vector<std::string> save = {"checkpoint.save=" + (dir / "ckpt"), "checkpoint.save_interval=3"};
+  const auto first = run_to_end(short_tiny(6, save), dir / "run");
+  // Resume the same run from step 3: rows 4-6 are recomputed (and equal), the
+  // old ones set aside rather than lost.
+  std::vector<std::string> resume = save;
+  resume.push_back("checkpoint.load=" + (dir / "ckpt/step_0000003"));
+  const auto again = run_to_end(short_tiny(6, resume), dir / "run");
+  REQUIRE(again.size() == 6);
+  for (size_t i = 0; i < 6; ++i) CHECK(again[i]["lm_loss"].get<double>() == first[i]["lm_loss"].get<double>());
+  CHECK(std::filesystem::exists(dir / "run/metrics.jsonl.after-step-3"));
+}
+
+TEST_CASE("checkpoint.load: auto resumes from latest; a changed architecture is refused", "[trainer][checkpoint]") {
+  deco::test::TempDir dir;
+  const std::string save = "checkpoint.save=" + (dir / "ckpt");
+  run_to_end(short_tiny(4, {save}), dir / "a");
+  // auto with a longer run: continues at step 4 up to 6; a changed learning rate is only a warning.
+  std::ostringstream console;
+  const auto more = run_to_end(short_tiny(6, {save, "checkpoint.load=auto", "optimizer.lr=0.002"}), dir / "b", "",
+                               &console);
+  REQUIRE(more.size() == 2);
+  CHECK(more[0]["step"] == 5);
+  CHECK_THAT(console.str(), Catch::Contains("resumed from") && Catch::Contains("warning: resuming with optimizer.lr"));
+  // A different architecture cannot load the checkpoint.
+  const Config wider = short_tiny(6, {save, "checkpoint.load=auto", "model.num_attention_heads=8"});
+  ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, wider.model.num_experts);
+  CHECK_THROWS_WITH(Trainer(wider, groups, TrainerOptions{dir / "c", nullptr, ""}),
+                    Catch::Contains("model.num_attention_heads") && Catch::Contains("checkpoint"));
+}
+
+TEST_CASE("Loading weights only (--load) starts from them with a fresh optimizer at step 0", "[trainer][checkpoint]") {
+  deco::test::TempDir dir;
+  const std::string save = "checkpoint.save=" + (dir / "ckpt");
+  run_to_end(short_tiny(3, {save}), dir / "a");
+  const Config config = short_tiny(2, {});
+  ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
+  Trainer trainer(config, groups, TrainerOptions{dir / "b", nullptr, dir / "ckpt/step_0000003"});
+  // The weights are the checkpoint's, not a fresh initialization.
+  Model reference(config.model, DType::F32, Device::CPU);
+  load_weights_h5(dir / "ckpt/step_0000003/model.h5", reference.params());
+  const Tensor& a = reference.params().flat();
+  const Tensor& b = trainer.model().params().flat();
+  CHECK(std::equal(a.data<float>(), a.data<float>() + a.numel(), b.data<float>()));
+  CHECK(trainer.step() == 0);
+  const StepMetrics m = trainer.train_step();
+  CHECK(m.step == 1);
+  CHECK(m.lr == Approx(config.optimizer.lr));  // warmup of 1 step: step 1 is at the peak, from a fresh schedule
 }

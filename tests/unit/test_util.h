@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -62,6 +63,15 @@ inline std::string run_command(const std::string& command, int* rc) {
   while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
   *rc = ::pclose(pipe);
   return out;
+}
+
+// Whether the test Python has numpy and h5py (tests that read files with
+// them skip their h5py part otherwise).
+inline bool have_h5py() {
+  if (::access(kPython, X_OK) != 0) return false;
+  int rc = 0;
+  run_command(std::string(kPython) + " -c 'import numpy, h5py' 2>/dev/null", &rc);
+  return rc == 0;
 }
 
 // A CPU buffer of N(0, scale^2) values (or uniform in [lo, hi) with fill_uniform).

@@ -32,17 +32,11 @@ using deco::ParamStore;
 
 using deco::test::TempDir;
 using deco::test::error_of;
+using deco::test::have_h5py;
 using deco::test::kPython;
 using deco::test::run_command;
 
 namespace {
-
-bool have_h5py() {
-  if (::access(kPython, X_OK) != 0) return false;
-  int rc = 0;
-  run_command(std::string(kPython) + " -c 'import numpy, h5py' 2>/dev/null", &rc);
-  return rc == 0;
-}
 
 deco::ModelConfig small_config() {
   deco::ModelConfig c;

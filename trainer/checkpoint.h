@@ -1,0 +1,104 @@
+// Checkpoints: everything a run needs to continue exactly where it stopped.
+//
+// Layout (docs/checkpoints.md):
+//   <save>/step_0001000/          one directory per saved step
+//       model.h5                  /model/<name>: float32 master weights, logical shapes
+//       optimizer.h5              /exp_avg/<name>, /exp_avg_sq/<name>: AdamW moments
+//       state.h5                  training state (step, consumed samples, sparsity
+//                                 coefficient, ...), the resolved config, the version
+//   <save>/latest                 a text file naming the newest complete step directory
+// Every tensor dataset carries a "crc32" attribute of its float32 bytes,
+// checked on load. A save writes <save>/step_XXXXXXX.tmp-<pid>/, fsyncs it,
+// renames it into place, and only then rewrites `latest` (atomically), so a
+// crash at any point leaves the previous checkpoint loadable and named by
+// `latest`; keep_last removes older step directories after that.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model/params.h"
+
+namespace deco {
+
+// The training state beyond tensors. deco keeps no running random state:
+// initialization draws from (seed, parameter name) and the data order is a
+// function of (seed, consumed samples), so the seed and the sample count
+// restore both exactly.
+struct TrainingState {
+  int64_t step = 0;               // optimizer steps taken (also AdamW's bias-correction count)
+  int64_t consumed_samples = 0;   // data loader position
+  int64_t evaluations = 0;        // validations run (each reads the next validation batches)
+  double reg_coef = 0.0;          // the sparsity coefficient lambda for the next step
+  double elapsed_s = 0.0;         // training time so far (for the console's elapsed column)
+  uint64_t seed = 0;              // training.seed the run started with
+};
+
+// What one checkpoint holds, as views of the live buffers (or of host copies).
+struct CheckpointTensors {
+  const ParamStore* params = nullptr;      // float32 master weights
+  const ParamStore* exp_avg = nullptr;     // AdamW first moment
+  const ParamStore* exp_avg_sq = nullptr;  // AdamW second moment
+};
+
+// "step_0001000"
+std::string checkpoint_dir_name(int64_t step);
+
+// Saves checkpoints on a background thread. save() copies the tensors into
+// host memory (waiting first for the previous save to finish), returns, and
+// the thread writes the copy while training continues. wait() blocks until
+// the last save is complete and rethrows its error, if any.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::string save_dir, int64_t keep_last);
+  ~CheckpointWriter();  // waits for a save in progress (errors are reported, not thrown)
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  void save(const CheckpointTensors& tensors, const TrainingState& state, const std::string& config_yaml);
+  void wait();
+  // Seconds the last completed save took on the background thread, and its bytes.
+  double last_write_seconds() const;
+  int64_t last_write_bytes() const;
+
+ private:
+  struct Job;
+  void run(std::shared_ptr<Job> job);
+  void join();  // waits for the worker, leaving its error in error_
+
+  std::string save_dir_;
+  int64_t keep_last_;
+  std::thread worker_;
+  // The host copy the worker writes from; kept between saves so that only
+  // the first save allocates (and page-faults) it.
+  std::shared_ptr<Job> job_;
+  mutable std::mutex mutex_;  // guards error_ and the last_* figures the worker sets
+  std::exception_ptr error_;
+  double last_seconds_ = 0.0;
+  int64_t last_bytes_ = 0;
+};
+
+// The checkpoint directory checkpoint.load names: "auto" is <save>/latest's
+// target when it exists ("" otherwise: start fresh), anything else a path
+// to a step directory (or to a save directory, whose `latest` is followed).
+// Throws deco::Error when an explicit path is not a checkpoint.
+std::string resolve_checkpoint(const std::string& load, const std::string& save_dir);
+
+struct LoadedCheckpoint {
+  TrainingState state;
+  std::string config_yaml;  // the resolved config the run was saved with
+  std::string version;      // deco's version that wrote it
+};
+
+// Reads a checkpoint into the stores (any of them may be null to skip it),
+// verifying names, shapes and checksums first; every problem is one
+// deco::Error naming the file and the tensor.
+LoadedCheckpoint load_checkpoint(const std::string& dir, const CheckpointTensors& into);
+
+}  // namespace deco
