@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "parallel/mpi_runtime.h"
 
 namespace {
 
@@ -150,9 +151,13 @@ int main(int argc, char** argv) {
     if (*export_cmd) return deco::cli::export_weights(export_args);
     if (*import_cmd) return deco::cli::import_weights(import_args);
   } catch (const deco::Error& e) {
+    // In a multi-process run the other ranks would wait for this one in
+    // their next collective: end the whole job, naming this rank.
+    if (deco::mpi_active()) deco::abort_job(e.what(), 1);
     std::cerr << "error: " << e.what() << std::endl;
     return 1;
   } catch (const std::exception& e) {  // internal errors carry their own "internal error at" text
+    if (deco::mpi_active()) deco::abort_job(e.what(), 2);
     std::cerr << "error: " << e.what() << std::endl;
     return 2;
   }

@@ -9,6 +9,7 @@
 #include "kernels/runtime.h"
 #include "model/model_stats.h"
 #include "parallel/layout.h"
+#include "parallel/mpi_runtime.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
 
@@ -40,6 +41,7 @@ int train(const TrainArgs& args) {
   const Config config = load_config(args.cfg.config, args.cfg.sets, launch.world_size);
   ProcessGroups groups = make_process_groups(launch, config.parallel.expert_model_parallel_size,
                                              config.model.num_experts);
+  set_collective_timeout(config.parallel.distributed_timeout_minutes * 60.0);
   TrainerOptions options;
   options.run_dir = !args.run_dir.empty()              ? args.run_dir
                     : !config.logging.run_dir.empty() ? config.logging.run_dir

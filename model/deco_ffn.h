@@ -11,13 +11,24 @@
 //    from the precomputed mean row w_bar of the up-projection (mean(u) =
 //    h . w_bar); in the backward pass the mean gives every row of that
 //    projection the same rank-one gradient, added once at the end.
+//
+// With expert parallelism (an expert-parallel group of M > 1 ranks) this
+// rank holds E/M of the routed experts. The router, its scales and the
+// shared expert are replicated; each token is sent only to the ranks that
+// own one of its active experts (ExpertExchange), their experts run on it
+// with either path, and the weighted results come back. The mean row w_bar
+// of the full projection is summed over the group; the backward pass
+// returns each token's share of the mean's gradient (kappa) with its input
+// gradient, so the rank-one terms are applied where the token lives.
 #pragma once
 
 #include <memory>
 #include <vector>
 
+#include "model/expert_exchange.h"
 #include "model/params.h"
 #include "model/swiglu_ffn.h"
+#include "parallel/comm.h"
 
 namespace deco {
 
@@ -26,11 +37,19 @@ struct DecoLayerStats {
   int64_t active_pairs = 0;                 // (token, expert) pairs with z > 0
   std::vector<int64_t> expert_tokens;       // [E] active tokens per expert
   double reg_sum = 0.0;                     // regularizer summed over tokens, before any coefficient
+  // Expert parallelism: token rows this rank sent to each expert-parallel
+  // rank (itself included; a token counts once per rank owning one of its
+  // active experts). Empty without expert parallelism.
+  std::vector<int64_t> sent_per_rank;
 };
 
 class DecoFfn {
  public:
-  DecoFfn(const ModelConfig& config, const ParamStore& values, const ParamStore& grads, int64_t layer);
+  // `expert_parallel` is the group the routed experts are split over (null,
+  // or a group of one, for all experts on this rank); `values` holds this
+  // rank's experts (ParamLayout with the group's size and rank).
+  DecoFfn(const ModelConfig& config, const ParamStore& values, const ParamStore& grads, int64_t layer,
+          Communicator* expert_parallel = nullptr);
 
   // Recomputes state derived from the weights (the mean row w_bar). Call
   // after every change to the weights (optimizer step, load).
@@ -43,6 +62,14 @@ class DecoFfn {
   void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg, double reg_grad_coef);
 
  private:
+  // The routed experts this rank holds, on rows x (this rank's tokens, or
+  // the rows other ranks sent) with router values zx_/gx_ [rows, E_];
+  // outputs are added into y / dx, score gradients written to dgx_.
+  void experts_forward(const Tensor& y, const Tensor& x);
+  void experts_backward(const Tensor& dx, const Tensor& dy, const Tensor& x);
+  // The mean's rank-one gradient terms for this rank's tokens x, from
+  // kappa [N, 1] (sum over all E*D entries of dc / (E*D)).
+  void mean_backward(const Tensor& dx, const Tensor& x, const Tensor& kappa);
   void experts_forward_dense(const Tensor& y, const Tensor& x);
   void experts_forward_sparse(const Tensor& y, const Tensor& x);
   void experts_backward_dense(const Tensor& dx, const Tensor& dy, const Tensor& x);
@@ -52,7 +79,11 @@ class DecoFfn {
   // From dact_ to dc_ (and dlin_), shared by both paths.
   void activation_backward();
 
-  int64_t E_, D_;
+  int64_t E_;        // routed experts on this rank
+  int64_t E_total_;  // routed experts in the layer
+  int64_t D_;
+  Communicator* ep_;  // null without expert parallelism
+  int64_t ep_first_;  // index of this rank's first expert
   ops::ExpertAct act_kind_;
   bool gated_;
   ExpertCompute compute_;
@@ -74,6 +105,10 @@ class DecoFfn {
   int64_t pairs_ = 0;
   // Backward temporaries.
   Buffer q_, dgs_, dact_, dc_, dlin_, kappa_, row_means_, dg_, dr_, dz_, kvec_;
+  Tensor zx_, gx_, dgx_;  // router values of the rows the experts run on, and their gradient
+  // Expert parallelism: the rows received, their router values, outputs and gradients.
+  ExpertExchange exchange_;
+  Buffer xr_, zr_, gr_, yr_, dyr_, dxr_, dgr_, kappa_tok_;
   Buffer xg_;  // inputs gathered by pair [P, H], saved for the weight gradients
   Buffer yg_;  // per-pair rows [P, H]: expert outputs, then dy gathered, then dx by pair
 };

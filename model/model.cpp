@@ -15,12 +15,13 @@ struct Model::Layer {
   Buffer residual_mid;  // after the attention residual add
   Buffer normed2, rstd2;
 
-  Layer(const ModelConfig& c, const ParamStore& values, const ParamStore& grads, int64_t l)
+  Layer(const ModelConfig& c, const ParamStore& values, const ParamStore& grads, int64_t l,
+        Communicator* expert_parallel)
       : ln1(bind_param(values, grads, layer_param(l, "input_layernorm.weight"))),
         ln2(bind_param(values, grads, layer_param(l, "post_attention_layernorm.weight"))),
         attention(c, values, grads, l) {
     if (c.is_deco_layer(l))
-      deco_ffn = std::make_unique<DecoFfn>(c, values, grads, l);
+      deco_ffn = std::make_unique<DecoFfn>(c, values, grads, l, expert_parallel);
     else
       dense_ffn = std::make_unique<SwigluFfn>(values, grads, layer_param(l, "mlp."));
   }
@@ -38,18 +39,20 @@ int64_t StepResult::routed_slots() const {
   return n;
 }
 
-Model::Model(const ModelConfig& config, DType dtype, Device device)
+Model::Model(const ModelConfig& config, DType dtype, Device device, Communicator* expert_parallel,
+             int64_t region_multiple)
     : config_(config),
       dtype_(dtype),
       device_(device),
-      layout_(config),
+      layout_(config, expert_parallel ? expert_parallel->size() : 1, expert_parallel ? expert_parallel->rank() : 0,
+              region_multiple),
       params_(layout_, dtype, device),
       grads_(layout_, dtype, device),
       embed_(bind_param(params_, grads_, "model.embed_tokens.weight")),
       final_norm_(bind_param(params_, grads_, "model.norm.weight")),
       lm_head_(bind_param(params_, grads_, "lm_head.weight")) {
   for (int64_t l = 0; l < config_.num_layers; ++l)
-    layers_.push_back(std::make_unique<Layer>(config_, params_, grads_, l));
+    layers_.push_back(std::make_unique<Layer>(config_, params_, grads_, l, expert_parallel));
   rope_.ensure(dtype, device, Shape{config_.seq_length, config_.head_dim() / 2, 2});
   ops::rope_table(rope_, config_.rotary_base);
 }

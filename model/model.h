@@ -33,7 +33,11 @@ struct StepResult {
 
 class Model {
  public:
-  Model(const ModelConfig& config, DType dtype, Device device);
+  // expert_parallel: the group the DECO layers' routed experts are split
+  // over (null or a group of one: every expert on this rank).
+  // region_multiple: see ParamLayout (the distributed optimizer's shards).
+  Model(const ModelConfig& config, DType dtype, Device device, Communicator* expert_parallel = nullptr,
+        int64_t region_multiple = 1);
   ~Model();
 
   const ModelConfig& config() const { return config_; }

@@ -1,5 +1,6 @@
 #include "model/params.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -13,6 +14,17 @@ namespace {
 // per-parameter collectives see aligned memory.
 constexpr int64_t kAlign = 64;
 int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// The slice a sharded 2-D parameter holds, cut from its full row-major values.
+std::vector<double> shard_of(const std::vector<double>& full, const ParamSpec& spec) {
+  const int64_t full_cols = spec.full_shape[1], rows = spec.shape[0], cols = spec.shape[1];
+  const int64_t row0 = spec.shard_dim == 0 ? spec.shard_begin : 0;
+  const int64_t col0 = spec.shard_dim == 1 ? spec.shard_begin : 0;
+  std::vector<double> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(full.begin() + (row0 + r) * full_cols + col0, cols, out.begin() + r * cols);
+  return out;
+}
 
 }  // namespace
 
@@ -49,20 +61,32 @@ std::string layer_param(int64_t layer, const std::string& suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
 
-ParamLayout::ParamLayout(const ModelConfig& c) {
+ParamLayout::ParamLayout(const ModelConfig& c, int64_t ep_size, int64_t ep_rank, int64_t region_multiple)
+    : ep_size_(ep_size), ep_rank_(ep_rank) {
+  DECO_ASSERT(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size && c.num_experts % ep_size == 0,
+              "expert-parallel layout ", ep_rank, " of ", ep_size, " for ", c.num_experts, " experts");
+  local_experts_ = c.num_experts / ep_size;
   const int64_t H = c.hidden_size, hd = c.head_dim();
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, InitKind init, bool expert) {
     ParamSpec s;
     s.name = name;
     s.shape = Shape{rows, cols};
+    s.full_shape = s.shape;
     s.init = init;
     s.expert = expert;
+    if (expert && ep_size > 1) {  // this rank's experts: a block of E*D rows or columns
+      s.shard_dim = name.find("expert_down_proj") == std::string::npos ? 0 : 1;  // down: [H, E*D]
+      const int64_t block = local_experts_ * c.moe_ffn_hidden_size;
+      s.shard_begin = ep_rank * block;
+      s.shape = s.shard_dim == 0 ? Shape{block, cols} : Shape{rows, block};
+    }
     specs_.push_back(s);
   };
   auto vector = [&](const std::string& name, int64_t n, double value) {
     ParamSpec s;
     s.name = name;
     s.shape = Shape{n};
+    s.full_shape = s.shape;
     s.init = InitKind::Constant;
     s.init_value = value;
     s.weight_decay = false;
@@ -114,6 +138,13 @@ ParamLayout::ParamLayout(const ModelConfig& c) {
       s.offset = dense_numel_ + expert_numel_;
       expert_numel_ += align_up(s.shape.numel());
     }
+  DECO_ASSERT(region_multiple >= 1, "region_multiple ", region_multiple);
+  auto pad = [&](int64_t n) { return (n + region_multiple - 1) / region_multiple * region_multiple; };
+  const int64_t dense_padded = pad(dense_numel_);
+  for (ParamSpec& s : specs_)
+    if (s.expert) s.offset += dense_padded - dense_numel_;
+  dense_numel_ = dense_padded;
+  expert_numel_ = pad(expert_numel_);
 }
 
 const ParamSpec* ParamLayout::find(const std::string& name) const {
@@ -146,7 +177,7 @@ void init_params(const ParamStore& store, const ModelConfig& config, uint64_t se
   for (const ParamSpec& spec : store.layout().specs()) {
     // Values are drawn in double on the host, then copied in the store's
     // dtype and device, so every backend starts from the same numbers.
-    std::vector<double> values(static_cast<size_t>(spec.shape.numel()));
+    std::vector<double> values(static_cast<size_t>(spec.full_shape.numel()));
     if (spec.init == InitKind::Constant) {
       std::fill(values.begin(), values.end(), spec.init_value);
     } else {
@@ -154,6 +185,7 @@ void init_params(const ParamStore& store, const ModelConfig& config, uint64_t se
       Rng rng(stream_key(seed, spec.name));
       for (double& v : values) v = std * rng.normal();
     }
+    if (spec.sharded()) values = shard_of(values, spec);
     const Tensor host(values.data(), DType::F64, Device::CPU, spec.shape);
     const Tensor dst = store.get(spec);
     if (dst.device() == Device::CPU) {

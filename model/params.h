@@ -29,11 +29,26 @@ struct ParamSpec {
   bool weight_decay = true;  // AdamW decay: matrices only (not norms, scales, gamma, 1-D)
   bool expert = false;       // lives in the expert region
   int64_t offset = 0;        // element offset in the flat buffer
+  // Expert parallelism stores a routed-expert projection as one rank's
+  // slice: shape is the slice, full_shape the logical tensor, and the slice
+  // is [shard_begin, shard_begin + shape[shard_dim]) along shard_dim (rows
+  // of up/gate [E*D, H], columns of down [H, E*D]). shard_dim is -1 for a
+  // whole tensor (full_shape == shape).
+  Shape full_shape;
+  int shard_dim = -1;
+  int64_t shard_begin = 0;
+  bool sharded() const { return shard_dim >= 0; }
 };
 
 class ParamLayout {
  public:
-  explicit ParamLayout(const ModelConfig& config);
+  // The parameters one rank holds: everything, except that with expert
+  // parallelism (ep_size > 1) each routed-expert projection holds only the
+  // experts [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size).
+  // Each region's size is padded to a multiple of `region_multiple`
+  // elements, so the distributed optimizer splits it into equal shards.
+  explicit ParamLayout(const ModelConfig& config, int64_t ep_size = 1, int64_t ep_rank = 0,
+                       int64_t region_multiple = 1);
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& spec(const std::string& name) const;  // internal lookups; asserts it exists
@@ -41,11 +56,15 @@ class ParamLayout {
   int64_t dense_numel() const { return dense_numel_; }    // including alignment padding
   int64_t expert_numel() const { return expert_numel_; }
   int64_t total_numel() const { return dense_numel_ + expert_numel_; }
-  int64_t num_parameters() const;  // real elements, without padding
+  int64_t num_parameters() const;  // real elements held, without padding
+  int64_t ep_size() const { return ep_size_; }
+  int64_t ep_rank() const { return ep_rank_; }
+  int64_t local_experts() const { return local_experts_; }  // E / ep_size
 
  private:
   std::vector<ParamSpec> specs_;
   int64_t dense_numel_ = 0, expert_numel_ = 0;
+  int64_t ep_size_ = 1, ep_rank_ = 0, local_experts_ = 0;
 };
 
 // A flat buffer with the layout's views: the parameters themselves, their
@@ -67,7 +86,8 @@ class ParamStore {
 };
 
 // Fills the store per deco-model.md section 4. Each parameter draws from its
-// own stream keyed by (seed, name), so values do not depend on the layout.
+// own stream keyed by (seed, name), so values do not depend on the layout:
+// a sharded parameter gets its slice of the values the whole tensor has.
 void init_params(const ParamStore& store, const ModelConfig& config, uint64_t seed);
 
 // Parameter-name helpers (section 6).

@@ -1,8 +1,12 @@
-// Collectives over a process group, behind one interface: the trainer
-// reduces gradients and metrics through it without knowing how many
-// processes there are or what moves the bytes (MPI for host memory, NCCL
-// for device memory; the distribution work adds those). SelfComm is the
-// group of one process, the whole world of a single-process run.
+// Collectives over a process group, behind one interface: the trainer and
+// the model reduce gradients, exchange tokens and combine metrics through it
+// without knowing how many processes there are or what moves the bytes.
+// Implementations: SelfComm (the group of one process: a single-process run),
+// MpiComm (host memory, parallel/mpi_comm.h) and NcclComm (device memory,
+// parallel/nccl_comm.h).
+//
+// Every collective must be called by every rank of the group, in the same
+// order, with matching shapes and dtypes. Tensors are contiguous.
 #pragma once
 
 #include <cstdint>
@@ -14,21 +18,41 @@
 
 namespace deco {
 
+enum class ReduceOp { Sum, Max };
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
   virtual int64_t rank() const = 0;
   virtual int64_t size() const = 0;
-  virtual std::string name() const = 0;
-  // In place: x = sum over the group of x (same shape on every rank).
-  virtual void all_reduce_sum(const Tensor& x) = 0;
-  // Host scalars, in place (metrics: losses, counts).
-  virtual void all_reduce_sum(std::vector<double>& values) = 0;
-  virtual void all_reduce_sum(std::vector<int64_t>& values) = 0;
-  virtual void all_reduce_max(std::vector<double>& values) = 0;
+  virtual std::string name() const = 0;  // "world", "data-parallel", ... (for messages)
+
+  // In place: x = op over the group of x.
+  virtual void all_reduce(const Tensor& x, ReduceOp op) = 0;
+  // in has size() * n elements, out n: out = the sum over the group of
+  // in's chunk number rank(). in and out must not overlap.
+  virtual void reduce_scatter(const Tensor& out, const Tensor& in) = 0;
+  // in has n elements, out size() * n: chunk r of out = in of rank r.
+  virtual void all_gather(const Tensor& out, const Tensor& in) = 0;
+  // Personalized exchange with per-peer counts (in elements): `in` holds
+  // send_counts[0] elements for rank 0, then send_counts[1] for rank 1, ...;
+  // `out` receives recv_counts[p] elements from each rank p, in rank order.
+  // recv_counts[p] must equal rank p's send_counts[rank()] (exchange counts
+  // first, e.g. with all_to_all_counts).
+  virtual void all_to_all(const Tensor& out, const std::vector<int64_t>& recv_counts, const Tensor& in,
+                          const std::vector<int64_t>& send_counts) = 0;
   // x on every rank = x of `root`.
   virtual void broadcast(const Tensor& x, int64_t root) = 0;
   virtual void barrier() = 0;
+
+  // Conveniences over the above, for host values.
+  void all_reduce_sum(const Tensor& x) { all_reduce(x, ReduceOp::Sum); }
+  void all_reduce_sum(std::vector<double>& values);
+  void all_reduce_sum(std::vector<int64_t>& values);
+  void all_reduce_max(std::vector<double>& values);
+  // send[p] = how many elements this rank sends to rank p; returns recv,
+  // recv[p] = how many rank p sends to this rank.
+  std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send);
 };
 
 class SelfComm final : public Communicator {
@@ -38,10 +62,11 @@ class SelfComm final : public Communicator {
   int64_t size() const override { return 1; }
   std::string name() const override { return name_; }
   // A group of one already holds the sum, the max and the root's data.
-  void all_reduce_sum(const Tensor&) override {}
-  void all_reduce_sum(std::vector<double>&) override {}
-  void all_reduce_sum(std::vector<int64_t>&) override {}
-  void all_reduce_max(std::vector<double>&) override {}
+  void all_reduce(const Tensor&, ReduceOp) override {}
+  void reduce_scatter(const Tensor& out, const Tensor& in) override;  // copies
+  void all_gather(const Tensor& out, const Tensor& in) override;      // copies
+  void all_to_all(const Tensor& out, const std::vector<int64_t>& recv_counts, const Tensor& in,
+                  const std::vector<int64_t>& send_counts) override;  // copies
   void broadcast(const Tensor&, int64_t) override {}
   void barrier() override {}
 

@@ -2,7 +2,12 @@
 
 #include <cstdlib>
 
+#ifdef DECO_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #include "core/error.h"
+#include "core/tensor.h"
 
 namespace deco {
 namespace {
@@ -34,6 +39,22 @@ LaunchInfo detect_launch() {
     if (!read_int("MPI_LOCALRANKID", info.local_rank)) info.local_rank = info.rank;
   }
   return info;
+}
+
+int select_local_device(const LaunchInfo& launch) {
+#ifdef DECO_WITH_CUDA
+  const int count = cuda_device_count();
+  if (count == 0) return -1;
+  const int device = static_cast<int>(launch.local_rank % count);
+  const cudaError_t status = cudaSetDevice(device);
+  if (status != cudaSuccess)
+    fail("could not select GPU ", device, " for local rank ", launch.local_rank, ": ",
+         cudaGetErrorString(status), "; check CUDA_VISIBLE_DEVICES and nvidia-smi.");
+  return device;
+#else
+  (void)launch;
+  return -1;
+#endif
 }
 
 }  // namespace deco

@@ -21,4 +21,10 @@ struct LaunchInfo {
 // launchers; "none" when neither is set.
 LaunchInfo detect_launch();
 
+// Makes GPU local_rank % device_count this process's current CUDA device and
+// returns its index, or -1 in a build without CUDA or on a machine without a
+// GPU (the CPU backend then runs; this is not an error). With more ranks on a
+// node than GPUs, ranks share GPUs, which works for testing but is slow.
+int select_local_device(const LaunchInfo& launch);
+
 }  // namespace deco

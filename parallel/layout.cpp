@@ -1,15 +1,70 @@
 #include "parallel/layout.h"
 
 #include "core/error.h"
+#include "parallel/mpi_comm.h"
+#include "parallel/mpi_runtime.h"
 
 namespace deco {
+namespace {
+
+// "[0 1 2 3]", or "[0 8 16 ... 504]" for a long group (groups are arithmetic
+// progressions, so the first members and the last say it all).
+std::string format_members(const std::vector<int64_t>& members) {
+  constexpr size_t kShown = 3, kMaxListed = 8;
+  std::string out = "[";
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (members.size() > kMaxListed && i == kShown) {
+      out += " ...";
+      i = members.size() - 1;
+    }
+    out += str(i == 0 ? "" : " ", members[i]);
+  }
+  return out + "]";
+}
+
+// "[0 1] [2 3]", or the first groups, "...", the last and the count.
+std::string format_groups(const std::vector<std::vector<int64_t>>& groups) {
+  constexpr size_t kShown = 3, kMaxListed = 8;
+  std::string out;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (groups.size() > kMaxListed && g == kShown) {
+      out += " ...";
+      g = groups.size() - 1;
+    }
+    out += (g == 0 ? "" : " ") + format_members(groups[g]);
+  }
+  if (groups.size() > kMaxListed) out += str(" (", groups.size(), " groups)");
+  return out;
+}
+
+}  // namespace
 
 std::string ParallelLayout::describe() const {
   return str("world ", world_size, " = expert-parallel ", ep_size, " x expert-data-parallel ",
              expert_dp_size, "; dense parameters data-parallel over ", dp_size, " ranks");
 }
 
-ProcessGroups make_process_groups(const LaunchInfo& launch, int64_t ep_size, int64_t num_experts) {
+std::vector<std::vector<int64_t>> ParallelLayout::expert_parallel_groups() const {
+  std::vector<std::vector<int64_t>> groups(static_cast<size_t>(expert_dp_size));
+  for (int64_t r = 0; r < world_size; ++r) groups[static_cast<size_t>(r / ep_size)].push_back(r);
+  return groups;
+}
+
+std::vector<std::vector<int64_t>> ParallelLayout::expert_data_parallel_groups() const {
+  std::vector<std::vector<int64_t>> groups(static_cast<size_t>(ep_size));
+  for (int64_t r = 0; r < world_size; ++r) groups[static_cast<size_t>(r % ep_size)].push_back(r);
+  return groups;
+}
+
+std::string ProcessGroups::describe_groups() const {
+  std::vector<int64_t> everyone;
+  for (int64_t r = 0; r < layout.world_size; ++r) everyone.push_back(r);
+  return str("data-parallel group: ", format_members(everyone),
+             "; expert-parallel groups: ", format_groups(layout.expert_parallel_groups()),
+             "; expert-data-parallel groups: ", format_groups(layout.expert_data_parallel_groups()));
+}
+
+ParallelLayout make_parallel_layout(const LaunchInfo& launch, int64_t ep_size, int64_t num_experts) {
   if (ep_size < 1) fail("parallel.expert_model_parallel_size must be at least 1, got ", ep_size, ".");
   if (launch.world_size % ep_size != 0)
     fail("parallel.expert_model_parallel_size (", ep_size, ") must divide the number of processes (",
@@ -17,14 +72,7 @@ ProcessGroups make_process_groups(const LaunchInfo& launch, int64_t ep_size, int
   if (num_experts > 0 && num_experts % ep_size != 0)
     fail("parallel.expert_model_parallel_size (", ep_size, ") must divide model.num_experts (",
          num_experts, ") so every rank owns the same number of experts.");
-  if (launch.world_size > 1)
-    fail("this build of deco trains in a single process; it was launched as rank ", launch.rank,
-         " of ", launch.world_size, " by ", launch.launcher,
-         ". Multi-process data and expert parallelism (parallel/) is the next work item; "
-         "run without mpirun for now.");
-
-  ProcessGroups groups;
-  ParallelLayout& L = groups.layout;
+  ParallelLayout L;
   L.world_size = launch.world_size;
   L.rank = launch.rank;
   L.ep_size = ep_size;
@@ -33,10 +81,40 @@ ProcessGroups make_process_groups(const LaunchInfo& launch, int64_t ep_size, int
   L.expert_dp_rank = L.rank / ep_size;
   L.dp_size = L.world_size;
   L.dp_rank = L.rank;
-  groups.world = std::make_unique<SelfComm>("world");
-  groups.data_parallel = std::make_unique<SelfComm>("data-parallel");
-  groups.expert_parallel = std::make_unique<SelfComm>("expert-parallel");
-  groups.expert_data_parallel = std::make_unique<SelfComm>("expert-data-parallel");
+  return L;
+}
+
+ProcessGroups make_process_groups(const LaunchInfo& launch, int64_t ep_size, int64_t num_experts) {
+  ProcessGroups groups;
+  groups.layout = make_parallel_layout(launch, ep_size, num_experts);
+  const ParallelLayout& L = groups.layout;
+  if (L.world_size == 1) {
+    groups.world = std::make_unique<SelfComm>("world");
+    groups.data_parallel = std::make_unique<SelfComm>("data-parallel");
+    groups.expert_parallel = std::make_unique<SelfComm>("expert-parallel");
+    groups.expert_data_parallel = std::make_unique<SelfComm>("expert-data-parallel");
+    return groups;
+  }
+
+  mpi_init(launch);
+  if (!mpi_active())
+    fail("this process is rank ", launch.rank, " of ", launch.world_size,
+         " but was not started by an MPI launcher; start multi-process runs with mpirun -np N.");
+  std::unique_ptr<MpiComm> world = MpiComm::world("world");
+  if (world->size() != L.world_size || world->rank() != L.rank)
+    fail("MPI reports rank ", world->rank(), " of ", world->size(), " but the launcher's environment (",
+         launch.launcher, ") says rank ", L.rank, " of ", L.world_size,
+         "; start deco with the mpirun of the MPI it was built with (compare `which mpirun` with `ldd deco`).");
+  // Each group is its own communicator, so a watchdog message names the
+  // group that stalled. Splitting by the rule's two coordinates:
+  // same expert_dp_rank -> one expert-parallel group (ordered by ep_rank),
+  // same ep_rank -> one expert-data-parallel group (ordered by expert_dp_rank).
+  groups.data_parallel = MpiComm::world("data-parallel");
+  groups.expert_parallel =
+      world->split(static_cast<int>(L.expert_dp_rank), static_cast<int>(L.ep_rank), "expert-parallel");
+  groups.expert_data_parallel =
+      world->split(static_cast<int>(L.ep_rank), static_cast<int>(L.expert_dp_rank), "expert-data-parallel");
+  groups.world = std::move(world);
   return groups;
 }
 

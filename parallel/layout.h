@@ -10,8 +10,10 @@
 // parameters over the expert-data-parallel group (world / ep_size ranks).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "parallel/comm.h"
 #include "parallel/launch.h"
@@ -25,16 +27,34 @@ struct ParallelLayout {
   int64_t expert_dp_size = 1, expert_dp_rank = 0;  // expert parameters
 
   std::string describe() const;  // one line for the start-up banner
+
+  // The world ranks of every group of a kind, in group-rank order, from the
+  // rule alone (no communication): expert-parallel groups are
+  // [g*ep_size, (g+1)*ep_size), expert-data-parallel group e is
+  // {e, e + ep_size, e + 2*ep_size, ...}.
+  std::vector<std::vector<int64_t>> expert_parallel_groups() const;
+  std::vector<std::vector<int64_t>> expert_data_parallel_groups() const;
 };
+
+// The layout of rank launch.rank of launch.world_size. Refuses layouts that
+// cannot work (world not divisible by ep_size, experts not divisible by
+// ep_size) with a message; every rank raises the same one, and no MPI call
+// has been made yet.
+ParallelLayout make_parallel_layout(const LaunchInfo& launch, int64_t ep_size, int64_t num_experts);
 
 struct ProcessGroups {
   ParallelLayout layout;
   std::unique_ptr<Communicator> world, data_parallel, expert_parallel, expert_data_parallel;
+
+  // For rank 0 to print at start: the members of each group kind, e.g.
+  // "data-parallel group: [0 1 2 3]; expert-parallel groups: [0 1] [2 3];
+  // expert-data-parallel groups: [0 2] [1 3]" (long lists are elided).
+  std::string describe_groups() const;
 };
 
-// Builds the groups for this process. Refuses layouts that cannot work
-// (world not divisible by ep_size, experts not divisible by ep_size) with a
-// message, before any work is done.
+// Builds the groups for this process: the layout's checks first, then, for
+// more than one process, MPI (parallel/mpi_runtime.h) and one MpiComm per
+// group; a single process gets SelfComm groups and never touches MPI.
 ProcessGroups make_process_groups(const LaunchInfo& launch, int64_t ep_size, int64_t num_experts);
 
 }  // namespace deco

@@ -406,7 +406,8 @@ const std::vector<Section>& schema() {
         DECO_FIELD(data, synthetic_repeat_prob)}},
       {"parallel",
        {DECO_FIELD(parallel, expert_model_parallel_size),
-        DECO_FIELD(parallel, use_distributed_optimizer)}},
+        DECO_FIELD(parallel, use_distributed_optimizer),
+        DECO_FIELD(parallel, distributed_timeout_minutes)}},
       {"checkpoint",
        {DECO_FIELD(checkpoint, save),
         DECO_FIELD(checkpoint, save_interval),
@@ -876,6 +877,7 @@ class Validator {
     check(world_size_ % ep == 0, {"parallel.expert_model_parallel_size"},
           str("parallel.expert_model_parallel_size (", ep, ") must divide the world size, the "
               "number of processes (", world_size_, "); change it or the number of processes."));
+    non_negative("parallel.distributed_timeout_minutes", c_.parallel.distributed_timeout_minutes);
     const int64_t experts = c_.model.num_experts;
     check(experts == 0 || experts % ep == 0,
           {"parallel.expert_model_parallel_size", "model.num_experts"},

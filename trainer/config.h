@@ -78,6 +78,9 @@ struct DataConfig {
 struct ParallelConfig {
   int64_t expert_model_parallel_size = 1;
   bool use_distributed_optimizer = false;
+  // How long one collective may wait for the other ranks before the job is
+  // ended with a message (Megatron's --distributed-timeout-minutes); 0: forever.
+  double distributed_timeout_minutes = 10;
 };
 
 struct CheckpointConfig {

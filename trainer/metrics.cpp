@@ -46,6 +46,8 @@ void MetricsLog::write(const StepMetrics& m) {
   j["activation_ratio"] = m.activation_ratio ? nlohmann::json(*m.activation_ratio) : nlohmann::json();
   j["activation_ratio_per_layer"] = m.activation_ratio_per_layer;
   j["deco_layers"] = m.deco_layer_index;
+  if (!m.expert_tokens_per_layer.empty()) j["expert_tokens_per_layer"] = m.expert_tokens_per_layer;
+  if (!m.expert_parallel_rows_sent.empty()) j["expert_parallel_rows_sent"] = m.expert_parallel_rows_sent;
   j["tokens_per_second"] = m.tokens_per_second;
   j["step_time_s"] = m.step_time_s;
   j["elapsed_s"] = m.elapsed_s;

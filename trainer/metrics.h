@@ -24,6 +24,11 @@ struct StepMetrics {
   std::optional<double> activation_ratio;
   std::vector<double> activation_ratio_per_layer;  // one per DECO layer
   std::vector<int64_t> deco_layer_index;           // model layer index of each entry
+  // Active tokens per expert over the global batch, one vector of E per DECO layer.
+  std::vector<std::vector<int64_t>> expert_tokens_per_layer;
+  // Expert parallelism: token rows sent to another rank's experts, over all
+  // ranks and micro-batches, per DECO layer (empty without expert parallelism).
+  std::vector<int64_t> expert_parallel_rows_sent;
   double tokens_per_second = 0.0;
   double step_time_s = 0.0;
   double elapsed_s = 0.0;

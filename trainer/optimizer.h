@@ -3,28 +3,47 @@
 // layout, bias correction, and the clipping factor applied to the gradient.
 #pragma once
 
+#include <memory>
+#include <vector>
+
 #include "model/params.h"
 #include "trainer/config.h"
 
 namespace deco {
 
+// A range [begin, end) of elements of the flat parameter buffer.
+struct FlatRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
 class AdamW {
  public:
-  AdamW(const OptimizerConfig& config, const ParamLayout& layout, DType dtype, Device device);
+  // `owned`: the flat ranges this rank updates and keeps moments for (the
+  // ZeRO-1 distributed optimizer's shards); empty means every parameter.
+  AdamW(const OptimizerConfig& config, const ParamLayout& layout, DType dtype, Device device,
+        std::vector<FlatRange> owned = {});
 
-  // One update of every parameter with learning rate `lr`, after the
+  // One update of the owned parameters with learning rate `lr`, after the
   // gradients were scaled by `grad_scale` (clipping). Counts the step.
   void step(const ParamStore& params, const ParamStore& grads, double lr, double grad_scale);
 
   int64_t steps_taken() const { return step_; }
   // Resuming: the moments come from the checkpoint, the count from its state.
   void restore_steps(int64_t steps) { step_ = steps; }
-  const ParamStore& exp_avg() const { return m_; }
-  const ParamStore& exp_avg_sq() const { return v_; }
+  bool sharded() const { return !owned_.empty(); }
+  const std::vector<FlatRange>& owned() const { return owned_; }
+  // The moments in the parameters' layout; only without sharding.
+  const ParamStore& exp_avg() const;
+  const ParamStore& exp_avg_sq() const;
+  int64_t state_bytes() const;  // both moments
 
  private:
   OptimizerConfig config_;
-  ParamStore m_, v_;
+  const ParamLayout* layout_;
+  std::vector<FlatRange> owned_;
+  std::unique_ptr<ParamStore> m_, v_;  // unsharded
+  Buffer m_shard_, v_shard_;           // sharded: the owned ranges back to back
   int64_t step_ = 0;
 };
 

@@ -1,6 +1,8 @@
 #include "trainer/trainer.h"
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -34,14 +36,31 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
       plan_(config.training.micro_batch_size, config.training.global_batch_size,
             groups.layout.dp_size, groups.layout.dp_rank) {
   set_cpu_threads(config_.training.threads);
+  check_parallel_support();
   check_memory();
-  model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU);
+  const ParallelLayout& L = groups_.layout;
+  zero_ = config_.parallel.use_distributed_optimizer;
+  // ZeRO-1 splits each region into equal shards of whole 64-element blocks.
+  model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU, groups_.expert_parallel.get(),
+                                   zero_ ? 64 * L.world_size : 1);
   model_->init(config_.training.seed);
-  optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU);
+  std::vector<FlatRange> owned;
+  if (zero_) {
+    const ParamLayout& layout = model_->layout();
+    const int64_t dense_chunk = layout.dense_numel() / L.dp_size;
+    const int64_t expert_chunk = layout.expert_numel() / L.expert_dp_size;
+    dense_shard_ = {L.dp_rank * dense_chunk, (L.dp_rank + 1) * dense_chunk};
+    expert_shard_ = {layout.dense_numel() + L.expert_dp_rank * expert_chunk,
+                     layout.dense_numel() + (L.expert_dp_rank + 1) * expert_chunk};
+    owned = {dense_shard_, expert_shard_};
+  }
+  optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU, owned);
   restore();
   data_ = make_training_data(config_, groups_);
   loader_ = std::make_unique<DataLoader>(*data_.train, plan_, consumed_samples_);
-  if (!config_.checkpoint.save.empty())
+  // Every rank holds the whole model (no expert parallelism, no ZeRO):
+  // rank 0 writes the checkpoints, every rank reads them.
+  if (!config_.checkpoint.save.empty() && L.rank == 0)
     checkpoints_ = std::make_unique<CheckpointWriter>(config_.checkpoint.save, config_.checkpoint.keep_last);
 
   if (groups_.layout.rank == 0) {
@@ -137,6 +156,24 @@ void Trainer::save_checkpoint() {
   last_saved_step_ = step_;
 }
 
+void Trainer::check_parallel_support() const {
+  // Checkpoints of a sharded model (each rank writing its own slices, and
+  // reading the slices it owns in another layout) are the next step of the
+  // checkpoint work; until then such runs are refused rather than saving
+  // an incomplete model.
+  const bool sharded = groups_.layout.ep_size > 1 || config_.parallel.use_distributed_optimizer;
+  if (!sharded) return;
+  const char* what = groups_.layout.ep_size > 1 ? "parallel.expert_model_parallel_size > 1"
+                                                : "parallel.use_distributed_optimizer";
+  if (!config_.checkpoint.save.empty() || !config_.checkpoint.load.empty())
+    fail(config_.source, ": checkpoint.save and checkpoint.load do not support ", what,
+         " yet (each rank would hold only part of the model or optimizer); unset the checkpoint keys, or "
+         "train with plain data parallelism.");
+  if (!options_.load_weights.empty() && groups_.layout.ep_size > 1)
+    fail("--load does not support parallel.expert_model_parallel_size > 1 yet; load the weights with "
+         "expert_model_parallel_size 1.");
+}
+
 void Trainer::check_memory() {
   // Linux overcommits: a run that cannot fit would be killed mid-step by the
   // OOM killer without a word. Refuse it here instead, with the numbers.
@@ -163,7 +200,17 @@ void Trainer::print_banner() {
   const ParamCounts counts = count_params(m);
   out << "deco " << DECO_VERSION << " | config " << config_.source << " | run dir " << options_.run_dir
       << "\n";
-  out << "parallel: " << groups_.layout.describe() << "\n";
+  out << "parallel: " << groups_.layout.describe() << "\n" << groups_.describe_groups() << "\n";
+  {
+    const double mib = 1024.0 * 1024.0;
+    const double params = static_cast<double>(model_->params().flat().nbytes()) / mib;
+    out << "memory per rank: parameters " << std::round(params) << " MiB, gradients " << std::round(params)
+        << " MiB, AdamW moments " << std::round(static_cast<double>(optimizer_->state_bytes()) / mib) << " MiB"
+        << (zero_ ? str(" (distributed optimizer: a 1/", groups_.layout.dp_size, " shard of the dense region, 1/",
+                        groups_.layout.expert_dp_size, " of the experts)")
+                  : std::string())
+        << "\n";
+  }
   if (!resumed_from_.empty()) out << "resumed from " << resumed_from_ << "\n";
   out << "cpu: " << cpu_threads() << " threads, " << cpu_blas_name() << "; memory " << memory_note_ << "\n";
   out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
@@ -192,29 +239,79 @@ void Trainer::train() {
 }
 
 void Trainer::reduce_gradients() {
-  // Dense gradients average over every rank, routed-expert gradients over
-  // the ranks holding the same experts: one collective per contiguous region.
+  // The step's loss is the mean over every rank's micro-batches, so every
+  // gradient is a sum over ranks divided by the world size. Dense gradients
+  // sum over all ranks; a routed expert's gradient already holds the
+  // contributions of every token of its expert-parallel group, and sums
+  // over the ranks holding the same experts. One collective per region.
   ParamStore& grads = model_->grads();
-  if (groups_.data_parallel->size() > 1) {
-    groups_.data_parallel->all_reduce_sum(grads.dense_region());
-    ops::scale(grads.dense_region(), 1.0 / static_cast<double>(groups_.data_parallel->size()));
+  const double inv_world = 1.0 / static_cast<double>(groups_.layout.world_size);
+  Communicator& dense = *groups_.data_parallel;
+  Communicator& expert = *groups_.expert_data_parallel;
+  if (!zero_) {
+    if (dense.size() > 1) dense.all_reduce_sum(grads.dense_region());
+    if (expert.size() > 1) expert.all_reduce_sum(grads.expert_region());
+    if (groups_.layout.world_size > 1) ops::scale(grads.flat(), inv_world);
+    return;
   }
-  if (groups_.expert_data_parallel->size() > 1) {
-    groups_.expert_data_parallel->all_reduce_sum(grads.expert_region());
-    ops::scale(grads.expert_region(), 1.0 / static_cast<double>(groups_.expert_data_parallel->size()));
-  }
+  // ZeRO-1: each rank receives only the summed gradient of its own shards,
+  // written back into its ranges of the gradient buffer for the optimizer.
+  auto reduce_into_shard = [&](Communicator& group, const Tensor& region, const FlatRange& shard) {
+    const Tensor dst = grads.flat().slice(shard.begin, shard.end);
+    if (group.size() == 1) return;
+    shard_scratch_.ensure(region.dtype(), region.device(), Shape{shard.size()});
+    group.reduce_scatter(shard_scratch_, region);
+    ops::copy(dst, shard_scratch_);
+  };
+  reduce_into_shard(dense, grads.dense_region(), dense_shard_);
+  reduce_into_shard(expert, grads.expert_region(), expert_shard_);
+  ops::scale(grads.flat().slice(dense_shard_.begin, dense_shard_.end), inv_world);
+  ops::scale(grads.flat().slice(expert_shard_.begin, expert_shard_.end), inv_world);
 }
 
 double Trainer::global_grad_norm() {
+  const ParamStore& grads = model_->grads();
+  if (zero_) {
+    // Every element is in exactly one rank's shards.
+    std::vector<double> sq{ops::sum_squares(grads.flat().slice(dense_shard_.begin, dense_shard_.end)) +
+                           ops::sum_squares(grads.flat().slice(expert_shard_.begin, expert_shard_.end))};
+    groups_.world->all_reduce_sum(sq);
+    return std::sqrt(sq[0]);
+  }
   // Dense gradients are identical on every rank after the reduction; each
   // expert-parallel rank holds different experts, so their squares add up.
-  const ParamStore& grads = model_->grads();
   std::vector<double> expert_sq{ops::sum_squares(grads.expert_region())};
   groups_.expert_parallel->all_reduce_sum(expert_sq);
   return std::sqrt(ops::sum_squares(grads.dense_region()) + expert_sq[0]);
 }
 
+void Trainer::gather_params() {
+  const ParamStore& params = model_->params();
+  auto gather = [&](Communicator& group, const Tensor& region, const FlatRange& shard) {
+    if (group.size() == 1) return;
+    shard_scratch_.ensure(region.dtype(), region.device(), Shape{shard.size()});
+    ops::copy(shard_scratch_, params.flat().slice(shard.begin, shard.end));
+    group.all_gather(region, shard_scratch_);
+  };
+  gather(*groups_.data_parallel, params.dense_region(), dense_shard_);
+  gather(*groups_.expert_data_parallel, params.expert_region(), expert_shard_);
+}
+
+// A testing hook for the failure handling of multi-process runs:
+// DECO_FAULT_INJECT=R:S makes rank R fail at the start of step S, as a
+// crash or a failed check on one rank would (tests/cli/test_parallel.py).
+void Trainer::maybe_inject_fault() const {
+  static const char* spec = std::getenv("DECO_FAULT_INJECT");
+  if (spec == nullptr) return;
+  long long rank = -1, step = -1;
+  if (std::sscanf(spec, "%lld:%lld", &rank, &step) != 2)
+    fail("DECO_FAULT_INJECT='", spec, "' is not RANK:STEP; unset it (it is a testing hook).");
+  if (rank == groups_.layout.rank && step == step_ + 1)
+    fail("fault injected by DECO_FAULT_INJECT at step ", step, " on rank ", rank);
+}
+
 StepMetrics Trainer::train_step() {
+  maybe_inject_fault();
   const Clock::time_point start = Clock::now();
   const TrainingConfig& t = config_.training;
   const int64_t micro_batches = plan_.micro_batches_per_step();
@@ -229,12 +326,18 @@ StepMetrics Trainer::train_step() {
   ops::zero(model_->grads().flat());
   // Sums over this rank's micro-batches: lm loss and tokens, then reg loss.
   std::vector<double> sums(3, 0.0);
-  std::vector<int64_t> pairs;  // active pairs per DECO layer, then routed slots per DECO layer
   std::vector<int64_t> deco_layers;
   for (int64_t l = 0; l < config_.model.num_layers; ++l)
     if (config_.model.is_deco_layer(l)) deco_layers.push_back(l);
-  const size_t n_deco = deco_layers.size();
-  pairs.assign(2 * n_deco, 0);
+  const size_t n_deco = deco_layers.size(), E = static_cast<size_t>(config_.model.num_experts);
+  // Per DECO layer, summed over this rank's micro-batches, then over every
+  // rank in one all-reduce: active pairs [n], routed slots [n], active
+  // tokens per expert [n * E], rows sent to other expert-parallel ranks [n].
+  std::vector<int64_t> counts(n_deco * (3 + E), 0);
+  int64_t* pairs = counts.data();
+  int64_t* slots = pairs + n_deco;
+  int64_t* expert_tokens = slots + n_deco;
+  int64_t* rows_sent = expert_tokens + n_deco * E;
 
   const double wait_before = loader_->wait_seconds();
   for (int64_t micro = 0; micro < micro_batches; ++micro) {
@@ -246,13 +349,17 @@ StepMetrics Trainer::train_step() {
     sums[1] += static_cast<double>(r.tokens);
     sums[2] += r.reg_loss;
     for (size_t i = 0; i < n_deco; ++i) {
-      pairs[i] += r.deco_layers[i].active_pairs;
-      pairs[n_deco + i] += r.deco_layers[i].tokens * config_.model.num_experts;
+      const DecoLayerStats& layer = r.deco_layers[i];
+      pairs[i] += layer.active_pairs;
+      slots[i] += layer.tokens * static_cast<int64_t>(E);
+      for (size_t e = 0; e < E; ++e) expert_tokens[i * E + e] += layer.expert_tokens[e];
+      for (size_t p = 0; p < layer.sent_per_rank.size(); ++p)
+        if (static_cast<int64_t>(p) != groups_.layout.ep_rank) rows_sent[i] += layer.sent_per_rank[p];
     }
   }
   reduce_gradients();
   groups_.world->all_reduce_sum(sums);
-  groups_.world->all_reduce_sum(pairs);
+  groups_.world->all_reduce_sum(counts);
 
   StepMetrics m;
   m.step = step_ + 1;
@@ -266,15 +373,16 @@ StepMetrics Trainer::train_step() {
          " became non-finite (lm loss ", m.lm_loss, ", grad norm ", m.grad_norm,
          "); lower optimizer.lr or lengthen schedule.lr_warmup_iters and start again.");
   if (n_deco > 0) {
-    int64_t active = 0, slots = 0;
+    int64_t active = 0, all_slots = 0;
     for (size_t i = 0; i < n_deco; ++i) {
       active += pairs[i];
-      slots += pairs[n_deco + i];
-      m.activation_ratio_per_layer.push_back(static_cast<double>(pairs[i]) /
-                                             static_cast<double>(pairs[n_deco + i]));
+      all_slots += slots[i];
+      m.activation_ratio_per_layer.push_back(static_cast<double>(pairs[i]) / static_cast<double>(slots[i]));
+      m.expert_tokens_per_layer.emplace_back(expert_tokens + i * E, expert_tokens + (i + 1) * E);
     }
-    m.activation_ratio = static_cast<double>(active) / static_cast<double>(slots);
+    m.activation_ratio = static_cast<double>(active) / static_cast<double>(all_slots);
     m.deco_layer_index = deco_layers;
+    if (groups_.layout.ep_size > 1) m.expert_parallel_rows_sent.assign(rows_sent, rows_sent + n_deco);
   }
 
   // Clip by the global norm (Megatron: scale = clip / (norm + 1e-6) when below 1).
@@ -282,6 +390,7 @@ StepMetrics Trainer::train_step() {
   const double grad_scale = clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0;
   m.lr = schedule_.lr(m.step);
   optimizer_->step(model_->params(), model_->grads(), m.lr, grad_scale);
+  if (zero_) gather_params();
   model_->refresh_derived();
   if (m.activation_ratio) sparsity_.update(*m.activation_ratio);
 

@@ -52,8 +52,11 @@ class Trainer {
   void restore();
   void check_resume_config(const std::string& saved_yaml, const std::string& origin) const;
   void print_banner();
+  void check_parallel_support() const;
+  void maybe_inject_fault() const;
   void reduce_gradients();
   double global_grad_norm();
+  void gather_params();  // ZeRO-1: every rank's updated shard to every rank
 
   Config config_;
   ProcessGroups& groups_;
@@ -75,6 +78,11 @@ class Trainer {
   double elapsed_s_ = 0.0;
   std::vector<int32_t> batch_;  // host tokens of the current validation micro-batch
   std::string memory_note_;     // the memory estimate, for the banner
+  // ZeRO-1 (parallel.use_distributed_optimizer): the flat ranges of the
+  // dense and expert regions this rank owns, and scratch for its shard.
+  bool zero_ = false;
+  FlatRange dense_shard_, expert_shard_;
+  Buffer shard_scratch_;
 };
 
 }  // namespace deco
