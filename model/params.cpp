@@ -147,6 +147,15 @@ ParamLayout::ParamLayout(const ModelConfig& c, int64_t ep_size, int64_t ep_rank,
   expert_numel_ = pad(expert_numel_);
 }
 
+ParamLayout::ParamLayout(std::vector<ParamSpec> specs) : specs_(std::move(specs)) {
+  for (ParamSpec& s : specs_) {
+    s.expert = false;
+    if (s.full_shape.ndim == 0) s.full_shape = s.shape;
+    s.offset = dense_numel_;
+    dense_numel_ += align_up(s.shape.numel());
+  }
+}
+
 const ParamSpec* ParamLayout::find(const std::string& name) const {
   for (const ParamSpec& s : specs_)
     if (s.name == name) return &s;

@@ -49,6 +49,10 @@ class ParamLayout {
   // elements, so the distributed optimizer splits it into equal shards.
   explicit ParamLayout(const ModelConfig& config, int64_t ep_size = 1, int64_t ep_rank = 0,
                        int64_t region_multiple = 1);
+  // A layout of arbitrary named tensors, all in the dense region, in the
+  // given order (offsets are assigned): the pieces a rank writes into a
+  // sharded checkpoint, for instance.
+  explicit ParamLayout(std::vector<ParamSpec> specs);
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& spec(const std::string& name) const;  // internal lookups; asserts it exists

@@ -31,6 +31,7 @@
 #include <iostream>
 #include <map>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "core/error.h"
@@ -307,12 +308,34 @@ struct CheckpointWriter::Job {
   // live model lives.
   std::shared_ptr<const ParamLayout> layout;
   std::unique_ptr<ParamStore> params, exp_avg, exp_avg_sq;  // float32, host
+  // A sharded save: the pieces this rank writes (ShardPieces' layouts).
+  std::unique_ptr<ParamStore> model_pieces, exp_avg_pieces, exp_avg_sq_pieces;
   bool with_optimizer = false;
   TrainingState state;
   std::string config_yaml;
 };
 
 namespace {
+
+std::map<std::string, H5Scalar> state_values(const TrainingState& state, const std::string& config_yaml) {
+  return {
+      {"step", state.step},
+      {"consumed_samples", state.consumed_samples},
+      {"evaluations", state.evaluations},
+      {"reg_coef", state.reg_coef},
+      {"elapsed_s", state.elapsed_s},
+      {"seed", state.seed},
+      {"config", config_yaml},
+      {"version", std::string(DECO_VERSION)},
+      {"saved_at", utc_now()},
+  };
+}
+
+std::string rank_file_name(int64_t rank) {
+  char name[32];
+  std::snprintf(name, sizeof name, "rank_%05lld.h5", static_cast<long long>(rank));
+  return name;
+}
 
 // Steps 1-5 of the file comment; returns the bytes written.
 int64_t write_checkpoint(const std::string& save_dir, int64_t keep_last, const TrainingState& state,
@@ -340,18 +363,7 @@ int64_t write_checkpoint(const std::string& save_dir, int64_t keep_last, const T
       bytes += save_stores_h5(join(tmp, kOptimizerFile),
                               {{"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}}, provenance,
                               WriteMode::Create);
-    const std::map<std::string, H5Scalar> values = {
-        {"step", state.step},
-        {"consumed_samples", state.consumed_samples},
-        {"evaluations", state.evaluations},
-        {"reg_coef", state.reg_coef},
-        {"elapsed_s", state.elapsed_s},
-        {"seed", state.seed},
-        {"config", config_yaml},
-        {"version", std::string(DECO_VERSION)},
-        {"saved_at", utc_now()},
-    };
-    bytes += save_scalars_h5(join(tmp, kStateFile), values, {}, WriteMode::Create);
+    bytes += save_scalars_h5(join(tmp, kStateFile), state_values(state, config_yaml), {}, WriteMode::Create);
     sync_dir(tmp, "saving the checkpoint");
     publish(tmp, final_dir);
     sync_dir(save_dir, "saving the checkpoint");
@@ -367,12 +379,92 @@ int64_t write_checkpoint(const std::string& save_dir, int64_t keep_last, const T
   return bytes;
 }
 
+// A sharded save (ShardedSave): this rank's file into the shared temporary
+// directory, then, on rank 0, state.h5, the wait for every writer, and the
+// single-process protocol's publication. Returns the bytes this rank wrote.
+int64_t write_sharded_checkpoint(const std::string& save_dir, int64_t keep_last, const ShardedSave& sharded,
+                                 const TrainingState& state, const std::string& config_yaml,
+                                 const ParamStore* model, const ParamStore* exp_avg, const ParamStore* exp_avg_sq) {
+  const std::string name = checkpoint_dir_name(state.step);
+  const bool leader = sharded.context.rank == 0;
+  std::error_code ec;
+  fs::create_directories(save_dir, ec);
+  if (ec || !is_directory(save_dir))
+    fail("checkpoint ", name, " was not saved: cannot create the directory ", save_dir, " (",
+         ec ? ec.message() : "a file is in the way", "); check checkpoint.save");
+  // Only temporaries of dead jobs: this job's other ranks may already be
+  // writing their part of the next step.
+  if (leader)
+    for (const std::string& entry : list_dir(save_dir)) {
+      const pid_t pid = tmp_owner(entry);
+      if (pid != 0 && pid != ::getpid() && !process_alive(pid)) remove_tree(join(save_dir, entry));
+    }
+  const std::string final_dir = join(save_dir, name);
+  const std::string tmp = final_dir + kTmpMarker + sharded.job_id;
+  int64_t bytes = 0;
+  try {
+    fs::create_directories(tmp, ec);
+    if (ec) fail("cannot create ", tmp, ": ", ec.message());
+    const std::map<std::string, std::string> provenance = {
+        {"deco_version", DECO_VERSION}, {"step", std::to_string(state.step)},
+        {"rank", std::to_string(sharded.context.rank)}};
+    std::vector<StoreGroup> groups;
+    if (model && !model->layout().specs().empty()) groups.push_back({"model", model});
+    if (exp_avg && !exp_avg->layout().specs().empty()) {
+      groups.push_back({"exp_avg", exp_avg});
+      groups.push_back({"exp_avg_sq", exp_avg_sq});
+    }
+    const std::string mine = rank_file_name(sharded.context.rank);
+    if (!groups.empty()) {
+      bytes += save_stores_h5(join(tmp, mine), groups, provenance, WriteMode::Create);
+      write_file_atomic(join(tmp, mine + ".done"), "");
+    }
+    if (!leader) return bytes;
+
+    std::string files;
+    for (int64_t r : sharded.writers) files += rank_file_name(r) + "\n";
+    std::map<std::string, H5Scalar> values = state_values(state, config_yaml);
+    values["shard_files"] = files;
+    bytes += save_scalars_h5(join(tmp, kStateFile), values, {}, WriteMode::Create);
+    // Every writer's mark, then the marks go: the published directory holds
+    // state.h5 and the rank files only.
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t r : sharded.writers) {
+      const std::string mark = join(tmp, rank_file_name(r) + ".done");
+      while (!exists(mark)) {
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (sharded.timeout_s > 0 && waited > sharded.timeout_s)
+          fail("rank ", r, " did not finish its part (", rank_file_name(r), ") within ", waited,
+               " s; check that checkpoint.save is on a filesystem every rank shares");
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+    for (int64_t r : sharded.writers) ::unlink(join(tmp, rank_file_name(r) + ".done").c_str());
+    sync_dir(tmp, "saving the checkpoint");
+    publish(tmp, final_dir);
+    sync_dir(save_dir, "saving the checkpoint");
+  } catch (const Error& e) {
+    if (leader) remove_tree(tmp);
+    fail("checkpoint ", name, " was not saved: ", e.what(), "; ", previous_note(save_dir));
+  }
+  write_file_atomic(join(save_dir, kLatest), name + "\n");
+  if (keep_last > 0) prune(save_dir, state.step, keep_last);
+  return bytes;
+}
+
 }  // namespace
 
 CheckpointWriter::CheckpointWriter(std::string save_dir, int64_t keep_last)
     : save_dir_(std::move(save_dir)), keep_last_(keep_last) {
   DECO_ASSERT(!save_dir_.empty(), "CheckpointWriter without a directory");
   DECO_ASSERT(keep_last_ >= 0, "keep_last ", keep_last_);
+}
+
+CheckpointWriter::CheckpointWriter(std::string save_dir, int64_t keep_last, ShardedSave sharded)
+    : CheckpointWriter(std::move(save_dir), keep_last) {
+  DECO_ASSERT(sharded.layout != nullptr, "a sharded save needs the rank's layout");
+  sharded_ = std::make_unique<ShardedSave>(std::move(sharded));
+  pieces_ = std::make_unique<ShardPieces>(*sharded_->layout, sharded_->context);
 }
 
 CheckpointWriter::~CheckpointWriter() {
@@ -395,6 +487,25 @@ void CheckpointWriter::save(const CheckpointTensors& tensors, const TrainingStat
                             const std::string& config_yaml) {
   wait();  // the previous save: finished, and its error (if any) thrown here
   DECO_ASSERT(tensors.params != nullptr, "a checkpoint needs the parameters");
+  if (sharded_) {
+    DECO_ASSERT(tensors.exp_avg_flat.defined() && tensors.exp_avg_sq_flat.defined(),
+                "a sharded save takes the moments as flat tensors");
+    if (!job_) {
+      auto job = std::make_shared<Job>();
+      job->model_pieces = std::make_unique<ParamStore>(pieces_->model_layout(), DType::F32, Device::CPU);
+      job->exp_avg_pieces = std::make_unique<ParamStore>(pieces_->moment_layout(), DType::F32, Device::CPU);
+      job->exp_avg_sq_pieces = std::make_unique<ParamStore>(pieces_->moment_layout(), DType::F32, Device::CPU);
+      job_ = std::move(job);
+    }
+    pieces_->copy_model(*tensors.params, *job_->model_pieces);
+    pieces_->copy_moment(tensors.exp_avg_flat, *job_->exp_avg_pieces);
+    pieces_->copy_moment(tensors.exp_avg_sq_flat, *job_->exp_avg_sq_pieces);
+    job_->with_optimizer = true;
+    job_->state = state;
+    job_->config_yaml = config_yaml;
+    worker_ = std::thread(&CheckpointWriter::run, this, job_);
+    return;
+  }
   DECO_ASSERT((tensors.exp_avg == nullptr) == (tensors.exp_avg_sq == nullptr),
               "a checkpoint holds both AdamW moments or neither");
   const ParamLayout& layout = tensors.params->layout();
@@ -431,9 +542,14 @@ void CheckpointWriter::run(std::shared_ptr<Job> job) {
   std::exception_ptr error;
   int64_t bytes = 0;
   try {
-    bytes = write_checkpoint(save_dir_, keep_last_, job->state, job->config_yaml, *job->params,
-                             job->with_optimizer ? job->exp_avg.get() : nullptr,
-                             job->with_optimizer ? job->exp_avg_sq.get() : nullptr);
+    if (sharded_)
+      bytes = write_sharded_checkpoint(save_dir_, keep_last_, *sharded_, job->state, job->config_yaml,
+                                       job->model_pieces.get(), job->exp_avg_pieces.get(),
+                                       job->exp_avg_sq_pieces.get());
+    else
+      bytes = write_checkpoint(save_dir_, keep_last_, job->state, job->config_yaml, *job->params,
+                               job->with_optimizer ? job->exp_avg.get() : nullptr,
+                               job->with_optimizer ? job->exp_avg_sq.get() : nullptr);
   } catch (...) {
     error = std::current_exception();
   }
@@ -490,6 +606,33 @@ std::string resolve_checkpoint(const std::string& load, const std::string& save_
   if (exists(join(load, kStateFile)) || exists(join(load, kModelFile))) return load;
   fail("checkpoint.load: ", load, " is not a checkpoint: it has neither ", kStateFile,
        " (a step directory) nor `latest` (a save directory)");
+}
+
+bool is_sharded_checkpoint(const std::string& dir) {
+  return !exists(join(dir, kModelFile)) && exists(join(dir, kStateFile));
+}
+
+LoadedCheckpoint load_checkpoint_pieces(const std::string& dir, const ParamLayout& local,
+                                        const ShardContext& context, const ParamStore* params,
+                                        const Tensor* exp_avg, const Tensor* exp_avg_sq) {
+  LoadedCheckpoint out = load_checkpoint(dir, {});  // the state, and the directory's checks
+  std::vector<std::string> model_files, moment_files;
+  if (!is_sharded_checkpoint(dir)) {
+    model_files = {join(dir, kModelFile)};
+    moment_files = {join(dir, kOptimizerFile)};
+  } else {
+    const std::string state_path = join(dir, kStateFile);
+    std::istringstream list(text_field(load_scalars_h5(state_path, kResumeFix), "shard_files", state_path));
+    for (std::string name; std::getline(list, name);)
+      if (!name.empty()) model_files.push_back(join(dir, name));
+    moment_files = model_files;
+  }
+  for (const auto* files : {&model_files, &moment_files})
+    for (const std::string& f : *files)
+      if (!exists(f))
+        fail("cannot load checkpoint ", dir, ": ", f, " is missing, so the checkpoint is incomplete; ", kResumeFix);
+  load_pieces(model_files, moment_files, local, context, params, exp_avg, exp_avg_sq, kResumeFix);
+  return out;
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& dir, const CheckpointTensors& into) {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "model/params.h"
+#include "trainer/checkpoint_shards.h"
 
 namespace deco {
 
@@ -45,6 +46,24 @@ struct CheckpointTensors {
   const ParamStore* params = nullptr;      // float32 master weights
   const ParamStore* exp_avg = nullptr;     // AdamW first moment
   const ParamStore* exp_avg_sq = nullptr;  // AdamW second moment
+  // Sharded saves take the moments as flat tensors instead: the whole local
+  // layout, or the ZeRO-1 shard buffer (ShardPieces::copy_moment).
+  Tensor exp_avg_flat, exp_avg_sq_flat;
+};
+
+// How a rank of a multi-process run whose ranks hold different parts of the
+// model or optimizer (expert parallel, ZeRO-1) takes part in a save: every
+// writing rank puts its rank file into the step's temporary directory
+// (<save>/step_XXXXXXX.tmp-<job_id>, on a filesystem all ranks share) and
+// marks it done; rank 0 writes state.h5, waits for every writer's mark,
+// then publishes the directory and `latest` as in a single-process save.
+// The writer threads never communicate through MPI.
+struct ShardedSave {
+  ShardContext context;          // what this rank writes
+  const ParamLayout* layout = nullptr;  // this rank's local layout
+  std::string job_id;            // identical on every rank (rank 0's pid)
+  std::vector<int64_t> writers;  // ranks that write a rank file
+  double timeout_s = 600;        // how long rank 0 waits for the others' files
 };
 
 // "step_0001000"
@@ -57,6 +76,7 @@ std::string checkpoint_dir_name(int64_t step);
 class CheckpointWriter {
  public:
   CheckpointWriter(std::string save_dir, int64_t keep_last);
+  CheckpointWriter(std::string save_dir, int64_t keep_last, ShardedSave sharded);
   ~CheckpointWriter();  // waits for a save in progress (errors are reported, not thrown)
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -74,6 +94,8 @@ class CheckpointWriter {
 
   std::string save_dir_;
   int64_t keep_last_;
+  std::unique_ptr<ShardedSave> sharded_;
+  std::unique_ptr<ShardPieces> pieces_;
   std::thread worker_;
   // The host copy the worker writes from; kept between saves so that only
   // the first save allocates (and page-faults) it.
@@ -100,5 +122,15 @@ struct LoadedCheckpoint {
 // verifying names, shapes and checksums first; every problem is one
 // deco::Error naming the file and the tensor.
 LoadedCheckpoint load_checkpoint(const std::string& dir, const CheckpointTensors& into);
+
+// The same for a rank whose layout holds part of the model or optimizer, or
+// for any checkpoint written by such ranks: reads the pieces this rank
+// needs (load_pieces) from either kind of checkpoint. The moments are flat
+// tensors (CheckpointTensors::exp_avg_flat); null pointers skip a target.
+LoadedCheckpoint load_checkpoint_pieces(const std::string& dir, const ParamLayout& local,
+                                        const ShardContext& context, const ParamStore* params,
+                                        const Tensor* exp_avg, const Tensor* exp_avg_sq);
+// Whether a step directory was written by ranks holding parts (rank files).
+bool is_sharded_checkpoint(const std::string& dir);
 
 }  // namespace deco

@@ -776,8 +776,9 @@ class Validator {
     positive("training.global_batch_size", t.global_batch_size);
     positive("training.train_iters", t.train_iters);
     // global % (micro * world) without forming a product that could overflow.
+    // (world_size_ 0: a config saved by a run whose size is not known here.)
     const bool divisible = t.global_batch_size % t.micro_batch_size == 0 &&
-                           (t.global_batch_size / t.micro_batch_size) % world_size_ == 0;
+                           (world_size_ == 0 || (t.global_batch_size / t.micro_batch_size) % world_size_ == 0);
     int64_t product = 0;
     const bool overflow = __builtin_mul_overflow(t.micro_batch_size, world_size_, &product);
     check(divisible, {"training.global_batch_size", "training.micro_batch_size"},
@@ -874,7 +875,7 @@ class Validator {
   void parallel() const {
     const int64_t ep = c_.parallel.expert_model_parallel_size;
     positive("parallel.expert_model_parallel_size", ep);
-    check(world_size_ % ep == 0, {"parallel.expert_model_parallel_size"},
+    check(world_size_ == 0 || world_size_ % ep == 0, {"parallel.expert_model_parallel_size"},
           str("parallel.expert_model_parallel_size (", ep, ") must divide the world size, the "
               "number of processes (", world_size_, "); change it or the number of processes."));
     non_negative("parallel.distributed_timeout_minutes", c_.parallel.distributed_timeout_minutes);
@@ -911,7 +912,7 @@ namespace {
 
 Config config_from_text(const std::string& text, const std::string& path,
                         const std::vector<std::string>& overrides, int64_t world_size) {
-  DECO_ASSERT(world_size >= 1, "world_size is ", world_size);
+  DECO_ASSERT(world_size >= 0, "world_size is ", world_size);  // 0: unknown (a saved config)
   YAML::Node root = parse_yaml(text, path);
   check_structure(root, path);
   Origins origins(path);
@@ -935,7 +936,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 }
 
 Config parse_config(const std::string& yaml, const std::string& origin) {
-  return config_from_text(yaml, origin, {}, 1);
+  return config_from_text(yaml, origin, {}, 0);  // saved by a run of any size
 }
 
 std::string config_to_yaml(const Config& config) {

@@ -119,7 +119,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                    int64_t world_size = 1);
 
 // A configuration held in memory (the one a checkpoint was saved with);
-// `origin` names it in messages.
+// `origin` names it in messages. Checks that depend on the number of
+// processes are skipped: the run that saved it may have had any size.
 Config parse_config(const std::string& yaml, const std::string& origin);
 
 // The fully resolved configuration (every key, defaults included) as YAML;

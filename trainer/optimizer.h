@@ -37,6 +37,10 @@ class AdamW {
   const ParamStore& exp_avg() const;
   const ParamStore& exp_avg_sq() const;
   int64_t state_bytes() const;  // both moments
+  // The moments as flat tensors: the whole layout, or the shard buffer
+  // (the owned ranges back to back).
+  Tensor exp_avg_flat() const { return m_ ? m_->flat() : m_shard_.tensor(); }
+  Tensor exp_avg_sq_flat() const { return v_ ? v_->flat() : v_shard_.tensor(); }
 
  private:
   OptimizerConfig config_;

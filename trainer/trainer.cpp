@@ -1,5 +1,7 @@
 #include "trainer/trainer.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -55,13 +57,29 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
     owned = {dense_shard_, expert_shard_};
   }
   optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU, owned);
+  sharded_ = L.ep_size > 1 || zero_;
   restore();
   data_ = make_training_data(config_, groups_);
   loader_ = std::make_unique<DataLoader>(*data_.train, plan_, consumed_samples_);
-  // Every rank holds the whole model (no expert parallelism, no ZeRO):
-  // rank 0 writes the checkpoints, every rank reads them.
-  if (!config_.checkpoint.save.empty() && L.rank == 0)
-    checkpoints_ = std::make_unique<CheckpointWriter>(config_.checkpoint.save, config_.checkpoint.keep_last);
+  if (!config_.checkpoint.save.empty()) {
+    if (!sharded_) {
+      // Every rank holds the whole model: rank 0 writes, every rank reads.
+      if (L.rank == 0)
+        checkpoints_ = std::make_unique<CheckpointWriter>(config_.checkpoint.save, config_.checkpoint.keep_last);
+    } else {
+      ShardedSave sharded;
+      sharded.context = shard_context();
+      sharded.layout = &model_->layout();
+      std::vector<int64_t> pid{L.rank == 0 ? static_cast<int64_t>(::getpid()) : 0};
+      groups_.world->all_reduce_sum(pid);  // rank 0's pid names the job's temporary directories
+      sharded.job_id = std::to_string(pid[0]);
+      for (int64_t r = 0; r < L.world_size; ++r)
+        if (r == 0 || zero_ || (r / L.ep_size == 0 && config_.model.num_experts > 0)) sharded.writers.push_back(r);
+      sharded.timeout_s = config_.parallel.distributed_timeout_minutes * 60.0;
+      checkpoints_ = std::make_unique<CheckpointWriter>(config_.checkpoint.save, config_.checkpoint.keep_last,
+                                                        std::move(sharded));
+    }
+  }
 
   if (groups_.layout.rank == 0) {
     std::filesystem::create_directories(options_.run_dir);
@@ -92,8 +110,14 @@ void Trainer::restore() {
   // The config first (no tensors): a changed architecture is named by its
   // key rather than by the first tensor whose shape it changes.
   check_resume_config(load_checkpoint(dir, {}).config_yaml, dir + "/state.h5");
-  const LoadedCheckpoint loaded =
-      load_checkpoint(dir, {&model_->params(), &optimizer_->exp_avg(), &optimizer_->exp_avg_sq()});
+  LoadedCheckpoint loaded;
+  if (sharded_ || is_sharded_checkpoint(dir)) {
+    // Pieces: whatever layout wrote it, this rank reads what it holds.
+    const Tensor m = optimizer_->exp_avg_flat(), v = optimizer_->exp_avg_sq_flat();
+    loaded = load_checkpoint_pieces(dir, model_->layout(), shard_context(), &model_->params(), &m, &v);
+  } else {
+    loaded = load_checkpoint(dir, {&model_->params(), &optimizer_->exp_avg(), &optimizer_->exp_avg_sq()});
+  }
   const TrainingState& s = loaded.state;
   step_ = s.step;
   consumed_samples_ = s.consumed_samples;
@@ -133,6 +157,7 @@ void Trainer::check_resume_config(const std::string& saved_yaml, const std::stri
   for (const auto& [key, value] : current) {
     const auto it = saved.find(key);
     if (it == saved.end() || it->second == value) continue;
+    if (key.rfind("checkpoint.", 0) == 0) continue;  // where to save and load differs by design
     if (architecture.count(key))
       fail(config_.source, ": ", key, " is ", value, " but the checkpoint (", origin, ") was trained with ",
            it->second, "; resume with the checkpoint's value, or start a new run from its weights with --load.");
@@ -151,24 +176,30 @@ void Trainer::save_checkpoint() {
   state.reg_coef = sparsity_.coef();
   state.elapsed_s = elapsed_s_;
   state.seed = config_.training.seed;
-  checkpoints_->save({&model_->params(), &optimizer_->exp_avg(), &optimizer_->exp_avg_sq()}, state,
-                     config_to_yaml(config_));
+  if (sharded_) {
+    CheckpointTensors t;
+    t.params = &model_->params();
+    t.exp_avg_flat = optimizer_->exp_avg_flat();
+    t.exp_avg_sq_flat = optimizer_->exp_avg_sq_flat();
+    checkpoints_->save(t, state, config_to_yaml(config_));
+  } else {
+    checkpoints_->save({&model_->params(), &optimizer_->exp_avg(), &optimizer_->exp_avg_sq()}, state,
+                       config_to_yaml(config_));
+  }
   last_saved_step_ = step_;
 }
 
+ShardContext Trainer::shard_context() const {
+  const ParallelLayout& L = groups_.layout;
+  ShardContext c;
+  c.rank = L.rank;
+  c.writes_dense = L.rank == 0;
+  c.writes_experts = L.expert_dp_rank == 0;
+  if (zero_) c.owned = {dense_shard_, expert_shard_};
+  return c;
+}
+
 void Trainer::check_parallel_support() const {
-  // Checkpoints of a sharded model (each rank writing its own slices, and
-  // reading the slices it owns in another layout) are the next step of the
-  // checkpoint work; until then such runs are refused rather than saving
-  // an incomplete model.
-  const bool sharded = groups_.layout.ep_size > 1 || config_.parallel.use_distributed_optimizer;
-  if (!sharded) return;
-  const char* what = groups_.layout.ep_size > 1 ? "parallel.expert_model_parallel_size > 1"
-                                                : "parallel.use_distributed_optimizer";
-  if (!config_.checkpoint.save.empty() || !config_.checkpoint.load.empty())
-    fail(config_.source, ": checkpoint.save and checkpoint.load do not support ", what,
-         " yet (each rank would hold only part of the model or optimizer); unset the checkpoint keys, or "
-         "train with plain data parallelism.");
   if (!options_.load_weights.empty() && groups_.layout.ep_size > 1)
     fail("--load does not support parallel.expert_model_parallel_size > 1 yet; load the weights with "
          "expert_model_parallel_size 1.");

@@ -81,6 +81,10 @@ class Trainer {
   // ZeRO-1 (parallel.use_distributed_optimizer): the flat ranges of the
   // dense and expert regions this rank owns, and scratch for its shard.
   bool zero_ = false;
+  // Ranks hold different parts (expert parallel or ZeRO-1): checkpoints are
+  // written as pieces by every rank (trainer/checkpoint_shards.h).
+  bool sharded_ = false;
+  ShardContext shard_context() const;
   FlatRange dense_shard_, expert_shard_;
   Buffer shard_scratch_;
 };

@@ -1053,6 +1053,44 @@ void read_stores_h5(const std::string& path, const std::vector<StoreGroup>& grou
   }
 }
 
+std::map<std::string, std::vector<int64_t>> list_tensors_h5(const std::string& path, const std::string& group,
+                                                            const std::string& fix) {
+  quiet_hdf5();
+  H5Id file = open_for_reading(path, checkpoint_reading(fix));
+  if (H5Lexists(file.get(), group.c_str(), H5P_DEFAULT) <= 0) return {};
+  H5Id g(H5Gopen2(file.get(), group.c_str(), H5P_DEFAULT), H5Gclose);
+  if (!g.valid()) fail(path, ": reading group /", group, " failed", hdf5_reason(), "; ", fix);
+  std::map<std::string, std::vector<int64_t>> out;
+  for (const std::string& name : link_names(g.get())) {
+    H5Id dataset(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+    H5Id space(dataset.valid() ? H5Dget_space(dataset.get()) : -1, H5Sclose);
+    if (!space.valid()) fail(path, ": reading ", dataset_path(group, name), " failed", hdf5_reason(), "; ", fix);
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    std::vector<hsize_t> dims(static_cast<size_t>(std::max(rank, 0)));
+    if (rank > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+    out[name] = std::vector<int64_t>(dims.begin(), dims.end());
+  }
+  return out;
+}
+
+void read_tensor_h5(const std::string& path, const std::string& group, const std::string& name, float* out,
+                    int64_t count, const std::string& fix) {
+  quiet_hdf5();
+  H5Id file = open_for_reading(path, checkpoint_reading(fix));
+  const std::string where = dataset_path(group, name);
+  H5Id dataset(H5Dopen2(file.get(), where.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!dataset.valid()) fail(path, " has no tensor ", where, hdf5_reason(), "; ", fix);
+  H5Id space(H5Dget_space(dataset.get()), H5Sclose);
+  if (!space.valid() || H5Sget_simple_extent_npoints(space.get()) != count)
+    fail(path, ": tensor ", where, " does not hold ", count, " values; ", fix);
+  const std::optional<uint32_t> crc = stored_crc(dataset.get(), path, where);
+  if (!crc)
+    fail(path, ": tensor ", where, " has no crc32 attribute; checkpoint tensors carry one, so the file was "
+         "not written by deco or was rewritten by another tool: ", fix);
+  if (count > 0) read_float32(dataset.get(), out, path, where);
+  check_crc(path, where, *crc, crc32_of(out, static_cast<size_t>(count) * sizeof(float)), fix);
+}
+
 std::map<std::string, H5Scalar> load_scalars_h5(const std::string& path, const std::string& fix) {
   quiet_hdf5();
   H5Id file = open_for_reading(path, checkpoint_reading(fix));

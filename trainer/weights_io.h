@@ -83,6 +83,17 @@ void verify_stores_h5(const std::string& path, const std::vector<StoreGroup>& gr
 void read_stores_h5(const std::string& path, const std::vector<StoreGroup>& groups,
                     const std::string& fix);
 
+// The datasets directly below /<group> of a tensor file and their dims, for
+// readers that pick what they need (sharded checkpoints); empty when the
+// file has no such group. deco::Error ending in `fix` when the file cannot
+// be read.
+std::map<std::string, std::vector<int64_t>> list_tensors_h5(const std::string& path, const std::string& group,
+                                                            const std::string& fix);
+// /<group>/<name> whole, as float32 into out[count], its crc32 attribute
+// required and checked (deco::Error naming the file and tensor otherwise).
+void read_tensor_h5(const std::string& path, const std::string& group, const std::string& name, float* out,
+                    int64_t count, const std::string& fix);
+
 // A small file of named scalars and strings (a checkpoint's state.h5): one
 // scalar dataset per entry at /<name> (int64, uint64, float64 or UTF-8
 // string), so `h5ls -r` lists them and h5dump or h5py print them.

@@ -7,9 +7,12 @@ expert parallel 2 (4 ranks), and the distributed optimizer (ZeRO-1) on 2 and
 on 4 ranks with expert parallel 2. At every step the losses, gradient norm,
 activation ratios (overall and per layer), reg coefficient and per-expert
 token counts must match the single process to a relative 1e-5; the final
-weights of the data-parallel run (its checkpoint) must match too. Then: a
-rank that fails at step 5 ends the whole job promptly with its message, and
-an impossible layout is refused before any work.
+weights of the data-parallel run (its checkpoint) must match too. The
+sharded checkpoints of step 10 (expert parallel 2 on 4 ranks, with and
+without ZeRO-1) resume on 1 and 4 ranks in other layouts and continue the
+single process's run. Then: a rank that fails at step 5 ends the whole job
+promptly with its message, and an impossible layout is refused before any
+work.
 
 Why optimizer.lr is 3e-4 and the regularizer L1 here (tiny.yaml: 3e-3 and
 entropy): the ranks sum gradients in another order than one process
@@ -114,9 +117,11 @@ def main():
     layouts = [
         ("dp2", 2, [f"checkpoint.save={work}/dp2_ckpt"]),
         ("ep2", 2, ["parallel.expert_model_parallel_size=2"]),
-        ("dp2_ep2", 4, ["parallel.expert_model_parallel_size=2"]),
+        ("dp2_ep2", 4, ["parallel.expert_model_parallel_size=2", f"checkpoint.save={work}/dp2_ep2_ckpt",
+                        "checkpoint.save_interval=10"]),
         ("zero_dp2", 2, ["parallel.use_distributed_optimizer=true"]),
-        ("zero_dp2_ep2", 4, ["parallel.use_distributed_optimizer=true", "parallel.expert_model_parallel_size=2"]),
+        ("zero_dp2_ep2", 4, ["parallel.use_distributed_optimizer=true", "parallel.expert_model_parallel_size=2",
+                             f"checkpoint.save={work}/zero_ckpt", "checkpoint.save_interval=10"]),
     ]
     results = {}
     for name, np_, extra in layouts:
@@ -147,6 +152,26 @@ def main():
             w1, w2 = f1["model"][name][...], f2["model"][name][...]
             worst = max(worst, float(np.max(np.abs(w1 - w2)) / max(np.max(np.abs(w1)), 1e-30)))
         check(worst <= TOL, f"dp2 final weights match one process (worst relative {worst:.1e})")
+
+    # Resharding: checkpoints of step 10 written by 4 ranks holding parts
+    # (expert parallel 2, with and without ZeRO-1) resume in other layouts;
+    # steps 11-20 must match the uninterrupted single process.
+    resumes = [
+        ("dp2_ep2_ckpt", "at_dp1", 1, []),
+        ("dp2_ep2_ckpt", "at_dp4", 4, []),
+        ("zero_ckpt", "at_dp1", 1, []),
+        ("zero_ckpt", "at_zero_dp4", 4, ["parallel.use_distributed_optimizer=true"]),
+    ]
+    for ckpt, where, np_, extra in resumes:
+        step_dir = f"{work}/{ckpt}/step_0000010"
+        check(os.path.exists(f"{step_dir}/state.h5") and not os.path.exists(f"{step_dir}/model.h5"),
+              f"{ckpt}: step 10 is a sharded checkpoint (rank files, no model.h5)")
+        r, run_dir, _ = train(f"resume_{ckpt}_{where}", np_, [f"checkpoint.load={step_dir}", *extra])
+        check(r.returncode == 0, f"{ckpt} resumes {where} ({r.stderr.strip()[-300:]})")
+        if r.returncode == 0:
+            got = rows(run_dir)
+            check([g["step"] for g in got] == list(range(11, 21)), f"{ckpt} {where}: steps 11-20 logged")
+            compare(reference[10:], got, f"{ckpt} resumed {where}", against="the uninterrupted run")
 
     # A rank that fails at step 5 ends the job, with its message.
     r, _, seconds = train("fault", 2, env={"DECO_FAULT_INJECT": "1:5"}, timeout=120)

@@ -777,3 +777,128 @@ TEST_CASE("checkpoint: a failed save surfaces at the next save() or wait()", "[c
   std::cerr.rdbuf(saved);
   CHECK(captured.str() == "error: " + expected + "\n");
 }
+
+namespace {
+
+// The values of a whole-model store that a (possibly expert-sharded) layout holds.
+void copy_blocks(const ParamStore& whole, const ParamStore& part) {
+  for (const ParamSpec& spec : part.layout().specs()) {
+    const deco::Block b = deco::block_of(spec);
+    const deco::Tensor from = whole.get(spec.name), to = part.get(spec);
+    for (int64_t r = 0; r < b.rows(); ++r)
+      for (int64_t k = 0; k < b.cols(); ++k)
+        to.data<float>()[r * b.cols() + k] = from.data<float>()[(b.r0 + r) * (spec.full_shape.ndim == 1 ? 1 : spec.full_shape[1]) + b.c0 + k];
+  }
+}
+
+deco::ShardedSave sharded_save(const ParamLayout& layout, int64_t rank, std::vector<int64_t> writers) {
+  deco::ShardedSave s;
+  s.context.rank = rank;
+  s.context.writes_dense = rank == 0;
+  s.context.writes_experts = true;
+  s.layout = &layout;
+  s.job_id = std::to_string(::getpid());
+  s.writers = std::move(writers);
+  s.timeout_s = 30;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint: pieces written by expert-parallel ranks load into any layout", "[checkpoint]") {
+  TempDir dir;
+  const deco::ModelConfig c = model_config();
+  const ParamLayout whole(c), rank0(c, 2, 0), rank1(c, 2, 1);
+  Stores full(whole, DType::F32);
+  fill(full, 11);
+  Stores part0(rank0, DType::F32), part1(rank1, DType::F32);
+  for (int k = 0; k < 3; ++k) {
+    copy_blocks(*full.all()[k], *part0.all()[k]);
+    copy_blocks(*full.all()[k], *part1.all()[k]);
+  }
+  TrainingState state;
+  state.step = 10;
+  const std::string save = dir / "save";
+  {
+    // Two ranks' writers, as two threads of this process.
+    CheckpointWriter w0(save, 0, sharded_save(rank0, 0, {0, 1}));
+    CheckpointWriter w1(save, 0, sharded_save(rank1, 1, {0, 1}));
+    auto tensors = [](const Stores& s) {
+      CheckpointTensors t;
+      t.params = &s.params;
+      t.exp_avg_flat = s.exp_avg.flat();
+      t.exp_avg_sq_flat = s.exp_avg_sq.flat();
+      return t;
+    };
+    w1.save(tensors(part1), state, "model: {}\n");
+    w0.save(tensors(part0), state, "model: {}\n");
+    w0.wait();
+    w1.wait();
+  }
+  const std::string step_dir = save + "/step_0000010";
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(step_dir)) names.insert(e.path().filename().string());
+  CHECK(names == std::set<std::string>{"rank_00000.h5", "rank_00001.h5", "state.h5"});
+  CHECK(deco::is_sharded_checkpoint(step_dir));
+  CHECK(deco::resolve_checkpoint("auto", save) == step_dir);
+
+  SECTION("into one rank holding everything: bit-exact") {
+    Stores loaded(whole, DType::F32);
+    const deco::Tensor m = loaded.exp_avg.flat(), v = loaded.exp_avg_sq.flat();
+    const deco::LoadedCheckpoint got =
+        deco::load_checkpoint_pieces(step_dir, whole, deco::ShardContext{}, &loaded.params, &m, &v);
+    CHECK(got.state.step == 10);
+    CHECK(same_bytes(loaded.params, full.params));
+    CHECK(same_bytes(loaded.exp_avg, full.exp_avg));
+    CHECK(same_bytes(loaded.exp_avg_sq, full.exp_avg_sq));
+  }
+  SECTION("an unsharded checkpoint into an expert-parallel rank: its block") {
+    {
+      CheckpointWriter w(dir / "plain", 0);
+      state.step = 20;
+      w.save(full.tensors(), state, "model: {}\n");
+      w.wait();
+    }
+    Stores loaded(rank1, DType::F32);
+    const deco::Tensor m = loaded.exp_avg.flat(), v = loaded.exp_avg_sq.flat();
+    deco::load_checkpoint_pieces(dir / "plain/step_0000020", rank1, deco::ShardContext{}, &loaded.params, &m, &v);
+    CHECK(same_bytes(loaded.params, part1.params));
+    CHECK(same_bytes(loaded.exp_avg_sq, part1.exp_avg_sq));
+  }
+  SECTION("a missing rank file is an error naming it, and nothing is loaded") {
+    fs::remove(step_dir + "/rank_00001.h5");
+    Stores loaded(whole, DType::F32);
+    const deco::Tensor m = loaded.exp_avg.flat(), v = loaded.exp_avg_sq.flat();
+    const std::string msg = error_of(
+        [&] { deco::load_checkpoint_pieces(step_dir, whole, deco::ShardContext{}, &loaded.params, &m, &v); });
+    CHECK_THAT(msg, Contains("rank_00001.h5 is missing"));
+    CHECK(all_zero(loaded.params));
+  }
+}
+
+TEST_CASE("checkpoint: pieces that do not cover a tensor are an error", "[checkpoint]") {
+  TempDir dir;
+  const deco::ModelConfig c = model_config();
+  const ParamLayout whole(c), rank0(c, 2, 0);
+  Stores part0(rank0, DType::F32);
+  fill(part0, 5);
+  TrainingState state;
+  state.step = 3;
+  {
+    CheckpointWriter w0(dir / "save", 0, sharded_save(rank0, 0, {0}));  // rank 1's experts never written
+    CheckpointTensors t;
+    t.params = &part0.params;
+    t.exp_avg_flat = part0.exp_avg.flat();
+    t.exp_avg_sq_flat = part0.exp_avg_sq.flat();
+    w0.save(t, state, "model: {}\n");
+    w0.wait();
+  }
+  Stores loaded(whole, DType::F32);
+  const deco::Tensor m = loaded.exp_avg.flat(), v = loaded.exp_avg_sq.flat();
+  const std::string msg = error_of([&] {
+    deco::load_checkpoint_pieces(dir / "save/step_0000003", whole, deco::ShardContext{}, &loaded.params, &m, &v);
+  });
+  CHECK_THAT(msg, Contains("expert_up_proj.weight this rank needs"));
+  CHECK_THAT(msg, Contains("the checkpoint is incomplete"));
+  CHECK(all_zero(loaded.params));
+}
