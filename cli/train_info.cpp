@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "kernels/runtime.h"
 #include "model/model_stats.h"
+#include "parallel/launch.h"
 #include "parallel/layout.h"
 #include "parallel/mpi_runtime.h"
 #include "trainer/config.h"
@@ -42,6 +43,7 @@ int train(const TrainArgs& args) {
   ProcessGroups groups = make_process_groups(launch, config.parallel.expert_model_parallel_size,
                                              config.model.num_experts);
   set_collective_timeout(config.parallel.distributed_timeout_minutes * 60.0);
+  select_local_device(launch);  // GPU local_rank % GPUs, for the device work to come; -1 without one
   TrainerOptions options;
   options.run_dir = !args.run_dir.empty()              ? args.run_dir
                     : !config.logging.run_dir.empty() ? config.logging.run_dir

@@ -38,7 +38,6 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
       plan_(config.training.micro_batch_size, config.training.global_batch_size,
             groups.layout.dp_size, groups.layout.dp_rank) {
   set_cpu_threads(config_.training.threads);
-  check_parallel_support();
   check_memory();
   const ParallelLayout& L = groups_.layout;
   zero_ = config_.parallel.use_distributed_optimizer;
@@ -100,7 +99,11 @@ void Trainer::restore() {
     const std::string path = std::filesystem::is_directory(options_.load_weights)
                                  ? options_.load_weights + "/model.h5"
                                  : options_.load_weights;
-    load_weights_h5(path, model_->params());
+    if (groups_.layout.ep_size > 1)  // this rank's experts only: its blocks of the file's tensors
+      load_pieces({path}, {}, model_->layout(), shard_context(), &model_->params(), nullptr, nullptr,
+                  "check the weights file");
+    else
+      load_weights_h5(path, model_->params());
     model_->refresh_derived();
     resumed_from_ = str("weights of ", path, " (fresh optimizer)");
     return;
@@ -197,12 +200,6 @@ ShardContext Trainer::shard_context() const {
   c.writes_experts = L.expert_dp_rank == 0;
   if (zero_) c.owned = {dense_shard_, expert_shard_};
   return c;
-}
-
-void Trainer::check_parallel_support() const {
-  if (!options_.load_weights.empty() && groups_.layout.ep_size > 1)
-    fail("--load does not support parallel.expert_model_parallel_size > 1 yet; load the weights with "
-         "expert_model_parallel_size 1.");
 }
 
 void Trainer::check_memory() {

@@ -52,7 +52,6 @@ class Trainer {
   void restore();
   void check_resume_config(const std::string& saved_yaml, const std::string& origin) const;
   void print_banner();
-  void check_parallel_support() const;
   void maybe_inject_fault() const;
   void reduce_gradients();
   double global_grad_norm();

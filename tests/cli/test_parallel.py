@@ -173,6 +173,24 @@ def main():
             check([g["step"] for g in got] == list(range(11, 21)), f"{ckpt} {where}: steps 11-20 logged")
             compare(reference[10:], got, f"{ckpt} resumed {where}", against="the uninterrupted run")
 
+    # --load (weights only) under expert parallelism: each rank reads its blocks.
+    weights = f"{work}/init.h5"
+    subprocess.run([deco, "init", "--config", config, "--out", weights, "--seed", "3"], check=True,
+                   capture_output=True)
+    loads = []
+    for name, np_, extra in [("load_single", 1, []), ("load_ep2", 2, ["parallel.expert_model_parallel_size=2"])]:
+        run_dir = os.path.join(work, name)
+        args = [deco, "train", "--config", config, "--run-dir", run_dir, "--load", weights]
+        for s_ in [*base, *extra]:
+            args += ["--set", s_]
+        if np_ > 1:
+            args = [a.mpirun, "-np", str(np_), "--oversubscribe", *args]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        check(r.returncode == 0, f"{name}: --load trains ({r.stderr.strip()[-300:]})")
+        loads.append(rows(run_dir) if r.returncode == 0 else [])
+    if all(loads):
+        compare(loads[0], loads[1], "--load at ep2", against="--load in one process")
+
     # A rank that fails at step 5 ends the job, with its message.
     r, _, seconds = train("fault", 2, env={"DECO_FAULT_INJECT": "1:5"}, timeout=120)
     out = r.stdout + r.stderr
