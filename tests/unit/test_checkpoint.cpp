@@ -24,6 +24,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "kernels/ops.h"
 #include "model/params.h"
 #include "trainer/checkpoint.h"
 #include "trainer/weights_io.h"
@@ -901,4 +902,44 @@ TEST_CASE("checkpoint: pieces that do not cover a tensor are an error", "[checkp
   CHECK_THAT(msg, Contains("expert_up_proj.weight this rank needs"));
   CHECK_THAT(msg, Contains("the checkpoint is incomplete"));
   CHECK(all_zero(loaded.params));
+}
+
+TEST_CASE("checkpoint: GPU stores are copied to the host, written in the background and loaded back",
+          "[checkpoint][gpu]") {
+  if (deco::cuda_device_count() == 0) {  // runs in the GPU suite's machines
+    WARN("skipped: no CUDA device");
+    return;
+  }
+  TempDir dir;
+  const deco::ModelConfig c = model_config();
+  const ParamLayout layout(c);
+  Stores host(layout, DType::F32);
+  fill(host, 8);
+  auto to_device = [](const ParamStore& from, const ParamStore& to) {
+    deco::device_copy(deco::Device::CUDA, to.flat().raw(), deco::Device::CPU, from.flat().raw(), from.flat().nbytes());
+  };
+  ParamStore p(layout, DType::F32, deco::Device::CUDA), m(layout, DType::F32, deco::Device::CUDA),
+      v(layout, DType::F32, deco::Device::CUDA);
+  to_device(host.params, p);
+  to_device(host.exp_avg, m);
+  to_device(host.exp_avg_sq, v);
+  TrainingState state;
+  state.step = 4;
+  CheckpointWriter writer(dir / "save", 0);
+  writer.save({&p, &m, &v}, state, "model: {}\n");
+  deco::ops::zero(p.flat());  // training goes on: the save holds its own copy
+  writer.wait();
+
+  ParamStore p2(layout, DType::F32, deco::Device::CUDA), m2(layout, DType::F32, deco::Device::CUDA),
+      v2(layout, DType::F32, deco::Device::CUDA);
+  deco::load_checkpoint(dir / "save/step_0000004", {&p2, &m2, &v2});
+  Stores back(layout, DType::F32);
+  int k = 0;
+  for (const ParamStore* s : {&p2, &m2, &v2}) {
+    const ParamStore& dst = *back.all()[k++];
+    deco::device_copy(deco::Device::CPU, dst.flat().raw(), deco::Device::CUDA, s->flat().raw(), s->flat().nbytes());
+  }
+  CHECK(same_bytes(back.params, host.params));
+  CHECK(same_bytes(back.exp_avg, host.exp_avg));
+  CHECK(same_bytes(back.exp_avg_sq, host.exp_avg_sq));
 }
