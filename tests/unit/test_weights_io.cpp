@@ -443,7 +443,7 @@ TEST_CASE("weights: saving is atomic", "[io]") {
   }
 }
 
-TEST_CASE("weights: GPU stores save and load through the host", "[io]") {
+TEST_CASE("weights: GPU stores save and load through the host", "[io][gpu]") {
   if (deco::cuda_device_count() == 0) {  // also runs in the GPU suite's machines
     WARN("skipped: no CUDA device");
     return;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the GPU tests from gpu-bundle/bundle.tar.xz (scripts/gpu_bundle.sh) on
+# a machine with a GPU, writing one log per program under $OUT (or ./gpu-logs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+tar xJf gpu-bundle/bundle.tar.xz -C gpu-bundle
+run=gpu-bundle/bundle/run.sh
+bin=gpu-bundle/bundle/bin
+{ nvidia-smi; echo; ls /usr/local/ | grep -i cuda; } > "$out/machine.txt" 2>&1
+status=0
+for t in deco_gpu_tests deco_nccl_tests; do
+  [ -x "$bin/$t" ] || continue
+  "$run" "$bin/$t" > "$out/$t.log" 2>&1; rc=$?
+  echo "$t: exit $rc$([ $rc -eq 77 ] && echo ' (no GPU: skipped)')"; [ $rc -eq 0 ] || status=1
+done
+"$run" "$bin/deco_tests" "[gpu]" > "$out/deco_tests_gpu.log" 2>&1; rc=$?
+echo "deco_tests [gpu]: exit $rc"; [ $rc -eq 0 ] || status=1
+exit $status
