@@ -37,6 +37,8 @@ struct DecoLayerStats {
   int64_t active_pairs = 0;                 // (token, expert) pairs with z > 0
   std::vector<int64_t> expert_tokens;       // [E] active tokens per expert
   double reg_sum = 0.0;                     // regularizer summed over tokens, before any coefficient
+  double entropy_sum = 0.0;                 // routing entropy summed over tokens (the entropy regularizer's value)
+  int64_t idle_tokens = 0;                  // tokens with no active routed expert
   // Expert parallelism: token rows this rank sent to each expert-parallel
   // rank (itself included; a token counts once per rank owning one of its
   // active experts). Empty without expert parallelism.

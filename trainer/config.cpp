@@ -375,7 +375,8 @@ const std::vector<Section>& schema() {
         DECO_FIELD(training, log_interval),
         DECO_FIELD(training, eval_interval),
         DECO_FIELD(training, eval_iters),
-        DECO_FIELD(training, threads)}},
+        DECO_FIELD(training, threads),
+        DECO_FIELD(training, max_nonfinite_skips)}},
       {"optimizer",
        {DECO_FIELD(optimizer, lr, "the peak learning rate"),
         DECO_FIELD(optimizer, min_lr),
@@ -415,7 +416,11 @@ const std::vector<Section>& schema() {
         DECO_FIELD(checkpoint, load)}},
       {"logging",
        {DECO_FIELD(logging, run_dir),
-        DECO_FIELD(logging, log_per_layer)}},
+        DECO_FIELD(logging, log_per_layer),
+        DECO_FIELD(logging, alert_ratio_margin),
+        DECO_FIELD(logging, alert_steps),
+        DECO_FIELD(logging, dead_expert_steps),
+        DECO_FIELD(logging, alert_idle_token_share)}},
   };
   return sections;
 }
@@ -688,6 +693,7 @@ class Validator {
     data();
     parallel();
     checkpoint();
+    logging();
   }
 
  private:
@@ -787,6 +793,7 @@ class Validator {
               overflow ? "" : str(" = ", product), "; the world size is the data-parallel size, "
               "the number of processes); change the batch sizes or the number of processes."));
     positive("training.log_interval", t.log_interval);
+    positive("training.max_nonfinite_skips", t.max_nonfinite_skips);
     non_negative("training.eval_interval", t.eval_interval);
     non_negative("training.eval_iters", t.eval_iters);
     non_negative("training.threads", t.threads);
@@ -888,6 +895,14 @@ class Validator {
 
   // Saving and resuming arrive with a later version; accepting the keys
   // now would let a run believe it is protected by checkpoints.
+  void logging() const {
+    const LoggingConfig& l = c_.logging;
+    non_negative("logging.alert_ratio_margin", l.alert_ratio_margin);
+    positive("logging.alert_steps", l.alert_steps);
+    positive("logging.dead_expert_steps", l.dead_expert_steps);
+    non_negative("logging.alert_idle_token_share", l.alert_idle_token_share);
+  }
+
   void checkpoint() const {
     const CheckpointConfig& k = c_.checkpoint;
     non_negative("checkpoint.save_interval", k.save_interval);

@@ -23,6 +23,9 @@ struct TrainingConfig {
   int64_t eval_interval = 0;      // validation every N steps; 0 = never
   int64_t eval_iters = 10;        // global batches per validation
   int64_t threads = 0;            // CPU threads for OpenMP and BLAS; 0 = all cores
+  // A step whose loss or gradients are not finite is skipped (no update);
+  // this many skips in a row stop the run.
+  int64_t max_nonfinite_skips = 10;
 };
 
 struct OptimizerConfig {
@@ -93,6 +96,15 @@ struct CheckpointConfig {
 struct LoggingConfig {
   std::string run_dir;        // empty = runs/<config file stem>
   bool log_per_layer = false; // print per-layer activation ratios on the console line
+  // Alerts (docs/monitoring.md): the activation ratio more than
+  // alert_ratio_margin from sparsity.target_ratio for alert_steps steps in a
+  // row; an expert with no token for dead_expert_steps steps; a layer where
+  // more than alert_idle_token_share of the tokens activate no expert for
+  // alert_steps steps in a row.
+  double alert_ratio_margin = 0.05;
+  int64_t alert_steps = 100;
+  int64_t dead_expert_steps = 100;
+  double alert_idle_token_share = 0.1;
 };
 
 struct Config {

@@ -48,6 +48,15 @@ void MetricsLog::write(const StepMetrics& m) {
   j["deco_layers"] = m.deco_layer_index;
   if (!m.expert_tokens_per_layer.empty()) j["expert_tokens_per_layer"] = m.expert_tokens_per_layer;
   if (!m.expert_parallel_rows_sent.empty()) j["expert_parallel_rows_sent"] = m.expert_parallel_rows_sent;
+  if (!m.expert_tokens_per_layer.empty()) {
+    j["expert_max_violation"] = m.expert_max_violation;
+    j["dead_experts"] = m.dead_experts;
+    j["idle_token_share"] = m.idle_token_share;
+    j["router_entropy"] = m.router_entropy;
+  }
+  j["alerts"] = m.alerts;
+  j["skipped_steps"] = m.skipped_steps;
+  j["tflops"] = m.tflops;
   j["tokens_per_second"] = m.tokens_per_second;
   j["step_time_s"] = m.step_time_s;
   j["elapsed_s"] = m.elapsed_s;

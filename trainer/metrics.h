@@ -29,6 +29,18 @@ struct StepMetrics {
   // Expert parallelism: token rows sent to another rank's experts, over all
   // ranks and micro-batches, per DECO layer (empty without expert parallelism).
   std::vector<int64_t> expert_parallel_rows_sent;
+  // Per DECO layer, over the global batch: tokens with no active expert,
+  // and the routing entropy summed over tokens; tokens per layer.
+  std::vector<int64_t> idle_tokens_per_layer;
+  std::vector<double> router_entropy;  // mean per token, per DECO layer
+  int64_t tokens_per_layer = 0;
+  // Derived by the Monitor (trainer/monitor.h).
+  std::vector<double> expert_max_violation;  // (max - mean) / mean of the per-expert token counts
+  std::vector<int64_t> dead_experts;         // experts without a token for logging.dead_expert_steps
+  std::vector<double> idle_token_share;      // idle tokens / tokens
+  std::vector<std::string> alerts;           // the alert conditions holding at this step
+  int64_t skipped_steps = 0;                 // steps skipped for non-finite values so far
+  double tflops = 0.0;                       // executed training TFLOP/s (6N + attention per token)
   double tokens_per_second = 0.0;
   double step_time_s = 0.0;
   double elapsed_s = 0.0;

@@ -58,6 +58,8 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU, owned);
   sharded_ = L.ep_size > 1 || zero_;
   restore();
+  monitor_ = std::make_unique<Monitor>(config_.logging, config_.sparsity.target_ratio, config_.model.num_deco_layers(),
+                                       config_.model.num_experts);
   data_ = make_training_data(config_, groups_);
   loader_ = std::make_unique<DataLoader>(*data_.train, plan_, consumed_samples_);
   if (!config_.checkpoint.save.empty()) {
@@ -361,11 +363,14 @@ StepMetrics Trainer::train_step() {
   // Per DECO layer, summed over this rank's micro-batches, then over every
   // rank in one all-reduce: active pairs [n], routed slots [n], active
   // tokens per expert [n * E], rows sent to other expert-parallel ranks [n].
-  std::vector<int64_t> counts(n_deco * (3 + E), 0);
+  // rows sent to other expert-parallel ranks [n], tokens with no active expert [n].
+  std::vector<int64_t> counts(n_deco * (4 + E), 0);
   int64_t* pairs = counts.data();
   int64_t* slots = pairs + n_deco;
   int64_t* expert_tokens = slots + n_deco;
   int64_t* rows_sent = expert_tokens + n_deco * E;
+  int64_t* idle = rows_sent + n_deco;
+  sums.resize(3 + n_deco, 0.0);  // then the routing entropy summed over tokens, per DECO layer
 
   const double wait_before = loader_->wait_seconds();
   for (int64_t micro = 0; micro < micro_batches; ++micro) {
@@ -383,6 +388,8 @@ StepMetrics Trainer::train_step() {
       for (size_t e = 0; e < E; ++e) expert_tokens[i * E + e] += layer.expert_tokens[e];
       for (size_t p = 0; p < layer.sent_per_rank.size(); ++p)
         if (static_cast<int64_t>(p) != groups_.layout.ep_rank) rows_sent[i] += layer.sent_per_rank[p];
+      idle[i] += layer.idle_tokens;
+      sums[3 + i] += layer.entropy_sum;
     }
   }
   reduce_gradients();
@@ -396,10 +403,23 @@ StepMetrics Trainer::train_step() {
   m.reg_loss = sums[2] / static_cast<double>(micro_batches * groups_.world->size());
   m.reg_coef = opt.reg_coef;
   m.grad_norm = global_grad_norm();
-  if (!std::isfinite(m.lm_loss) || !std::isfinite(m.grad_norm))
-    fail("step ", m.step, ": the ", std::isfinite(m.lm_loss) ? "gradient norm" : "loss",
-         " became non-finite (lm loss ", m.lm_loss, ", grad norm ", m.grad_norm,
-         "); lower optimizer.lr or lengthen schedule.lr_warmup_iters and start again.");
+  // Non-finite loss or gradients (identical on every rank: both are global):
+  // the step is skipped, as Megatron skips an overflowing one; too many in
+  // a row end the run, before anything non-finite reaches a checkpoint.
+  const bool finite = std::isfinite(m.lm_loss) && std::isfinite(m.grad_norm) && std::isfinite(m.reg_loss);
+  if (!finite) {
+    ++skipped_steps_;
+    if (++consecutive_skips_ >= t.max_nonfinite_skips)
+      fail("step ", m.step, ": the loss or the gradients were not finite for ", consecutive_skips_,
+           " steps in a row (lm loss ", m.lm_loss, ", grad norm ", m.grad_norm, "); training stopped",
+           checkpoints_ || !config_.checkpoint.save.empty()
+               ? str("; the last checkpoint in ", config_.checkpoint.save, " is intact")
+               : std::string(),
+           ". Lower optimizer.lr or lengthen schedule.lr_warmup_iters and resume from it.");
+  } else {
+    consecutive_skips_ = 0;
+  }
+  m.skipped_steps = skipped_steps_;
   if (n_deco > 0) {
     int64_t active = 0, all_slots = 0;
     for (size_t i = 0; i < n_deco; ++i) {
@@ -410,6 +430,10 @@ StepMetrics Trainer::train_step() {
     }
     m.activation_ratio = static_cast<double>(active) / static_cast<double>(all_slots);
     m.deco_layer_index = deco_layers;
+    m.tokens_per_layer = slots[0] / static_cast<int64_t>(E);
+    m.idle_tokens_per_layer.assign(idle, idle + n_deco);
+    for (size_t i = 0; i < n_deco; ++i)
+      m.router_entropy.push_back(sums[3 + i] / static_cast<double>(m.tokens_per_layer));
     if (groups_.layout.ep_size > 1) m.expert_parallel_rows_sent.assign(rows_sent, rows_sent + n_deco);
   }
 
@@ -417,10 +441,12 @@ StepMetrics Trainer::train_step() {
   const double clip = config_.optimizer.clip_grad;
   const double grad_scale = clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0;
   m.lr = schedule_.lr(m.step);
-  optimizer_->step(model_->params(), model_->grads(), m.lr, grad_scale);
-  if (zero_) gather_params();
-  model_->refresh_derived();
-  if (m.activation_ratio) sparsity_.update(*m.activation_ratio);
+  if (finite) {
+    optimizer_->step(model_->params(), model_->grads(), m.lr, grad_scale);
+    if (zero_) gather_params();
+    model_->refresh_derived();
+    if (m.activation_ratio) sparsity_.update(*m.activation_ratio);
+  }
 
   ++step_;
   consumed_samples_ += t.global_batch_size;
@@ -431,6 +457,17 @@ StepMetrics Trainer::train_step() {
   m.elapsed_s = elapsed_s_;
   m.tokens_per_second = static_cast<double>(t.global_batch_size * seq) / m.step_time_s;
   m.data_wait_s = loader_->wait_seconds() - wait_before;
+  // Executed FLOPs: the sparse path computes the active experts only.
+  const double routed =
+      config_.model.expert_compute == ExpertCompute::Dense || !m.activation_ratio ? 1.0 : *m.activation_ratio;
+  m.tflops = training_flops_per_token(config_.model, routed) * static_cast<double>(t.global_batch_size * seq) /
+             m.step_time_s / 1e12;
+  std::vector<std::string> warnings = monitor_->observe(m);
+  if (!finite)
+    warnings.push_back(str("warning: step ", m.step, ": non-finite loss or gradients (lm loss ", m.lm_loss,
+                           ", grad norm ", m.grad_norm, "); the step was skipped (", consecutive_skips_, " in a row, ",
+                           skipped_steps_, " in all)"));
+  if (!finite) m.alerts.push_back("nonfinite_step_skipped");
 
   if (t.eval_interval > 0 && t.eval_iters > 0 &&
       (step_ % t.eval_interval == 0 || step_ == t.train_iters)) {
@@ -439,6 +476,8 @@ StepMetrics Trainer::train_step() {
     elapsed_s_ += seconds_since(eval_start);
   }
   if (groups_.layout.rank == 0) {
+    if (options_.console)
+      for (const std::string& w : warnings) *options_.console << w << "\n";
     metrics_->write(m);
     if (options_.console && (step_ % t.log_interval == 0 || step_ == 1 || step_ == t.train_iters || m.val_loss))
       *options_.console << format_console_line(m, config_.logging.log_per_layer) << std::endl;

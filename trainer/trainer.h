@@ -15,6 +15,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/metrics.h"
+#include "trainer/monitor.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
 #include "trainer/sparsity.h"
@@ -79,6 +80,8 @@ class Trainer {
   std::string memory_note_;     // the memory estimate, for the banner
   // ZeRO-1 (parallel.use_distributed_optimizer): the flat ranges of the
   // dense and expert regions this rank owns, and scratch for its shard.
+  std::unique_ptr<Monitor> monitor_;
+  int64_t skipped_steps_ = 0, consecutive_skips_ = 0;
   bool zero_ = false;
   // Ranks hold different parts (expert parallel or ZeRO-1): checkpoints are
   // written as pieces by every rank (trainer/checkpoint_shards.h).

@@ -268,3 +268,73 @@ TEST_CASE("Loading weights only (--load) starts from them with a fresh optimizer
   CHECK(m.step == 1);
   CHECK(m.lr == Approx(config.optimizer.lr));  // warmup of 1 step: step 1 is at the peak, from a fresh schedule
 }
+
+TEST_CASE("non-finite steps are skipped, counted, and too many in a row stop the run", "[trainer][monitor]") {
+  // A learning rate this large overflows the logits within a few steps; a
+  // skipped step leaves the weights as they are, so every later step is
+  // non-finite too and the limit is reached.
+  const Config config = short_tiny(40, {"optimizer.lr=1e9", "optimizer.min_lr=0", "training.max_nonfinite_skips=3"});
+  ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
+  const std::string dir = fresh_dir("nonfinite");
+  std::ostringstream console;
+  Trainer trainer(config, groups, TrainerOptions{dir, &console, ""});
+  const std::string msg = test::error_of([&] { trainer.train(); });
+  CHECK_THAT(msg, Catch::Matchers::Contains("were not finite for 3 steps in a row"));
+  const auto rows = read_metrics(dir);
+  REQUIRE(rows.size() >= 2);
+  // The rows before the stop: the skipped ones flagged and counted.
+  int64_t flagged = 0;
+  for (const auto& r : rows) {
+    const auto alerts = r["alerts"].get<std::vector<std::string>>();
+    const bool skipped = std::find(alerts.begin(), alerts.end(), "nonfinite_step_skipped") != alerts.end();
+    flagged += skipped;
+    if (skipped) CHECK(r["skipped_steps"].get<int64_t>() == flagged);
+  }
+  CHECK(flagged == 2);  // the third skip stops the run before its row is written
+  CHECK_THAT(console.str(), Catch::Matchers::Contains("the step was skipped (2 in a row"));
+}
+
+TEST_CASE("monitor: expert load imbalance, dead experts, idle tokens and the ratio alert", "[monitor]") {
+  LoggingConfig logging;
+  logging.alert_ratio_margin = 0.05;
+  logging.alert_steps = 3;
+  logging.dead_expert_steps = 2;
+  logging.alert_idle_token_share = 0.1;
+  Monitor monitor(logging, 0.2, 1, 4);
+  auto step = [&](int64_t n, std::vector<int64_t> load, int64_t idle, double ratio) {
+    StepMetrics m;
+    m.step = n;
+    m.expert_tokens_per_layer = {load};
+    m.deco_layer_index = {3};
+    m.idle_tokens_per_layer = {idle};
+    m.tokens_per_layer = 100;
+    m.activation_ratio = ratio;
+    const std::vector<std::string> lines = monitor.observe(m);
+    return std::make_pair(m, lines);
+  };
+  // Load 10, 20, 30, 40: mean 25, max violation (40 - 25) / 25 = 0.6.
+  auto [m1, l1] = step(1, {10, 20, 30, 40}, 5, 0.21);
+  CHECK(m1.expert_max_violation[0] == Approx(0.6));
+  CHECK(m1.idle_token_share[0] == Approx(0.05));
+  CHECK(m1.dead_experts[0] == 0);
+  CHECK(m1.alerts.empty());
+  CHECK(l1.empty());
+  // Expert 0 gets nothing from step 2 on: dead once 2 steps passed since step 1.
+  auto [m2, l2] = step(2, {0, 20, 30, 40}, 20, 0.5);
+  CHECK(m2.dead_experts[0] == 0);
+  auto [m3, l3] = step(3, {0, 20, 30, 40}, 20, 0.5);
+  CHECK(m3.dead_experts[0] == 1);
+  REQUIRE(l3.size() == 1);
+  CHECK_THAT(l3[0], Catch::Matchers::Contains("layer 3 has 1 dead expert"));
+  // Idle share 0.2 > 0.1 and ratio 0.5 off by more than 0.05, since step 2:
+  // both alerts fire at the third step in a row.
+  auto [m4, l4] = step(4, {0, 20, 30, 40}, 20, 0.5);
+  CHECK(std::find(m4.alerts.begin(), m4.alerts.end(), "activation_ratio_off_target") != m4.alerts.end());
+  CHECK(std::find(m4.alerts.begin(), m4.alerts.end(), "idle_tokens_layer_3") != m4.alerts.end());
+  CHECK(std::find(m4.alerts.begin(), m4.alerts.end(), "dead_experts_layer_3") != m4.alerts.end());
+  CHECK(l4.size() == 2);  // the two new alerts; the dead expert was already reported
+  // Back to normal: the conditions clear.
+  auto [m5, l5] = step(5, {10, 20, 30, 40}, 1, 0.2);
+  CHECK(m5.alerts.empty());
+  CHECK(m5.dead_experts[0] == 0);
+}
