@@ -17,7 +17,10 @@ packages=(
   libopenmpi-dev openmpi-bin                # multi-process launch (mpirun)
   libsentencepiece-dev zlib1g-dev          # tokenizers (SentencePiece) and .jsonl.gz input
   python3 python3-numpy python3-h5py python3-yaml python3-torch  # the PyTorch reference tests
-  python3-pip                               # fetches the safetensors package for the export test
+  python3-pip                               # fetches the safetensors and tensorboard packages for tests
+  libprotobuf-dev protobuf-compiler         # TensorBoard event files (trainer/proto/event.proto)
+  libboost-dev                              # their CRC32C (Boost.CRC)
+  python3-protobuf python3-six python3-absl # what the tensorboard package's reader needs (its test)
 )
 
 if command -v apt-get >/dev/null; then
@@ -47,6 +50,16 @@ if [ ! -d build/pydeps/safetensors ]; then
   /usr/bin/python3 -m pip install --quiet --no-deps --target build/pydeps safetensors==0.4.5 ||
     echo "setup.sh: warning: pip could not install safetensors (offline?); the test cli_export_import" \
          "fails until build/pydeps/safetensors exists" >&2
+fi
+
+# The TensorBoard test reads deco's event files with the tensorboard package's
+# own reader; without --no-deps pip would pull TensorFlow-sized dependencies,
+# so they come from Debian (python3-protobuf, python3-numpy, python3-six, python3-absl).
+if [ ! -d build/pydeps/tensorboard ]; then
+  echo "setup.sh: installing the Python tensorboard package into build/pydeps"
+  /usr/bin/python3 -m pip install --quiet --no-deps --target build/pydeps tensorboard==2.18.0 ||
+    echo "setup.sh: warning: pip could not install tensorboard (offline?); the test cli_tensorboard" \
+         "fails until build/pydeps/tensorboard exists" >&2
 fi
 
 # nvcc often lives outside PATH; CMake finds it through CUDACXX.

@@ -43,6 +43,9 @@ struct TrainingState {
 
 // What one checkpoint holds, as views of the live buffers (or of host copies).
 struct CheckpointTensors {
+  CheckpointTensors() = default;
+  CheckpointTensors(const ParamStore* p, const ParamStore* m, const ParamStore* v)
+      : params(p), exp_avg(m), exp_avg_sq(v) {}
   const ParamStore* params = nullptr;      // float32 master weights
   const ParamStore* exp_avg = nullptr;     // AdamW first moment
   const ParamStore* exp_avg_sq = nullptr;  // AdamW second moment

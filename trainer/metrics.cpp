@@ -1,13 +1,17 @@
 #include "trainer/metrics.h"
 
+#include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include <fstream>
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "trainer/tensorboard.h"
 
 namespace deco {
 
@@ -31,6 +35,63 @@ MetricsLog::MetricsLog(const std::string& run_dir, int64_t resume_step)
   }
   out_.open(path_, std::ios::out | std::ios::app);
   if (!out_) fail("cannot create ", path_, "; check that the run directory is writable.");
+  // A resumed run gets its own event file too, starting with a restart
+  // marker at resume_step + 1, so TensorBoard drops what the failed run
+  // logged after the checkpoint (docs/monitoring.md, "TensorBoard"). Event files
+  // are named by the second: a run resumed within the second its previous
+  // file was created in waits for the next one (the new file must also sort
+  // after the old one, the order TensorBoard reads them in).
+  int64_t seconds = std::time(nullptr);
+  for (int tries = 0; resume_step > 0 && tries < 30 &&
+                      std::filesystem::exists(TensorBoardWriter::path_for(run_dir, seconds));
+       ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    seconds = std::time(nullptr);
+  }
+  tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir, seconds);
+  if (resume_step > 0) {
+    tensorboard_->add_session_start(resume_step + 1, static_cast<double>(std::time(nullptr)),
+                                    str("resumed from the checkpoint of step ", resume_step));
+    tensorboard_->flush();
+  }
+}
+
+MetricsLog::~MetricsLog() = default;
+
+const std::string& MetricsLog::tensorboard_path() const { return tensorboard_->path(); }
+
+std::vector<std::pair<std::string, double>> tensorboard_scalars(const StepMetrics& m) {
+  std::vector<std::pair<std::string, double>> s = {
+      {"train/lm_loss", m.lm_loss},
+      {"train/reg_loss", m.reg_loss},
+      {"train/lr", m.lr},
+      {"train/grad_norm", m.grad_norm},
+      {"train/reg_coef", m.reg_coef},
+      {"train/tokens_per_second", m.tokens_per_second},
+      {"train/tflops", m.tflops},
+      {"train/data_wait_s", m.data_wait_s},
+      {"train/skipped_steps", static_cast<double>(m.skipped_steps)},
+  };
+  if (m.val_loss) s.emplace_back("val/loss", *m.val_loss);
+  if (m.activation_ratio) s.emplace_back("sparsity/activation_ratio", *m.activation_ratio);
+  auto layer = [&](size_t i) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "layer_%02lld",
+                  static_cast<long long>(i < m.deco_layer_index.size() ? m.deco_layer_index[i] : i));
+    return std::string(buf);
+  };
+  for (size_t i = 0; i < m.activation_ratio_per_layer.size(); ++i)
+    s.emplace_back("sparsity/" + layer(i) + "/activation_ratio", m.activation_ratio_per_layer[i]);
+  if (!m.expert_tokens_per_layer.empty()) {
+    for (size_t i = 0; i < m.expert_tokens_per_layer.size(); ++i) {
+      const std::string p = "experts/" + layer(i) + "/";
+      if (i < m.expert_max_violation.size()) s.emplace_back(p + "max_violation", m.expert_max_violation[i]);
+      if (i < m.dead_experts.size()) s.emplace_back(p + "dead_experts", static_cast<double>(m.dead_experts[i]));
+      if (i < m.idle_token_share.size()) s.emplace_back(p + "idle_token_share", m.idle_token_share[i]);
+      if (i < m.router_entropy.size()) s.emplace_back(p + "router_entropy", m.router_entropy[i]);
+    }
+  }
+  return s;
 }
 
 void MetricsLog::write(const StepMetrics& m) {
@@ -65,6 +126,10 @@ void MetricsLog::write(const StepMetrics& m) {
   out_ << j.dump() << '\n';
   out_.flush();  // a crashed run keeps every finished step
   if (!out_) fail("writing ", path_, " failed; is the disk full?");
+
+  const double now = unix_time_now();
+  for (const auto& [tag, value] : tensorboard_scalars(m)) tensorboard_->add_scalar(tag, m.step, value, now);
+  tensorboard_->flush();
 }
 
 std::string format_console_line(const StepMetrics& m, bool per_layer) {

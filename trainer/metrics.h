@@ -4,8 +4,10 @@
 
 #include <cstdint>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace deco {
@@ -48,20 +50,34 @@ struct StepMetrics {
   std::optional<double> val_loss;
 };
 
+class TensorBoardWriter;
+
 class MetricsLog {
  public:
   // Creates <run_dir>/metrics.jsonl and refuses to overwrite an existing
   // one, unless the run resumes at `resume_step` > 0: then the rows up to
   // that step are kept and appended to, and rows after it (steps the
   // resumed run recomputes) move to metrics.jsonl.after-step-<N>.
+  // Also creates a new TensorBoard event file in run_dir (a resumed run
+  // too: TensorBoard merges the files of a directory; trainer/tensorboard.h).
   explicit MetricsLog(const std::string& run_dir, int64_t resume_step = 0);
+  ~MetricsLog();
+  // One JSON row, and the step's scalars in the event file (tags in
+  // docs/monitoring.md); both flushed.
   void write(const StepMetrics& m);
   const std::string& path() const { return path_; }
+  const std::string& tensorboard_path() const;
 
  private:
   std::string path_;
   std::ofstream out_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
+
+// The TensorBoard scalars of a step, (tag, value) in the order written:
+// train/..., val/loss when present, sparsity/... and experts/layer_LL/...
+// (LL: the model layer index, two digits).
+std::vector<std::pair<std::string, double>> tensorboard_scalars(const StepMetrics& m);
 
 // The console line, Megatron-like.
 std::string format_console_line(const StepMetrics& m, bool per_layer);
