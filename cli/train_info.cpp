@@ -1,4 +1,6 @@
 // deco train, deco info.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -49,6 +51,7 @@ int train(const TrainArgs& args) {
                     : !config.logging.run_dir.empty() ? config.logging.run_dir
                                                       : default_run_dir(args.cfg.config);
   options.console = groups.layout.rank == 0 ? &std::cout : nullptr;
+  options.console_is_terminal = ::isatty(STDOUT_FILENO) == 1;
   options.load_weights = args.load_weights;
   Trainer trainer(config, groups, options);
   trainer.train();

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "trainer/metrics.h"
 
 #include <chrono>
@@ -132,9 +133,31 @@ void MetricsLog::write(const StepMetrics& m) {
   tensorboard_->flush();
 }
 
+namespace {
+
+std::string hms(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds));
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%02lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+std::string format_progress_bar(const StepMetrics& m, int width) {
+  const double done = m.train_iters > 0 ? static_cast<double>(m.step) / static_cast<double>(m.train_iters) : 1.0;
+  const int filled = static_cast<int>(done * width);
+  std::string bar = "[" + std::string(static_cast<size_t>(filled), '=');
+  if (filled < width) bar += ">" + std::string(static_cast<size_t>(width - filled - 1), ' ');
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "] %6lld/%lld %3.0f%% | ETA %s | %.0f tok/s", static_cast<long long>(m.step),
+                static_cast<long long>(m.train_iters), 100.0 * done, hms(m.eta_s).c_str(), m.tokens_per_second);
+  return bar + buf;
+}
+
 std::string format_console_line(const StepMetrics& m, bool per_layer) {
   char buf[512];
-  const int64_t secs = static_cast<int64_t>(m.elapsed_s);
   std::snprintf(buf, sizeof(buf),
                 " step %6lld/%lld | lm loss %.4f | reg loss %.3e | lr %.3e | grad norm %.3f | ",
                 static_cast<long long>(m.step), static_cast<long long>(m.train_iters), m.lm_loss,
@@ -144,10 +167,9 @@ std::string format_console_line(const StepMetrics& m, bool per_layer) {
     std::snprintf(buf, sizeof(buf), "act ratio %.4f | reg coef %.3e | ", *m.activation_ratio, m.reg_coef);
     line += buf;
   }
-  std::snprintf(buf, sizeof(buf), "%.0f tok/s | elapsed %02lld:%02lld:%02lld",
-                m.tokens_per_second, static_cast<long long>(secs / 3600),
-                static_cast<long long>(secs / 60 % 60), static_cast<long long>(secs % 60));
+  std::snprintf(buf, sizeof(buf), "%.0f tok/s | elapsed %s", m.tokens_per_second, hms(m.elapsed_s).c_str());
   line += buf;
+  if (m.step < m.train_iters) line += " | ETA " + hms(m.eta_s);
   if (m.val_loss) {
     std::snprintf(buf, sizeof(buf), " | val loss %.4f", *m.val_loss);
     line += buf;

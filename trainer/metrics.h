@@ -46,6 +46,7 @@ struct StepMetrics {
   double tokens_per_second = 0.0;
   double step_time_s = 0.0;
   double elapsed_s = 0.0;
+  double eta_s = 0.0;  // estimated time to train_iters, from this process's mean step time
   double data_wait_s = 0.0;  // time the step waited for its batches (0 when prefetching keeps up)
   std::optional<double> val_loss;
 };
@@ -81,5 +82,8 @@ std::vector<std::pair<std::string, double>> tensorboard_scalars(const StepMetric
 
 // The console line, Megatron-like.
 std::string format_console_line(const StepMetrics& m, bool per_layer);
+// The live line a terminal shows between log lines:
+// "[=======>            ]  123/300  41% | ETA 00:00:10 | 29812 tok/s".
+std::string format_progress_bar(const StepMetrics& m, int width = 30);
 
 }  // namespace deco

@@ -455,6 +455,9 @@ StepMetrics Trainer::train_step() {
   m.step_time_s = seconds_since(start);
   elapsed_s_ += m.step_time_s;
   m.elapsed_s = elapsed_s_;
+  ++steps_this_run_;
+  seconds_this_run_ += m.step_time_s;
+  m.eta_s = seconds_this_run_ / static_cast<double>(steps_this_run_) * static_cast<double>(t.train_iters - step_);
   m.tokens_per_second = static_cast<double>(t.global_batch_size * seq) / m.step_time_s;
   m.data_wait_s = loader_->wait_seconds() - wait_before;
   // Executed FLOPs: the sparse path computes the active experts only.
@@ -476,11 +479,19 @@ StepMetrics Trainer::train_step() {
     elapsed_s_ += seconds_since(eval_start);
   }
   if (groups_.layout.rank == 0) {
-    if (options_.console)
-      for (const std::string& w : warnings) *options_.console << w << "\n";
     metrics_->write(m);
-    if (options_.console && (step_ % t.log_interval == 0 || step_ == 1 || step_ == t.train_iters || m.val_loss))
-      *options_.console << format_console_line(m, config_.logging.log_per_layer) << std::endl;
+    if (options_.console) {
+      std::ostream& out = *options_.console;
+      const bool log_line = step_ % t.log_interval == 0 || step_ == 1 || step_ == t.train_iters || m.val_loss;
+      // On a terminal the progress bar lives on the last line: cleared
+      // before anything else is printed, redrawn after.
+      if (bar_shown_ && (log_line || !warnings.empty())) out << "\r\033[K";
+      for (const std::string& w : warnings) out << w << "\n";
+      if (log_line) out << format_console_line(m, config_.logging.log_per_layer) << "\n";
+      bar_shown_ = options_.console_is_terminal && step_ < t.train_iters;
+      if (bar_shown_) out << "\r" << format_progress_bar(m);
+      out.flush();
+    }
   }
   return m;
 }

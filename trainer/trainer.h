@@ -26,6 +26,7 @@ struct TrainerOptions {
   std::string run_dir;            // created if missing; holds config.yaml and metrics.jsonl
   std::ostream* console = nullptr;  // where rank 0 prints; nullptr = quiet
   std::string load_weights;       // start from these weights (W.h5 or a checkpoint) with a fresh optimizer
+  bool console_is_terminal = false;  // a live progress bar between the log lines
 };
 
 class Trainer {
@@ -82,6 +83,9 @@ class Trainer {
   // dense and expert regions this rank owns, and scratch for its shard.
   std::unique_ptr<Monitor> monitor_;
   int64_t skipped_steps_ = 0, consecutive_skips_ = 0;
+  int64_t steps_this_run_ = 0;      // for the ETA: steps and seconds of this process
+  double seconds_this_run_ = 0.0;
+  bool bar_shown_ = false;          // a progress bar is on the terminal's last line
   bool zero_ = false;
   // Ranks hold different parts (expert parallel or ZeRO-1): checkpoints are
   // written as pieces by every rank (trainer/checkpoint_shards.h).

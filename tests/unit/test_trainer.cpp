@@ -338,3 +338,19 @@ TEST_CASE("monitor: expert load imbalance, dead experts, idle tokens and the rat
   CHECK(m5.alerts.empty());
   CHECK(m5.dead_experts[0] == 0);
 }
+
+TEST_CASE("console: the log line's ETA and the terminal's progress bar", "[trainer][monitor]") {
+  StepMetrics m;
+  m.step = 120;
+  m.train_iters = 300;
+  m.lm_loss = 2.5;
+  m.tokens_per_second = 29812;
+  m.elapsed_s = 3725;  // 01:02:05
+  m.eta_s = 75;        // 00:01:15
+  const std::string line = format_console_line(m, false);
+  CHECK_THAT(line, Catch::Matchers::Contains("elapsed 01:02:05 | ETA 00:01:15"));
+  CHECK(format_progress_bar(m, 10) == "[====>     ]    120/300  40% | ETA 00:01:15 | 29812 tok/s");
+  m.step = 300;
+  CHECK_THAT(format_console_line(m, false), !Catch::Matchers::Contains("ETA"));
+  CHECK(format_progress_bar(m, 4).rfind("[====]", 0) == 0);
+}
