@@ -14,6 +14,15 @@ void add_config_options(CLI::App* app, deco::cli::ConfigArgs& cfg) {
   app->add_option("--set", cfg.sets, "override a config key: --set optimizer.lr=3e-4 (repeatable)");
 }
 
+// One line on stderr and the exit code. In a multi-process run the other
+// ranks would wait for this one in their next collective: the whole job
+// ends, naming this rank.
+int report_error(const char* message, int code) {
+  if (deco::mpi_active()) deco::abort_job(message, code);
+  std::cerr << "error: " << message << std::endl;
+  return code;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -151,15 +160,9 @@ int main(int argc, char** argv) {
     if (*export_cmd) return deco::cli::export_weights(export_args);
     if (*import_cmd) return deco::cli::import_weights(import_args);
   } catch (const deco::Error& e) {
-    // In a multi-process run the other ranks would wait for this one in
-    // their next collective: end the whole job, naming this rank.
-    if (deco::mpi_active()) deco::abort_job(e.what(), 1);
-    std::cerr << "error: " << e.what() << std::endl;
-    return 1;
+    return report_error(e.what(), 1);
   } catch (const std::exception& e) {  // internal errors carry their own "internal error at" text
-    if (deco::mpi_active()) deco::abort_job(e.what(), 2);
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
+    return report_error(e.what(), 2);
   }
   return 0;
 }

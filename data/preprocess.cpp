@@ -360,7 +360,7 @@ class Pipeline {
     space_.wait(lock, [&] { return stop_ || read_count_ - next_out_ < max_in_flight_; });
     if (stop_) return false;
     batch.index = read_count_++;
-    todo_.push_back(std::move(batch));
+    queued_.push_back(std::move(batch));
     work_.notify_one();
     return true;
   }
@@ -405,10 +405,10 @@ class Pipeline {
       RawBatch raw;
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        work_.wait(lock, [&] { return stop_ || !todo_.empty(); });
+        work_.wait(lock, [&] { return stop_ || !queued_.empty(); });
         if (stop_) return;
-        raw = std::move(todo_.front());
-        todo_.pop_front();
+        raw = std::move(queued_.front());
+        queued_.pop_front();
       }
       EncodedBatch out;
       out.file = raw.file;
@@ -439,7 +439,7 @@ class Pipeline {
   const int64_t max_in_flight_;
   std::mutex mutex_;
   std::condition_variable space_, work_, done_cv_;
-  std::deque<RawBatch> todo_;
+  std::deque<RawBatch> queued_;
   std::map<int64_t, EncodedBatch> done_;
   int64_t read_count_ = 0, next_out_ = 0;
   bool stop_ = false;

@@ -166,12 +166,14 @@ std::string previous_note(const std::string& save_dir) {
 }
 
 // Removes temporaries that killed or failed saves left: <save>/*.tmp-<pid>
-// whose process is gone (or is this one: its own earlier failures). A live
-// process's temporary is another run writing into the same directory now.
-void remove_leftovers(const std::string& save_dir) {
+// whose process is gone, and with `own` this process's (its own earlier
+// failures). A live process's temporary is another run writing into the
+// same directory now.
+void remove_leftovers(const std::string& save_dir, bool own) {
   for (const std::string& name : list_dir(save_dir)) {
     const pid_t pid = tmp_owner(name);
-    if (pid == 0 || (pid != ::getpid() && process_alive(pid))) continue;
+    const bool mine = pid == ::getpid();
+    if (pid == 0 || (mine && !own) || (!mine && process_alive(pid))) continue;
     remove_tree(join(save_dir, name));
   }
 }
@@ -317,6 +319,15 @@ struct CheckpointWriter::Job {
 
 namespace {
 
+// Creates checkpoint.save if missing; `name` is the step being saved, for the message.
+void make_save_dir(const std::string& save_dir, const std::string& name) {
+  std::error_code ec;
+  fs::create_directories(save_dir, ec);
+  if (ec || !is_directory(save_dir))
+    fail("checkpoint ", name, " was not saved: cannot create the directory ", save_dir, " (",
+         ec ? ec.message() : "a file is in the way", "); check checkpoint.save");
+}
+
 std::map<std::string, H5Scalar> state_values(const TrainingState& state, const std::string& config_yaml) {
   return {
       {"step", state.step},
@@ -342,12 +353,8 @@ int64_t write_checkpoint(const std::string& save_dir, int64_t keep_last, const T
                          const std::string& config_yaml, const ParamStore& params,
                          const ParamStore* exp_avg, const ParamStore* exp_avg_sq) {
   const std::string name = checkpoint_dir_name(state.step);
-  std::error_code ec;
-  fs::create_directories(save_dir, ec);
-  if (ec || !is_directory(save_dir))
-    fail("checkpoint ", name, " was not saved: cannot create the directory ", save_dir, " (",
-         ec ? ec.message() : "a file is in the way", "); check checkpoint.save");
-  remove_leftovers(save_dir);
+  make_save_dir(save_dir, name);
+  remove_leftovers(save_dir, /*own=*/true);
 
   const std::string final_dir = join(save_dir, name);
   const std::string tmp = final_dir + kTmpMarker + std::to_string(::getpid());
@@ -387,22 +394,15 @@ int64_t write_sharded_checkpoint(const std::string& save_dir, int64_t keep_last,
                                  const ParamStore* model, const ParamStore* exp_avg, const ParamStore* exp_avg_sq) {
   const std::string name = checkpoint_dir_name(state.step);
   const bool leader = sharded.context.rank == 0;
-  std::error_code ec;
-  fs::create_directories(save_dir, ec);
-  if (ec || !is_directory(save_dir))
-    fail("checkpoint ", name, " was not saved: cannot create the directory ", save_dir, " (",
-         ec ? ec.message() : "a file is in the way", "); check checkpoint.save");
+  make_save_dir(save_dir, name);
   // Only temporaries of dead jobs: this job's other ranks may already be
   // writing their part of the next step.
-  if (leader)
-    for (const std::string& entry : list_dir(save_dir)) {
-      const pid_t pid = tmp_owner(entry);
-      if (pid != 0 && pid != ::getpid() && !process_alive(pid)) remove_tree(join(save_dir, entry));
-    }
+  if (leader) remove_leftovers(save_dir, /*own=*/false);
   const std::string final_dir = join(save_dir, name);
   const std::string tmp = final_dir + kTmpMarker + sharded.job_id;
   int64_t bytes = 0;
   try {
+    std::error_code ec;
     fs::create_directories(tmp, ec);
     if (ec) fail("cannot create ", tmp, ": ", ec.message());
     const std::map<std::string, std::string> provenance = {

@@ -45,17 +45,13 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU, groups_.expert_parallel.get(),
                                    zero_ ? 64 * L.world_size : 1);
   model_->init(config_.training.seed);
-  std::vector<FlatRange> owned;
   if (zero_) {
-    const ParamLayout& layout = model_->layout();
-    const int64_t dense_chunk = layout.dense_numel() / L.dp_size;
-    const int64_t expert_chunk = layout.expert_numel() / L.expert_dp_size;
-    dense_shard_ = {L.dp_rank * dense_chunk, (L.dp_rank + 1) * dense_chunk};
-    expert_shard_ = {layout.dense_numel() + L.expert_dp_rank * expert_chunk,
-                     layout.dense_numel() + (L.expert_dp_rank + 1) * expert_chunk};
-    owned = {dense_shard_, expert_shard_};
+    const std::vector<FlatRange> owned = shard_context(L.rank).owned;
+    dense_shard_ = owned[0];
+    expert_shard_ = owned[1];
   }
-  optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU, owned);
+  optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU,
+                                       shard_context(L.rank).owned);
   sharded_ = L.ep_size > 1 || zero_;
   restore();
   monitor_ = std::make_unique<Monitor>(config_.logging, config_.sparsity.target_ratio, config_.model.num_deco_layers(),
@@ -69,13 +65,17 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
         checkpoints_ = std::make_unique<CheckpointWriter>(config_.checkpoint.save, config_.checkpoint.keep_last);
     } else {
       ShardedSave sharded;
-      sharded.context = shard_context();
+      sharded.context = shard_context(L.rank);
       sharded.layout = &model_->layout();
       std::vector<int64_t> pid{L.rank == 0 ? static_cast<int64_t>(::getpid()) : 0};
       groups_.world->all_reduce_sum(pid);  // rank 0's pid names the job's temporary directories
       sharded.job_id = std::to_string(pid[0]);
-      for (int64_t r = 0; r < L.world_size; ++r)
-        if (r == 0 || zero_ || (r / L.ep_size == 0 && config_.model.num_experts > 0)) sharded.writers.push_back(r);
+      // The ranks with pieces to write: rank r's layout and context decide, as on rank r.
+      const int64_t region_multiple = zero_ ? 64 * L.world_size : 1;
+      for (int64_t r = 0; r < L.world_size; ++r) {
+        const ParamLayout layout_r(config_.model, L.ep_size, r % L.ep_size, region_multiple);
+        if (!ShardPieces(layout_r, shard_context(r)).empty()) sharded.writers.push_back(r);
+      }
       sharded.timeout_s = config_.parallel.distributed_timeout_minutes * 60.0;
       checkpoints_ = std::make_unique<CheckpointWriter>(config_.checkpoint.save, config_.checkpoint.keep_last,
                                                         std::move(sharded));
@@ -102,7 +102,7 @@ void Trainer::restore() {
                                  ? options_.load_weights + "/model.h5"
                                  : options_.load_weights;
     if (groups_.layout.ep_size > 1)  // this rank's experts only: its blocks of the file's tensors
-      load_pieces({path}, {}, model_->layout(), shard_context(), &model_->params(), nullptr, nullptr,
+      load_pieces({path}, {}, model_->layout(), shard_context(groups_.layout.rank), &model_->params(), nullptr, nullptr,
                   "check the weights file");
     else
       load_weights_h5(path, model_->params());
@@ -119,7 +119,7 @@ void Trainer::restore() {
   if (sharded_ || is_sharded_checkpoint(dir)) {
     // Pieces: whatever layout wrote it, this rank reads what it holds.
     const Tensor m = optimizer_->exp_avg_flat(), v = optimizer_->exp_avg_sq_flat();
-    loaded = load_checkpoint_pieces(dir, model_->layout(), shard_context(), &model_->params(), &m, &v);
+    loaded = load_checkpoint_pieces(dir, model_->layout(), shard_context(groups_.layout.rank), &model_->params(), &m, &v);
   } else {
     loaded = load_checkpoint(dir, {&model_->params(), &optimizer_->exp_avg(), &optimizer_->exp_avg_sq()});
   }
@@ -194,13 +194,23 @@ void Trainer::save_checkpoint() {
   last_saved_step_ = step_;
 }
 
-ShardContext Trainer::shard_context() const {
+ShardContext Trainer::shard_context(int64_t rank) const {
+  // Rank r's place by the rank-ordering rule (parallel/layout.h): its
+  // expert-data-parallel rank is r / ep_size, its data-parallel rank r.
   const ParallelLayout& L = groups_.layout;
+  const int64_t expert_dp_rank = rank / L.ep_size;
   ShardContext c;
-  c.rank = L.rank;
-  c.writes_dense = L.rank == 0;
-  c.writes_experts = L.expert_dp_rank == 0;
-  if (zero_) c.owned = {dense_shard_, expert_shard_};
+  c.rank = rank;
+  c.writes_dense = rank == 0;
+  c.writes_experts = expert_dp_rank == 0;
+  if (zero_) {  // equal shards of each region (padded to 64 x world by the layout)
+    const ParamLayout& layout = model_->layout();
+    const int64_t dense_chunk = layout.dense_numel() / L.dp_size;
+    const int64_t expert_chunk = layout.expert_numel() / L.expert_dp_size;
+    c.owned = {{rank * dense_chunk, (rank + 1) * dense_chunk},
+               {layout.dense_numel() + expert_dp_rank * expert_chunk,
+                layout.dense_numel() + (expert_dp_rank + 1) * expert_chunk}};
+  }
   return c;
 }
 

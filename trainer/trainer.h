@@ -90,7 +90,7 @@ class Trainer {
   // Ranks hold different parts (expert parallel or ZeRO-1): checkpoints are
   // written as pieces by every rank (trainer/checkpoint_shards.h).
   bool sharded_ = false;
-  ShardContext shard_context() const;
+  ShardContext shard_context(int64_t rank) const;  // what rank `rank` holds and writes
   FlatRange dense_shard_, expert_shard_;
   Buffer shard_scratch_;
 };

@@ -18,13 +18,7 @@ import sys
 
 import numpy as np
 
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
+from checks import FAILURES, check
 
 
 def run(args, **kw):

@@ -11,13 +11,7 @@ import shutil
 import subprocess
 import sys
 
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
+from checks import FAILURES, check
 
 
 def main():

@@ -21,14 +21,9 @@ import sys
 
 import numpy as np
 
-FAILURES = []
+from checks import FAILURES, check
+
 GPL3 = "/usr/share/common-licenses/GPL-3"
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
 
 
 def run(args):

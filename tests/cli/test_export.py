@@ -23,13 +23,7 @@ import h5py
 import numpy as np
 import yaml
 
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
+from checks import FAILURES, check
 
 
 def run(args):

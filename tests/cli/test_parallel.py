@@ -42,14 +42,9 @@ import time
 import h5py
 import numpy as np
 
-FAILURES = []
+from checks import FAILURES, check
+
 TOL = 1e-5
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
 
 
 def rows(run_dir):

@@ -19,13 +19,7 @@ import subprocess
 import sys
 import time
 
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
+from checks import FAILURES, check
 
 
 def rows(run_dir):

@@ -19,13 +19,7 @@ import sys
 
 import numpy as np
 
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
+from checks import FAILURES, check
 
 
 # metrics.jsonl key -> TensorBoard tag, for the scalar keys.

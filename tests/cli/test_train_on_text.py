@@ -20,14 +20,9 @@ import sys
 
 import numpy as np
 
-FAILURES = []
+from checks import FAILURES, check
+
 TEXT = "/usr/share/common-licenses/GPL-3"
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
 
 
 def deco(*args):
