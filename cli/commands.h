@@ -95,4 +95,12 @@ struct ImportArgs {
 };
 int import_weights(const ImportArgs& args);
 
+// deco report: <run_dir> (and --compare runs) to one self-contained HTML file.
+struct ReportArgs {
+  std::string run_dir;
+  std::vector<std::string> compare;
+  std::string out;                // default: <run_dir>/report.html
+};
+int report(const ReportArgs& args);
+
 }  // namespace deco::cli

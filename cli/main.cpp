@@ -147,6 +147,15 @@ int main(int argc, char** argv) {
   add_config_options(import_cmd, import_args.cfg);
   import_cmd->add_option("--out", import_args.out, "output weights .h5")->required();
 
+  deco::cli::ReportArgs report_args;
+  CLI::App* report_cmd = app.add_subcommand(
+      "report", "one self-contained HTML file of a run's loss, sparsity and throughput (docs/monitoring.md)");
+  report_cmd->add_option("run_dir", report_args.run_dir, "run directory (holds config.yaml and metrics.jsonl)")
+      ->required();
+  report_cmd->add_option("--compare", report_args.compare,
+                         "other run directories to overlay and tabulate (the dense twin, other scales)");
+  report_cmd->add_option("--out", report_args.out, "output .html file (default: RUN_DIR/report.html)");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train_cmd) return deco::cli::train(train);
@@ -159,6 +168,7 @@ int main(int argc, char** argv) {
     if (*tok_train_cmd) return deco::cli::tokenizer_train(tok_train);
     if (*export_cmd) return deco::cli::export_weights(export_args);
     if (*import_cmd) return deco::cli::import_weights(import_args);
+    if (*report_cmd) return deco::cli::report(report_args);
   } catch (const deco::Error& e) {
     return report_error(e.what(), 1);
   } catch (const std::exception& e) {  // internal errors carry their own "internal error at" text

@@ -13,5 +13,8 @@ const char* cpu_blas_name();
 // Host memory the kernel can still give this process (MemAvailable of
 // /proc/meminfo), in bytes; 0 when unknown.
 double host_memory_available_bytes();
+// The most memory this process has held so far: on the CPU backend its peak
+// resident set (getrusage's ru_maxrss), in bytes.
+int64_t peak_resident_bytes();
 
 }  // namespace deco

@@ -21,6 +21,7 @@ packages=(
   libprotobuf-dev protobuf-compiler         # TensorBoard event files (trainer/proto/event.proto)
   libboost-dev                              # their CRC32C (Boost.CRC)
   python3-protobuf python3-six python3-absl # what the tensorboard package's reader needs (its test)
+  chromium-headless-shell python3-pil       # deco report's test: a real browser renders it, PIL reads the screenshot
 )
 
 if command -v apt-get >/dev/null; then

@@ -61,6 +61,39 @@ MetricsLog::~MetricsLog() = default;
 
 const std::string& MetricsLog::tensorboard_path() const { return tensorboard_->path(); }
 
+namespace {
+
+std::string layer_tag(const StepMetrics& m, size_t i) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "layer_%02lld",
+                static_cast<long long>(i < m.deco_layer_index.size() ? m.deco_layer_index[i] : i));
+  return buf;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::vector<double>>> tensorboard_histograms(const StepMetrics& m) {
+  std::vector<std::pair<std::string, std::vector<double>>> h;
+  if (!m.activation_ratio_per_layer.empty())
+    h.emplace_back("sparsity/activation_ratio_per_layer", m.activation_ratio_per_layer);
+  for (size_t i = 0; i < m.expert_tokens_per_layer.size() && m.tokens_per_layer > 0; ++i) {
+    std::vector<double> share;
+    for (int64_t count : m.expert_tokens_per_layer[i])
+      share.push_back(static_cast<double>(count) / static_cast<double>(m.tokens_per_layer));
+    h.emplace_back("experts/" + layer_tag(m, i) + "/token_share", std::move(share));
+  }
+  return h;
+}
+
+const std::vector<double>& share_histogram_limits() {
+  static const std::vector<double> limits = [] {
+    std::vector<double> l;
+    for (int i = 0; i <= 100; ++i) l.push_back(i / 100.0);
+    return l;
+  }();
+  return limits;
+}
+
 std::vector<std::pair<std::string, double>> tensorboard_scalars(const StepMetrics& m) {
   std::vector<std::pair<std::string, double>> s = {
       {"train/lm_loss", m.lm_loss},
@@ -72,15 +105,11 @@ std::vector<std::pair<std::string, double>> tensorboard_scalars(const StepMetric
       {"train/tflops", m.tflops},
       {"train/data_wait_s", m.data_wait_s},
       {"train/skipped_steps", static_cast<double>(m.skipped_steps)},
+      {"train/peak_memory_gib", static_cast<double>(m.peak_memory_bytes) / (1024.0 * 1024.0 * 1024.0)},
   };
   if (m.val_loss) s.emplace_back("val/loss", *m.val_loss);
   if (m.activation_ratio) s.emplace_back("sparsity/activation_ratio", *m.activation_ratio);
-  auto layer = [&](size_t i) {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), "layer_%02lld",
-                  static_cast<long long>(i < m.deco_layer_index.size() ? m.deco_layer_index[i] : i));
-    return std::string(buf);
-  };
+  auto layer = [&](size_t i) { return layer_tag(m, i); };
   for (size_t i = 0; i < m.activation_ratio_per_layer.size(); ++i)
     s.emplace_back("sparsity/" + layer(i) + "/activation_ratio", m.activation_ratio_per_layer[i]);
   if (!m.expert_tokens_per_layer.empty()) {
@@ -123,6 +152,7 @@ void MetricsLog::write(const StepMetrics& m) {
   j["step_time_s"] = m.step_time_s;
   j["elapsed_s"] = m.elapsed_s;
   j["data_wait_s"] = m.data_wait_s;
+  j["peak_memory_bytes"] = m.peak_memory_bytes;
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   out_ << j.dump() << '\n';
   out_.flush();  // a crashed run keeps every finished step
@@ -130,6 +160,9 @@ void MetricsLog::write(const StepMetrics& m) {
 
   const double now = unix_time_now();
   for (const auto& [tag, value] : tensorboard_scalars(m)) tensorboard_->add_scalar(tag, m.step, value, now);
+  if (m.histograms)
+    for (const auto& [tag, values] : tensorboard_histograms(m))
+      tensorboard_->add_histogram(tag, m.step, values, share_histogram_limits(), now);
   tensorboard_->flush();
 }
 

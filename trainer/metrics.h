@@ -49,6 +49,12 @@ struct StepMetrics {
   double eta_s = 0.0;  // estimated time to train_iters, from this process's mean step time
   double data_wait_s = 0.0;  // time the step waited for its batches (0 when prefetching keeps up)
   std::optional<double> val_loss;
+  // Peak memory of this process so far: on the CPU backend its peak
+  // resident set (the host is the device), in bytes.
+  int64_t peak_memory_bytes = 0;
+  // Write this step's TensorBoard histograms too (the trainer sets it on log
+  // steps: histograms are larger than scalars).
+  bool histograms = false;
 };
 
 class TensorBoardWriter;
@@ -79,6 +85,15 @@ class MetricsLog {
 // train/..., val/loss when present, sparsity/... and experts/layer_LL/...
 // (LL: the model layer index, two digits).
 std::vector<std::pair<std::string, double>> tensorboard_scalars(const StepMetrics& m);
+
+// The TensorBoard histograms of a step, (tag, values): per DECO layer the
+// share of the tokens each expert received (experts/layer_LL/token_share,
+// one value per expert), and the activation ratio of every DECO layer
+// (sparsity/activation_ratio_per_layer). Empty for dense models.
+std::vector<std::pair<std::string, std::vector<double>>> tensorboard_histograms(const StepMetrics& m);
+// Their bucket limits: shares and ratios lie in [0, 1], buckets 0.01 wide
+// (the first, up to 0, counts the experts with no token).
+const std::vector<double>& share_histogram_limits();
 
 // The console line, Megatron-like.
 std::string format_console_line(const StepMetrics& m, bool per_layer);

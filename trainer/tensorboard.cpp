@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/crc.hpp>
+#include <limits>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -79,6 +81,41 @@ void TensorBoardWriter::add_scalar(const std::string& tag, int64_t step, double 
   auto* v = event.mutable_summary()->add_value();
   v->set_tag(tag);
   v->set_simple_value(static_cast<float>(value));
+  write_record(event.SerializeAsString());
+}
+
+void TensorBoardWriter::add_histogram(const std::string& tag, int64_t step, const std::vector<double>& values,
+                                      const std::vector<double>& limits, double wall_time) {
+  DECO_ASSERT(std::is_sorted(limits.begin(), limits.end()), "histogram limits must ascend");
+  std::vector<double> bounds = limits;
+  bounds.push_back(std::numeric_limits<double>::max());
+  std::vector<double> counts(bounds.size(), 0.0);
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo, sum = 0, sum_sq = 0;
+  for (double v : values) {
+    // The first bucket whose upper bound is >= v: (limit[i-1], limit[i]].
+    counts[static_cast<size_t>(std::lower_bound(bounds.begin(), bounds.end(), v) - bounds.begin())] += 1;
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+    sum += v;
+    sum_sq += v * v;
+  }
+  tensorflow::Event event;
+  event.set_wall_time(wall_time);
+  event.set_step(step);
+  auto* v = event.mutable_summary()->add_value();
+  v->set_tag(tag);
+  auto* h = v->mutable_histo();
+  h->set_min(values.empty() ? 0.0 : lo);
+  h->set_max(values.empty() ? 0.0 : hi);
+  h->set_num(static_cast<double>(values.size()));
+  h->set_sum(sum);
+  h->set_sum_squares(sum_sq);
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    // Of a run of empty buckets keep only the last (its limit closes the run).
+    if (counts[i] == 0 && i + 1 < bounds.size() && counts[i + 1] == 0) continue;
+    h->add_bucket_limit(bounds[i]);
+    h->add_bucket(counts[i]);
+  }
   write_record(event.SerializeAsString());
 }
 

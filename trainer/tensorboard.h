@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 namespace deco {
 
@@ -31,6 +32,12 @@ class TensorBoardWriter {
   // One Event: `value` (stored as float32) under `tag` at `step`;
   // wall_time in seconds since the Unix epoch.
   void add_scalar(const std::string& tag, int64_t step, double value, double wall_time);
+  // One histogram Event of `values` under `tag` at `step`, bucketed by
+  // `limits` (ascending upper bounds; a last bucket up to DBL_MAX catches
+  // the rest). Runs of empty buckets are merged into one, as TensorFlow's
+  // writer does; TensorBoard re-bins for display anyway.
+  void add_histogram(const std::string& tag, int64_t step, const std::vector<double>& values,
+                     const std::vector<double>& limits, double wall_time);
   // A restart at `step` (a resumed run): TensorBoard then drops the earlier
   // files' events from that step on, which the failed run wrote after the
   // checkpoint it resumes from.

@@ -488,11 +488,13 @@ StepMetrics Trainer::train_step() {
     m.val_loss = evaluate();
     elapsed_s_ += seconds_since(eval_start);
   }
+  m.peak_memory_bytes = peak_resident_bytes();
+  const bool log_line = step_ % t.log_interval == 0 || step_ == 1 || step_ == t.train_iters || m.val_loss;
+  m.histograms = log_line;
   if (groups_.layout.rank == 0) {
     metrics_->write(m);
     if (options_.console) {
       std::ostream& out = *options_.console;
-      const bool log_line = step_ % t.log_interval == 0 || step_ == 1 || step_ == t.train_iters || m.val_loss;
       // On a terminal the progress bar lives on the last line: cleared
       // before anything else is printed, redrawn after.
       if (bar_shown_ && (log_line || !warnings.empty())) out << "\r\033[K";

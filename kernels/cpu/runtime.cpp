@@ -1,6 +1,7 @@
 #include "kernels/runtime.h"
 
 #include <cblas.h>
+#include <sys/resource.h>
 
 #include <fstream>
 #include <string>
@@ -39,6 +40,12 @@ double host_memory_available_bytes() {
   while (meminfo >> key >> kib >> unit)
     if (key == "MemAvailable:") return kib * 1024.0;
   return 0.0;
+}
+
+int64_t peak_resident_bytes() {
+  rusage usage{};
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
 }  // namespace deco

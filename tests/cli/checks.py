@@ -1,5 +1,7 @@
-"""What every command-line test shares: one "ok"/"FAIL" line per check, and
-the list of failures the test's exit status comes from."""
+"""What every command-line test shares: one "ok"/"FAIL" line per check, the
+list of failures the test's exit status comes from, and how a user error
+must look."""
+import subprocess
 
 FAILURES = []
 
@@ -8,3 +10,20 @@ def check(cond, what):
     print(("ok   " if cond else "FAIL ") + what)
     if not cond:
         FAILURES.append(what)
+
+
+def run_deco(deco, args, **kw):
+    """`deco ARGS`, output captured as text."""
+    return subprocess.run([deco] + list(args), capture_output=True, text=True, **kw)
+
+
+def expect_error(deco, args, must_contain, what, only_line=True):
+    """A user error: exit code 1 (not a crash) and an "error: ..." line naming
+    the thing: the only line on stderr, or (only_line=False, for commands
+    that log progress first) the last one."""
+    r = run_deco(deco, args)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    ok = (r.returncode == 1 and len(lines) >= 1 and (len(lines) == 1 or not only_line)
+          and lines[-1].startswith("error: ") and all(s in lines[-1] for s in must_contain))
+    check(ok, f"{what}: exit {r.returncode}, stderr {r.stderr.strip()!r}")
+    return r

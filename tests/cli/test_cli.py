@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+import checks
 from checks import FAILURES, check
 
 
@@ -26,12 +27,7 @@ def run(args, **kw):
 
 
 def expect_error(args, must_contain, what):
-    """A user error: exit code 1 (not a crash), one line on stderr naming the thing."""
-    r = run(args)
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    ok = (r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ")
-          and all(s in lines[0] for s in must_contain))
-    check(ok, f"{what}: exit {r.returncode}, stderr {r.stderr.strip()!r}")
+    return checks.expect_error(DECO, args, must_contain, what, only_line=True)
 
 
 def test_info(src):

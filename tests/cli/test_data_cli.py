@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+import checks
 from checks import FAILURES, check
 
 GPL3 = "/usr/share/common-licenses/GPL-3"
@@ -31,12 +32,7 @@ def run(args):
 
 
 def expect_error(args, must_contain, what):
-    """A user error: exit code 1 (not a crash) and a last stderr line "error: ..." naming the thing."""
-    r = run(args)
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    ok = (r.returncode == 1 and len(lines) >= 1 and lines[-1].startswith("error: ")
-          and all(s in lines[-1] for s in must_contain))
-    check(ok, f"{what}: exit {r.returncode}, stderr {r.stderr.strip()!r}")
+    return checks.expect_error(DECO, args, must_contain, what, only_line=False)
 
 
 def paragraphs():

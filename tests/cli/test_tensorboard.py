@@ -77,7 +77,7 @@ def main():
     check(len(events) > 0 and events[0].file_version == "brain.Event:2",
           "the first event is file_version brain.Event:2")
 
-    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     series = {t: {e.step: e.value for e in acc.Scalars(t)} for t in tags}
@@ -88,6 +88,7 @@ def main():
         for key, tag in SCALARS.items():
             if row.get(key) is not None:
                 expected[(tag, step)] = row[key]
+        expected[("train/peak_memory_gib", step)] = row["peak_memory_bytes"] / 2**30
         layers = row["deco_layers"]
         for key, fmt in PER_LAYER.items():
             for layer, v in zip(layers, row.get(key, [])):
@@ -112,6 +113,35 @@ def main():
             check(fmt.format(layer) in tags, f"tag {fmt.format(layer)}")
     check(any(r.get("val_loss") is not None for r in rows) and "val/loss" in tags, "val/loss on evaluation steps")
     check(all(t in tags for t in SCALARS.values()), "every train/ tag")
+    check(all(0 < r["peak_memory_bytes"] < 2**34 for r in rows), "peak memory in bytes (a tiny run: under 16 GiB)")
+
+    # Histograms on log steps (log_interval 20: steps 1, 20, 30 and the
+    # evaluation steps): per layer each expert's share of the step's tokens,
+    # and the spread of the activation ratio over layers.
+    tokens = 16 * 128  # global batch x sequence length of configs/tiny.yaml
+    log_steps = sorted({1, 20, 30} | {r["step"] for r in rows if r.get("val_loss") is not None})
+    hist_tags = set(acc.Tags()["histograms"])
+    want = {"sparsity/activation_ratio_per_layer"} | {f"experts/layer_{l:02d}/token_share" for l in layers}
+    check(hist_tags == want, f"histogram tags {sorted(hist_tags)}")
+    by_step = {r["step"]: r for r in rows}
+    for tag in sorted(want & hist_tags):
+        events = acc.Histograms(tag)
+        check([e.step for e in events] == log_steps, f"{tag} on the log steps {log_steps}: {[e.step for e in events]}")
+        for e in events:
+            row, h = by_step[e.step], e.histogram_value
+            if tag.startswith("experts/"):
+                i = layers.index(int(tag.split("/")[1][len("layer_"):]))
+                values = [c / tokens for c in row["expert_tokens_per_layer"][i]]
+            else:
+                values = row["activation_ratio_per_layer"]
+            ok = (h.num == len(values) and abs(h.sum - sum(values)) < 1e-9 and h.min == min(values)
+                  and h.max == max(values) and sum(h.bucket) == len(values)
+                  and list(h.bucket_limit) == sorted(h.bucket_limit))
+            # Every value lies in its bucket (previous limit, limit].
+            edges = [-np.inf] + list(h.bucket_limit)
+            placed = [sum(1 for v in values if edges[k] < v <= edges[k + 1]) for k in range(len(h.bucket))]
+            check(ok and placed == list(h.bucket),
+                  f"{tag} step {e.step}: num {h.num}, sum {h.sum}, buckets {list(h.bucket)} of {values}")
 
     # A resumed run in the same directory: its event file starts with a
     # restart marker, so TensorBoard drops what the first run logged after
