@@ -2,7 +2,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <utility>
+
+#include "core/caching_allocator.h"
 
 #ifdef DECO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -158,6 +161,33 @@ static void cuda_check(cudaError_t status, const char* what, size_t bytes) {
     fail("CUDA ", what, " of ", bytes, " bytes failed: ", cudaGetErrorString(status),
          ". Check that a GPU is visible (nvidia-smi) and has enough free memory.");
 }
+CachingAllocator* cuda_caching_allocator() {
+  // Created on first use for the device current then (one GPU per process:
+  // parallel/launch.cpp selects it before anything is allocated), and never
+  // destroyed: at exit the CUDA context goes away with its memory, and
+  // cudaFree from a static destructor could run after the runtime's teardown.
+  static CachingAllocator* allocator = [] {
+    int device = 0;
+    cudaGetDevice(&device);
+    return new CachingAllocator(
+        [](size_t bytes) -> void* {
+          void* ptr = nullptr;
+          const cudaError_t status = cudaMalloc(&ptr, bytes);
+          if (status == cudaErrorMemoryAllocation) {
+            cudaGetLastError();  // clear it: the allocator frees its cache and retries, or reports
+            return nullptr;
+          }
+          cuda_check(status, "cudaMalloc", bytes);
+          return ptr;
+        },
+        [](void* ptr) { cudaFree(ptr); },
+        "GPU " + std::to_string(device),
+        "lower training.micro_batch_size (gradient accumulation keeps the global batch), or spread the "
+        "optimizer state over the data-parallel ranks with parallel.use_distributed_optimizer.");
+  }();
+  return allocator;
+}
+
 bool cuda_built() { return true; }
 int cuda_device_count() {
   int count = 0;
@@ -168,6 +198,7 @@ int cuda_device_count() {
   return count;
 }
 #else
+CachingAllocator* cuda_caching_allocator() { return nullptr; }
 bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
 [[noreturn]] static void no_cuda() {
@@ -184,9 +215,7 @@ void* device_alloc(Device device, size_t bytes) {
     return ptr;
   }
 #ifdef DECO_WITH_CUDA
-  void* ptr = nullptr;
-  cuda_check(cudaMalloc(&ptr, bytes), "cudaMalloc", bytes);
-  return ptr;
+  return cuda_caching_allocator()->allocate(bytes);  // tagged with the thread's MemoryCategoryScope
 #else
   no_cuda();
 #endif
@@ -198,7 +227,7 @@ void device_free(Device device, void* ptr) {
     return;
   }
 #ifdef DECO_WITH_CUDA
-  cudaFree(ptr);  // never throws from a destructor path; errors surface on the next checked call
+  cuda_caching_allocator()->free(ptr);  // back to the cache: no cudaFree, no device synchronization
 #endif
 }
 

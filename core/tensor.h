@@ -131,7 +131,11 @@ class Buffer {
   size_t capacity_bytes_ = 0;
 };
 
-// Raw memory for a device; the CPU side is 64-byte aligned for SIMD.
+class CachingAllocator;
+
+// Raw memory for a device; the CPU side is 64-byte aligned for SIMD. CUDA
+// memory comes from the caching allocator (core/caching_allocator.h), tagged
+// with the calling thread's MemoryCategoryScope.
 void* device_alloc(Device device, size_t bytes);
 void device_free(Device device, void* ptr);
 void device_memset_zero(Device device, void* ptr, size_t bytes);
@@ -141,5 +145,8 @@ void device_copy(Device dst_device, void* dst, Device src_device, const void* sr
 bool cuda_built();
 // Number of visible CUDA devices; 0 without the CUDA backend, a driver or a GPU.
 int cuda_device_count();
+// The allocator behind every CUDA buffer of this process (its stats are the
+// device-memory report); nullptr in a CPU-only build.
+CachingAllocator* cuda_caching_allocator();
 
 }  // namespace deco

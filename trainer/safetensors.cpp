@@ -238,26 +238,6 @@ bool parse_st_dtype(const std::string& name, StDtype* out) {
   return false;
 }
 
-uint16_t float_to_bf16_bits(float value) {
-  uint32_t u;
-  std::memcpy(&u, &value, sizeof u);
-  // A NaN whose payload sits only in the low 16 bits would truncate to Inf;
-  // setting the top mantissa bit keeps it a (quiet) NaN.
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  // Adding 0x7fff rounds up exactly the values above the halfway point; the
-  // extra 1 when the kept part is odd sends ties to the even neighbour.
-  // Overflow past the largest finite value carries into the exponent: Inf.
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float bf16_bits_to_float(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
 float f16_bits_to_float(uint16_t bits) {
   const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
   const uint32_t exponent = (bits >> 10) & 0x1fu;

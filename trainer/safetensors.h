@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
+
 namespace deco {
 
 // The element types safetensors defines, by their names in the header.
@@ -99,11 +101,7 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// bfloat16 from float32 by round to nearest, ties to even (what PyTorch's
-// .to(torch.bfloat16) and the CUDA intrinsics do); a NaN stays a NaN (quiet,
-// sign kept) instead of rounding its payload into Inf.
-uint16_t float_to_bf16_bits(float value);
-float bf16_bits_to_float(uint16_t bits);     // exact
+// float_to_bf16_bits and bf16_bits_to_float: core/bf16.h.
 float f16_bits_to_float(uint16_t bits);      // exact, subnormals, Inf and NaN included
 
 }  // namespace deco

@@ -241,6 +241,14 @@ void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool 
   DECO_ASSERT(m == C.rows && n == C.cols && k == kb, "gemm shapes: C ", C.rows, "x", C.cols,
               " = op(A) ", m, "x", k, " @ op(B) ", kb, "x", n);
   if (C.rows == 0 || C.cols == 0) return;
+  if (C.device == Device::CUDA) {
+#ifdef DECO_WITH_CUDA
+    cuda::gemm(C, A, trans_a, B, trans_b, alpha, beta);
+    return;
+#else
+    detail::no_cuda_kernel(__func__);
+#endif
+  }
   if (k == 0) {  // BLAS leaves C untouched for k = 0 only when beta = 1; make it exact
     dispatch_float(C.dtype, [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -251,14 +259,6 @@ void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool 
         }
     });
     return;
-  }
-  if (C.device == Device::CUDA) {
-#ifdef DECO_WITH_CUDA
-    cuda::gemm(C, A, trans_a, B, trans_b, alpha, beta);
-    return;
-#else
-    detail::no_cuda_kernel(__func__);
-#endif
   }
   dispatch_float(C.dtype, [&](auto tag) {
     gemm_cpu<decltype(tag)>(C, A, trans_a, B, trans_b, alpha, beta);

@@ -1,4 +1,4 @@
-// CUDA: device query, axpy, GEMM through cuBLAS, embedding lookup.
+// CUDA: axpy, GEMM (float64 through cuBLAS here; float32 and bfloat16 in gemm_lt.cu), embedding lookup.
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
@@ -45,22 +45,20 @@ void axpy(const Tensor& y, const Tensor& x, double alpha) {
 
 void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b,
           double alpha, double beta) {
+  if (C.dtype != DType::F64) {  // float32 and bfloat16: cuBLASLt (gemm_lt.cu)
+    gemm_lt(C, A, trans_a, B, trans_b, static_cast<float>(alpha), static_cast<float>(beta));
+    return;
+  }
   // cuBLAS is column-major: the row-major C = op(A) op(B) is the
   // column-major C^T = op(B)^T op(A)^T, so B and A swap places.
   const int m = static_cast<int>(C.rows), n = static_cast<int>(C.cols);
   const int k = static_cast<int>(trans_a ? A.rows : A.cols);
+  if (k == 0) fail("a float64 GEMM with k = 0 on the GPU is not supported; the GPU path runs float32 or bfloat16.");
   const cublasOperation_t ob = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t oa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  if (C.dtype == DType::F32) {
-    const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
-    DECO_CUBLAS_CHECK(cublasSgemm(blas_handle(), ob, oa, n, m, k, &a, B.data<float>(),
-                                  static_cast<int>(B.ld), A.data<float>(), static_cast<int>(A.ld),
-                                  &b, C.data<float>(), static_cast<int>(C.ld)));
-  } else {
-    DECO_CUBLAS_CHECK(cublasDgemm(blas_handle(), ob, oa, n, m, k, &alpha, B.data<double>(),
-                                  static_cast<int>(B.ld), A.data<double>(), static_cast<int>(A.ld),
-                                  &beta, C.data<double>(), static_cast<int>(C.ld)));
-  }
+  DECO_CUBLAS_CHECK(cublasDgemm(blas_handle(), ob, oa, n, m, k, &alpha, B.data<double>(), static_cast<int>(B.ld),
+                                A.data<double>(), static_cast<int>(A.ld), &beta, C.data<double>(),
+                                static_cast<int>(C.ld)));
 }
 
 void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) {

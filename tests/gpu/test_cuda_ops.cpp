@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime.h>
+
+#include "core/bf16.h"
+#include "core/caching_allocator.h"
 #include "core/rng.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/ops.h"
@@ -49,6 +53,60 @@ void expect_close(const std::string& what, const Tensor& cpu, const Tensor& gpu_
   const double rel = std::sqrt(num / (den > 0 ? den : 1.0));
   std::printf("%-28s rel err %.3e %s\n", what.c_str(), rel, rel <= tol ? "ok" : "FAIL");
   if (!(rel <= tol)) ++failures;
+}
+
+// A float32 host buffer's values in bfloat16 (host), and the float32 values
+// those bf16 numbers are exactly (what a bf16 GEMM really multiplies).
+Buffer to_bf16(const Buffer& f32) {
+  Buffer b(DType::BF16, Device::CPU, f32.shape());
+  auto* bits = static_cast<uint16_t*>(b.tensor().raw());
+  for (int64_t i = 0; i < f32.numel(); ++i) bits[i] = float_to_bf16_bits(f32.data<float>()[i]);
+  return b;
+}
+Buffer bf16_values(const Buffer& bf16) {
+  Buffer f(DType::F32, Device::CPU, bf16.shape());
+  const auto* bits = static_cast<const uint16_t*>(bf16.tensor().raw());
+  for (int64_t i = 0; i < f.numel(); ++i) f.data<float>()[i] = bf16_bits_to_float(bits[i]);
+  return f;
+}
+
+// cuBLASLt GEMMs (gemm_lt.cu) against the CPU's float32 GEMM on the same
+// (bf16-representable) inputs, every transposition, an expert's column block
+// (an offset pointer: 128-byte alignment), bf16 and fp32 outputs, beta != 0.
+// Tolerances: fp32 output 1e-5 (float32 accumulation in another order);
+// bf16 output 4e-3 (one bf16 rounding of the result, 2^-8 relative).
+void test_gemm_lt() {
+  const int64_t M = 257, K = 320, N = 192;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      Buffer a32 = random_host(ta ? Shape{K, M} : Shape{M, K}, 21 + ta);
+      // B is a column block [.., 64 : 64 + cols) of a wider matrix, as one expert's weights are.
+      const int64_t b_rows = tb ? N : K, b_cols = tb ? K : N, wide = b_cols + 128;
+      Buffer bwide32 = random_host({b_rows, wide}, 31 + tb);
+      Buffer a_vals = bf16_values(to_bf16(a32)), bw_vals = bf16_values(to_bf16(bwide32));
+      Buffer c0 = random_host({M, N}, 41);
+      for (DType out : {DType::F32, DType::BF16}) {
+        for (DType in : {DType::F32, DType::BF16}) {
+          if (in == DType::F32 && out == DType::BF16) continue;  // not a combination the model uses
+          const double beta = out == DType::BF16 ? 0.0 : 0.5;
+          Buffer ref(DType::F32, Device::CPU, {M, N});  // zero-filled
+          if (beta != 0.0) ops::copy(ref, c0);
+          ops::gemm(ref.tensor().matrix(), a_vals.tensor().matrix(), ta, bw_vals.tensor().matrix().col_block(64, 64 + b_cols),
+                    tb, 1.0, beta);
+          Buffer a_d = in == DType::BF16 ? to_device(to_bf16(a32)) : to_device(a_vals);
+          Buffer b_d = in == DType::BF16 ? to_device(to_bf16(bwide32)) : to_device(bw_vals);
+          Buffer c_d = out == DType::BF16 ? to_device(to_bf16(c0)) : to_device(c0);
+          ops::gemm(c_d.tensor().matrix(), a_d.tensor().matrix(), ta, b_d.tensor().matrix().col_block(64, 64 + b_cols), tb,
+                    1.0, beta);
+          Buffer got = out == DType::BF16 ? bf16_values(to_host(c_d)) : to_host(c_d);
+          char name[64];
+          std::snprintf(name, sizeof(name), "gemm_lt %s->%s ta%d tb%d", in == DType::BF16 ? "bf16" : "f32",
+                        out == DType::BF16 ? "bf16" : "f32", ta, tb);
+          expect_close(name, ref, got, out == DType::BF16 ? 4e-3 : 1e-5);
+        }
+      }
+    }
+  std::printf("%-28s %zu cached plans\n", "gemm_lt plans", cuda::gemm_lt_cached_plans());
 }
 
 }  // namespace
@@ -108,6 +166,45 @@ int main() {
     ops::axpy(y, out, 0.5);
     ops::axpy(y_d, out_d, 0.5);
     expect_close("axpy", y, to_host(y_d), 0.0);
+  }
+  test_gemm_lt();
+  {  // The caching allocator on the device: reserved is what cudaMalloc really took, and a
+     // training step's allocation pattern repeated reaches cudaMalloc only the first time.
+    CachingAllocator& a = *cuda_caching_allocator();
+    cudaDeviceSynchronize();
+    a.release_cached();
+    size_t free0 = 0, total = 0, free1 = 0, free2 = 0;
+    cudaMemGetInfo(&free0, &total);
+    const AllocatorStats s0 = a.stats();
+    const int64_t sizes[] = {1000, 300000, 5 << 20, 64 << 20, 7, 123456789};
+    int64_t raw_after_first = 0;
+    for (int step = 0; step < 4; ++step) {
+      MemoryCategoryScope scope(MemoryCategory::Activations);
+      std::vector<Buffer> live;
+      for (int64_t n : sizes) live.emplace_back(DType::F32, Device::CUDA, Shape{n});
+      if (step == 0) {
+        cudaMemGetInfo(&free1, &total);
+        const AllocatorStats s = a.stats();
+        const double taken = static_cast<double>(free0) - static_cast<double>(free1);
+        const double reserved = static_cast<double>(s.reserved - s0.reserved);
+        const bool ok = std::abs(taken - reserved) <= 4.0 * (1 << 20) &&
+                        s.by_category[size_t(MemoryCategory::Activations)] >= 4 * 123456789ull;
+        std::printf("%-28s device %.1f MiB, reserved %.1f MiB %s\n", "allocator reserved", taken / (1 << 20),
+                    reserved / (1 << 20), ok ? "ok" : "FAIL");
+        if (!ok) ++failures;
+        raw_after_first = s.raw_allocations;
+      }
+    }
+    const bool reused = a.stats().raw_allocations == raw_after_first;
+    std::printf("%-28s %lld device mallocs after the first step %s\n", "allocator reuse",
+                static_cast<long long>(a.stats().raw_allocations - raw_after_first), reused ? "ok" : "FAIL");
+    if (!reused) ++failures;
+    a.release_cached();
+    cudaMemGetInfo(&free2, &total);
+    const bool returned = free2 + (4u << 20) >= free0;
+    std::printf("%-28s %s\n", "allocator release_cached", returned ? "ok" : "FAIL");
+    if (!returned) ++failures;
+    std::printf("%s", memory_report(a.stats(), total).c_str());
   }
   std::printf("%s\n", failures ? "GPU tests FAILED" : "all GPU tests passed");
   return failures ? 1 : 0;
