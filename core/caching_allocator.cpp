@@ -170,22 +170,21 @@ void CachingAllocator::free(void* ptr) {
   b->requested = 0;
   FreeSet& pool = b->small ? small_free_ : large_free_;
   // Merge with free neighbours of the same segment.
+  auto absorb = [](Block* left, Block* right) {  // right, left's free neighbour, joins left
+    left->size += right->size;
+    left->next = right->next;
+    if (right->next) right->next->prev = left;
+    delete right;
+  };
   if (b->prev && b->prev->free) {
     Block* p = b->prev;
     pool.erase(p);
-    p->size += b->size;
-    p->next = b->next;
-    if (b->next) b->next->prev = p;
-    delete b;
+    absorb(p, b);
     b = p;
   }
   if (b->next && b->next->free) {
-    Block* n = b->next;
-    pool.erase(n);
-    b->size += n->size;
-    b->next = n->next;
-    if (n->next) n->next->prev = b;
-    delete n;
+    pool.erase(b->next);
+    absorb(b, b->next);
   }
   pool.insert(b);
 }

@@ -46,6 +46,26 @@ Series step_series(const std::string& label, const std::string& color, std::vect
   return s;
 }
 
+LineChart chart(const char* id, const char* title, const char* x_label, const char* y_label, bool si_x = false) {
+  LineChart c;
+  c.id = id;
+  c.title = title;
+  c.x_label = x_label;
+  c.y_label = y_label;
+  c.si_x = si_x;
+  return c;
+}
+
+// The runs in order of non-embedding parameters (the order of a scaling table).
+std::vector<const RunHistory*> by_size(const std::vector<RunHistory>& runs) {
+  std::vector<const RunHistory*> sorted;
+  for (const auto& r : runs) sorted.push_back(&r);
+  std::stable_sort(sorted.begin(), sorted.end(), [](const RunHistory* a, const RunHistory* b) {
+    return a->non_embedding_params < b->non_embedding_params;
+  });
+  return sorted;
+}
+
 std::string run_label(const RunHistory& r) { return r.name + (r.deco ? "" : " (dense)"); }
 
 std::string model_summary(const RunHistory& r) {
@@ -88,11 +108,7 @@ void summary_table(std::ostringstream& html, const std::vector<RunHistory>& runs
 
 // Final loss against non-embedding parameters, one series per model kind.
 void scaling_section(std::ostringstream& html, const std::vector<RunHistory>& runs) {
-  std::vector<const RunHistory*> sorted;
-  for (const auto& r : runs) sorted.push_back(&r);
-  std::stable_sort(sorted.begin(), sorted.end(), [](const RunHistory* a, const RunHistory* b) {
-    return a->non_embedding_params < b->non_embedding_params;
-  });
+  const std::vector<const RunHistory*> sorted = by_size(runs);
   html << "<h2 id=\"scaling\">Scaling: final loss against non-embedding parameters</h2>\n"
        << "<table class=\"summary\">\n<thead><tr><th>run</th><th>kind</th><th>non-embedding params</th>"
           "<th>tokens</th><th>final train loss</th><th>last val loss</th><th>final activation ratio</th>"
@@ -105,13 +121,8 @@ void scaling_section(std::ostringstream& html, const std::vector<RunHistory>& ru
          << td(format_number(std::round(r->mean_tokens_per_second()))) << "</tr>\n";
   html << "</tbody></table>\n";
 
-  LineChart c;
-  c.id = "scaling";
-  c.title = "Final loss vs non-embedding parameters";
-  c.x_label = "non-embedding parameters";
-  c.y_label = "loss";
+  LineChart c = chart("scaling", "Final loss vs non-embedding parameters", "non-embedding parameters", "loss", true);
   c.log_x = true;
-  c.si_x = true;
   const struct { bool deco; const char* label; size_t color; } kinds[] = {{true, "DECO", 0}, {false, "dense", 1}};
   for (const auto& k : kinds) {
     Series train, val;
@@ -230,11 +241,7 @@ nav a { margin-right: 12px; font-size: 13px; }
 }  // namespace
 
 std::string text_summary(const std::vector<RunHistory>& runs) {
-  std::vector<const RunHistory*> sorted;
-  for (const auto& r : runs) sorted.push_back(&r);
-  std::stable_sort(sorted.begin(), sorted.end(), [](const RunHistory* a, const RunHistory* b) {
-    return a->non_embedding_params < b->non_embedding_params;
-  });
+  const std::vector<const RunHistory*> sorted = by_size(runs);
   std::vector<std::vector<std::string>> rows = {{"run", "kind", "non-emb params", "steps", "tokens",
                                                  "final train loss", "last val loss", "act ratio", "tokens/s"}};
   for (const RunHistory* r : sorted)
@@ -277,12 +284,7 @@ std::string html_report(const std::vector<RunHistory>& runs) {
 
   // Loss against tokens: train lines, validation points.
   std::string note;
-  LineChart loss;
-  loss.id = "loss";
-  loss.title = "Loss vs tokens";
-  loss.x_label = "tokens";
-  loss.y_label = "cross-entropy";
-  loss.si_x = true;
+  LineChart loss = chart("loss", "Loss vs tokens", "tokens", "cross-entropy", true);
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& r = runs[i];
     loss.series.push_back(step_series(run_label(r) + " train", palette_color(i), r.tokens, r.lm_loss, &note));
@@ -301,23 +303,14 @@ std::string html_report(const std::vector<RunHistory>& runs) {
   figure(html, render(loss), "Training loss (lines) and validation loss (dots) against consumed tokens" +
                                  (note.empty() ? std::string(".") : "; " + note + "."));
 
-  LineChart lr;
-  lr.id = "lr";
-  lr.title = "Learning rate";
-  lr.x_label = "step";
-  lr.y_label = "learning rate";
+  LineChart lr = chart("lr", "Learning rate", "step", "learning rate");
   for (size_t i = 0; i < runs.size(); ++i)
     lr.series.push_back(step_series(run_label(runs[i]), palette_color(i), runs[i].step, runs[i].lr));
   figure(html, render(lr), "");
 
   // Sparsity.
   html << "<h2 id=\"sparsity\">Sparsity</h2>\n";
-  LineChart ratio;
-  ratio.id = "activation-ratio";
-  ratio.title = "Routed-expert activation ratio";
-  ratio.x_label = "tokens";
-  ratio.y_label = "activation ratio";
-  ratio.si_x = true;
+  LineChart ratio = chart("activation-ratio", "Routed-expert activation ratio", "tokens", "activation ratio", true);
   std::set<double> targets;
   for (size_t i = 0; i < runs.size(); ++i) {
     if (!runs[i].deco) continue;
@@ -333,11 +326,7 @@ std::string html_report(const std::vector<RunHistory>& runs) {
 
   // Throughput.
   html << "<h2 id=\"throughput\">Throughput</h2>\n";
-  LineChart tps;
-  tps.id = "tokens-per-second";
-  tps.title = "Tokens per second";
-  tps.x_label = "step";
-  tps.y_label = "tokens/s";
+  LineChart tps = chart("tokens-per-second", "Tokens per second", "step", "tokens/s");
   for (size_t i = 0; i < runs.size(); ++i)
     tps.series.push_back(
         step_series(run_label(runs[i]), palette_color(i), runs[i].step, runs[i].tokens_per_second));
