@@ -1,7 +1,10 @@
-// CUDA implementations of ops from kernels/ops.h. Only the ops listed here
-// have one so far; the dispatcher refuses device tensors for the others
-// with a clear message (see DECO_REQUIRE_CPU). The GPU backend issues grow
-// this list to the whole model in bf16.
+// CUDA implementations of the ops of kernels/ops.h, with the same
+// signatures and semantics (shapes, "=" and "+=", return values on the
+// host); kernels/cpu/*.cpp dispatch device tensors here. float32 unless a
+// function says more. Files: basic.cu (elementwise, reductions, gather and
+// scatter, embedding), gemm_lt.cu (GEMMs), norm_ffn.cu (RMSNorm, SwiGLU),
+// attention.cu (RoPE, attention), deco_layer.cu (routing, regularizers,
+// NormSiLU), loss.cu (LM head + cross-entropy), adamw.cu.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,5 +31,54 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up);
 void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                      const Tensor& up);
+
+// ---- basics (basic.cu)
+void zero(const Tensor& x);
+void scale(const Tensor& x, double alpha);
+double sum_squares(const Tensor& x);
+void row_mean(const Tensor& out, const Tensor& x);
+void col_mean(const Tensor& out, const Tensor& x);
+void row_dot(const Tensor& out, const Tensor& a, const Tensor& b);
+void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s);
+void add_to_rows(const Tensor& m, const Tensor& v, double alpha);
+void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s);
+void mul(const Tensor& out, const Tensor& a, const Tensor& b);
+// dst = src with a dtype conversion (float32 <-> bfloat16 <-> float64), both on the device.
+void convert(const Tensor& dst, const Tensor& src);
+void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index);
+void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index);
+void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens);
+
+// ---- RoPE and attention (attention.cu)
+void rope_forward(const Tensor& x, const Tensor& table, int64_t seq);
+void rope_backward(const Tensor& dx, const Tensor& table, int64_t seq);
+// saved: the row log-sum-exp [B, heads, S] (ops::attention_saved_shape(Device::CUDA, ...)).
+void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const ops::AttentionShape& shape);
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const ops::AttentionShape& shape);
+
+// ---- the DECO layer (deco_layer.cu)
+void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, const Tensor& scale);
+void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& dg, const Tensor& dr_extra,
+                         const Tensor& z, const Tensor& scale);
+double entropy_reg_forward(const Tensor& z);
+void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef);
+double l1_reg_forward(const Tensor& z);
+void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef);
+int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token, const Tensor& pair_flat,
+                      const Tensor& z);
+void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u, const Tensor& mean,
+                      const Tensor& block_token, int64_t blocks_per_token, const Tensor& gamma,
+                      ops::ExpertAct variant, double eps);
+void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact, const Tensor& xhat,
+                       const Tensor& rs, const Tensor& gamma, ops::ExpertAct variant);
+
+// ---- LM head + cross-entropy (loss.cu) and AdamW (adamw.cu)
+double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& logits, const Tensor& x,
+                             const Tensor& w, const Tensor& targets, double grad_scale);
+void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  const ops::AdamWStep& hp, bool decay);
 
 }  // namespace deco::cuda

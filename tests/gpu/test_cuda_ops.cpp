@@ -1,73 +1,80 @@
-// The CUDA kernels against the CPU reference on random inputs. Exits 77
-// (CTest: skipped) when there is no GPU, as on CI machines.
-//
-// Tolerances: these kernels run in float32 like the reference, differing
-// only in summation order, so 1e-5 relative (a few hundred float32 ulps over
-// rows of a few hundred elements) is the bound.
+// CUDA kernels of the model's basics against the CPU reference: GEMM, RMSNorm,
+// SwiGLU, embedding, axpy, the cuBLASLt GEMMs, and the caching allocator on
+// the device. Registered with the harness of tests/gpu/gpu_test.h.
+#include <cuda_runtime.h>
+
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <string>
 #include <vector>
 
-#include <cuda_runtime.h>
-
-#include "core/bf16.h"
 #include "core/caching_allocator.h"
-#include "core/rng.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/ops.h"
+#include "tests/gpu/gpu_test.h"
 
 using namespace deco;
+using namespace deco::gpu_test;
 
-namespace {
-
-int failures = 0;
-
-Buffer random_host(const Shape& shape, uint64_t seed) {
-  Buffer b(DType::F32, Device::CPU, shape);
-  Rng rng(seed);
-  for (int64_t i = 0; i < b.numel(); ++i) b.data<float>()[i] = static_cast<float>(rng.normal());
-  return b;
+// GEMM via cuBLAS: y = x w^T
+DECO_GPU_TEST(gemm) {
+  const int64_t N = 96, H = 256, F = 320;
+  Buffer x = random_host({N, H}, 1), w = random_host({F, H}, 2), y(DType::F32, Device::CPU, {N, F});
+  Buffer dx = to_device(x), dw = to_device(w), dy(DType::F32, Device::CUDA, {N, F});
+  ops::linear_forward(y, x, w);
+  ops::linear_forward(dy, dx, dw);
+  expect_close("linear_forward", y, to_host(dy));
 }
 
-Buffer to_device(const Buffer& host) {
-  Buffer d(host.tensor().dtype(), Device::CUDA, host.shape());
-  ops::copy(d, host);
-  return d;
+// RMSNorm forward and backward
+DECO_GPU_TEST(rmsnorm) {
+  const int64_t N = 96, H = 256;
+  Buffer x = random_host({N, H}, 3), w = random_host({H}, 4), g = random_host({N, H}, 5);
+  Buffer out(DType::F32, Device::CPU, {N, H}), rstd(DType::F32, Device::CPU, {N});
+  Buffer dx(DType::F32, Device::CPU, {N, H}), dw(DType::F32, Device::CPU, {H});
+  ops::rmsnorm_forward(out, rstd, x, w, 1e-5);
+  ops::rmsnorm_backward(dx, dw, g, x, w, rstd);
+  Buffer x_d = to_device(x), w_d = to_device(w), g_d = to_device(g);
+  Buffer out_d(DType::F32, Device::CUDA, {N, H}), rstd_d(DType::F32, Device::CUDA, {N});
+  Buffer dx_d(DType::F32, Device::CUDA, {N, H}), dw_d(DType::F32, Device::CUDA, {H});
+  ops::rmsnorm_forward(out_d, rstd_d, x_d, w_d, 1e-5);
+  ops::rmsnorm_backward(dx_d, dw_d, g_d, x_d, w_d, rstd_d);
+  expect_close("rmsnorm_forward", out, to_host(out_d));
+  expect_close("rmsnorm_backward dx", dx, to_host(dx_d));
+  expect_close("rmsnorm_backward dweight", dw, to_host(dw_d));
 }
 
-Buffer to_host(const Tensor& device) {
-  Buffer h(device.dtype(), Device::CPU, device.shape());
-  ops::copy(h, device);
-  return h;
+// SwiGLU forward and backward
+DECO_GPU_TEST(swiglu) {
+  const int64_t N = 96, F = 320;
+  Buffer g = random_host({N, F}, 6), u = random_host({N, F}, 7), d = random_host({N, F}, 8);
+  Buffer out(DType::F32, Device::CPU, {N, F}), dg(DType::F32, Device::CPU, {N, F}), du(DType::F32, Device::CPU, {N, F});
+  ops::swiglu_forward(out, g, u);
+  ops::swiglu_backward(dg, du, d, g, u);
+  Buffer g_d = to_device(g), u_d = to_device(u), d_d = to_device(d);
+  Buffer out_d(DType::F32, Device::CUDA, {N, F}), dg_d(DType::F32, Device::CUDA, {N, F}),
+      du_d(DType::F32, Device::CUDA, {N, F});
+  ops::swiglu_forward(out_d, g_d, u_d);
+  ops::swiglu_backward(dg_d, du_d, d_d, g_d, u_d);
+  expect_close("swiglu_forward", out, to_host(out_d));
+  expect_close("swiglu_backward dgate", dg, to_host(dg_d));
+  expect_close("swiglu_backward dup", du, to_host(du_d));
 }
 
-void expect_close(const std::string& what, const Tensor& cpu, const Tensor& gpu_on_host, double tol = 1e-5) {
-  double num = 0.0, den = 0.0;
-  for (int64_t i = 0; i < cpu.numel(); ++i) {
-    const double d = static_cast<double>(cpu.data<float>()[i]) - gpu_on_host.data<float>()[i];
-    num += d * d;
-    den += static_cast<double>(cpu.data<float>()[i]) * cpu.data<float>()[i];
-  }
-  const double rel = std::sqrt(num / (den > 0 ? den : 1.0));
-  std::printf("%-28s rel err %.3e %s\n", what.c_str(), rel, rel <= tol ? "ok" : "FAIL");
-  if (!(rel <= tol)) ++failures;
-}
-
-// A float32 host buffer's values in bfloat16 (host), and the float32 values
-// those bf16 numbers are exactly (what a bf16 GEMM really multiplies).
-Buffer to_bf16(const Buffer& f32) {
-  Buffer b(DType::BF16, Device::CPU, f32.shape());
-  auto* bits = static_cast<uint16_t*>(b.tensor().raw());
-  for (int64_t i = 0; i < f32.numel(); ++i) bits[i] = float_to_bf16_bits(f32.data<float>()[i]);
-  return b;
-}
-Buffer bf16_values(const Buffer& bf16) {
-  Buffer f(DType::F32, Device::CPU, bf16.shape());
-  const auto* bits = static_cast<const uint16_t*>(bf16.tensor().raw());
-  for (int64_t i = 0; i < f.numel(); ++i) f.data<float>()[i] = bf16_bits_to_float(bits[i]);
-  return f;
+// embedding lookup and axpy
+DECO_GPU_TEST(embedding_axpy) {
+  const int64_t N = 96, H = 256;
+  Buffer table = random_host({50, H}, 9), out(DType::F32, Device::CPU, {N, H});
+  Buffer ids(DType::I32, Device::CPU, {N});
+  for (int64_t i = 0; i < N; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>((i * 7) % 50);
+  ops::embedding_forward(out, ids, table);
+  Buffer table_d = to_device(table), ids_d = to_device(ids), out_d(DType::F32, Device::CUDA, {N, H});
+  ops::embedding_forward(out_d, ids_d, table_d);
+  expect_close("embedding_forward", out, to_host(out_d), 0.0);
+  Buffer y = random_host({N, H}, 10), y_d = to_device(y);
+  ops::axpy(y, out, 0.5);
+  ops::axpy(y_d, out_d, 0.5);
+  expect_close("axpy", y, to_host(y_d), 0.0);
 }
 
 // cuBLASLt GEMMs (gemm_lt.cu) against the CPU's float32 GEMM on the same
@@ -75,7 +82,7 @@ Buffer bf16_values(const Buffer& bf16) {
 // (an offset pointer: 128-byte alignment), bf16 and fp32 outputs, beta != 0.
 // Tolerances: fp32 output 1e-5 (float32 accumulation in another order);
 // bf16 output 4e-3 (one bf16 rounding of the result, 2^-8 relative).
-void test_gemm_lt() {
+DECO_GPU_TEST(gemm_lt) {
   const int64_t M = 257, K = 320, N = 192;
   for (int ta = 0; ta < 2; ++ta)
     for (int tb = 0; tb < 2; ++tb) {
@@ -109,103 +116,42 @@ void test_gemm_lt() {
   std::printf("%-28s %zu cached plans\n", "gemm_lt plans", cuda::gemm_lt_cached_plans());
 }
 
-}  // namespace
-
-int main() {
-  if (cuda_device_count() == 0) {
-    std::printf("no CUDA device: skipping the GPU tests\n");
-    return 77;
-  }
-  const int64_t N = 96, H = 256, F = 320;
-
-  {  // GEMM via cuBLAS: y = x w^T
-    Buffer x = random_host({N, H}, 1), w = random_host({F, H}, 2), y(DType::F32, Device::CPU, {N, F});
-    Buffer dx = to_device(x), dw = to_device(w), dy(DType::F32, Device::CUDA, {N, F});
-    ops::linear_forward(y, x, w);
-    ops::linear_forward(dy, dx, dw);
-    expect_close("linear_forward", y, to_host(dy));
-  }
-  {  // RMSNorm forward and backward
-    Buffer x = random_host({N, H}, 3), w = random_host({H}, 4), g = random_host({N, H}, 5);
-    Buffer out(DType::F32, Device::CPU, {N, H}), rstd(DType::F32, Device::CPU, {N});
-    Buffer dx(DType::F32, Device::CPU, {N, H}), dw(DType::F32, Device::CPU, {H});
-    ops::rmsnorm_forward(out, rstd, x, w, 1e-5);
-    ops::rmsnorm_backward(dx, dw, g, x, w, rstd);
-    Buffer x_d = to_device(x), w_d = to_device(w), g_d = to_device(g);
-    Buffer out_d(DType::F32, Device::CUDA, {N, H}), rstd_d(DType::F32, Device::CUDA, {N});
-    Buffer dx_d(DType::F32, Device::CUDA, {N, H}), dw_d(DType::F32, Device::CUDA, {H});
-    ops::rmsnorm_forward(out_d, rstd_d, x_d, w_d, 1e-5);
-    ops::rmsnorm_backward(dx_d, dw_d, g_d, x_d, w_d, rstd_d);
-    expect_close("rmsnorm_forward", out, to_host(out_d));
-    expect_close("rmsnorm_backward dx", dx, to_host(dx_d));
-    expect_close("rmsnorm_backward dweight", dw, to_host(dw_d));
-  }
-  {  // SwiGLU forward and backward
-    Buffer g = random_host({N, F}, 6), u = random_host({N, F}, 7), d = random_host({N, F}, 8);
-    Buffer out(DType::F32, Device::CPU, {N, F}), dg(DType::F32, Device::CPU, {N, F}), du(DType::F32, Device::CPU, {N, F});
-    ops::swiglu_forward(out, g, u);
-    ops::swiglu_backward(dg, du, d, g, u);
-    Buffer g_d = to_device(g), u_d = to_device(u), d_d = to_device(d);
-    Buffer out_d(DType::F32, Device::CUDA, {N, F}), dg_d(DType::F32, Device::CUDA, {N, F}),
-        du_d(DType::F32, Device::CUDA, {N, F});
-    ops::swiglu_forward(out_d, g_d, u_d);
-    ops::swiglu_backward(dg_d, du_d, d_d, g_d, u_d);
-    expect_close("swiglu_forward", out, to_host(out_d));
-    expect_close("swiglu_backward dgate", dg, to_host(dg_d));
-    expect_close("swiglu_backward dup", du, to_host(du_d));
-  }
-  {  // embedding lookup and axpy
-    Buffer table = random_host({50, H}, 9), out(DType::F32, Device::CPU, {N, H});
-    Buffer ids(DType::I32, Device::CPU, {N});
-    for (int64_t i = 0; i < N; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>((i * 7) % 50);
-    ops::embedding_forward(out, ids, table);
-    Buffer table_d = to_device(table), ids_d = to_device(ids), out_d(DType::F32, Device::CUDA, {N, H});
-    ops::embedding_forward(out_d, ids_d, table_d);
-    expect_close("embedding_forward", out, to_host(out_d), 0.0);
-    Buffer y = random_host({N, H}, 10), y_d = to_device(y);
-    ops::axpy(y, out, 0.5);
-    ops::axpy(y_d, out_d, 0.5);
-    expect_close("axpy", y, to_host(y_d), 0.0);
-  }
-  test_gemm_lt();
-  {  // The caching allocator on the device: reserved is what cudaMalloc really took, and a
-     // training step's allocation pattern repeated reaches cudaMalloc only the first time.
-    CachingAllocator& a = *cuda_caching_allocator();
-    cudaDeviceSynchronize();
-    a.release_cached();
-    size_t free0 = 0, total = 0, free1 = 0, free2 = 0;
-    cudaMemGetInfo(&free0, &total);
-    const AllocatorStats s0 = a.stats();
-    const int64_t sizes[] = {1000, 300000, 5 << 20, 64 << 20, 7, 123456789};
-    int64_t raw_after_first = 0;
-    for (int step = 0; step < 4; ++step) {
-      MemoryCategoryScope scope(MemoryCategory::Activations);
-      std::vector<Buffer> live;
-      for (int64_t n : sizes) live.emplace_back(DType::F32, Device::CUDA, Shape{n});
-      if (step == 0) {
-        cudaMemGetInfo(&free1, &total);
-        const AllocatorStats s = a.stats();
-        const double taken = static_cast<double>(free0) - static_cast<double>(free1);
-        const double reserved = static_cast<double>(s.reserved - s0.reserved);
-        const bool ok = std::abs(taken - reserved) <= 4.0 * (1 << 20) &&
-                        s.by_category[size_t(MemoryCategory::Activations)] >= 4 * 123456789ull;
-        std::printf("%-28s device %.1f MiB, reserved %.1f MiB %s\n", "allocator reserved", taken / (1 << 20),
-                    reserved / (1 << 20), ok ? "ok" : "FAIL");
-        if (!ok) ++failures;
-        raw_after_first = s.raw_allocations;
-      }
+// The caching allocator on the device: reserved is what cudaMalloc really took, and a
+// training step's allocation pattern repeated reaches cudaMalloc only the first time.
+DECO_GPU_TEST(caching_allocator) {
+  CachingAllocator& a = *cuda_caching_allocator();
+  cudaDeviceSynchronize();
+  a.release_cached();
+  size_t free0 = 0, total = 0, free1 = 0, free2 = 0;
+  cudaMemGetInfo(&free0, &total);
+  const AllocatorStats s0 = a.stats();
+  const int64_t sizes[] = {1000, 300000, 5 << 20, 64 << 20, 7, 123456789};
+  int64_t raw_after_first = 0;
+  for (int step = 0; step < 4; ++step) {
+    MemoryCategoryScope scope(MemoryCategory::Activations);
+    std::vector<Buffer> live;
+    for (int64_t n : sizes) live.emplace_back(DType::F32, Device::CUDA, Shape{n});
+    if (step == 0) {
+      cudaMemGetInfo(&free1, &total);
+      const AllocatorStats s = a.stats();
+      const double taken = static_cast<double>(free0) - static_cast<double>(free1);
+      const double reserved = static_cast<double>(s.reserved - s0.reserved);
+      const bool ok = std::abs(taken - reserved) <= 4.0 * (1 << 20) &&
+                      s.by_category[size_t(MemoryCategory::Activations)] >= 4 * 123456789ull;
+      std::printf("%-28s device %.1f MiB, reserved %.1f MiB %s\n", "allocator reserved", taken / (1 << 20),
+                  reserved / (1 << 20), ok ? "ok" : "FAIL");
+      if (!ok) count_failure();
+      raw_after_first = s.raw_allocations;
     }
-    const bool reused = a.stats().raw_allocations == raw_after_first;
-    std::printf("%-28s %lld device mallocs after the first step %s\n", "allocator reuse",
-                static_cast<long long>(a.stats().raw_allocations - raw_after_first), reused ? "ok" : "FAIL");
-    if (!reused) ++failures;
-    a.release_cached();
-    cudaMemGetInfo(&free2, &total);
-    const bool returned = free2 + (4u << 20) >= free0;
-    std::printf("%-28s %s\n", "allocator release_cached", returned ? "ok" : "FAIL");
-    if (!returned) ++failures;
-    std::printf("%s", memory_report(a.stats(), total).c_str());
   }
-  std::printf("%s\n", failures ? "GPU tests FAILED" : "all GPU tests passed");
-  return failures ? 1 : 0;
+  const bool reused = a.stats().raw_allocations == raw_after_first;
+  std::printf("%-28s %lld device mallocs after the first step %s\n", "allocator reuse",
+              static_cast<long long>(a.stats().raw_allocations - raw_after_first), reused ? "ok" : "FAIL");
+  if (!reused) count_failure();
+  a.release_cached();
+  cudaMemGetInfo(&free2, &total);
+  const bool returned = free2 + (4u << 20) >= free0;
+  std::printf("%-28s %s\n", "allocator release_cached", returned ? "ok" : "FAIL");
+  if (!returned) count_failure();
+  std::printf("%s", memory_report(a.stats(), total).c_str());
 }
