@@ -1,6 +1,7 @@
 // CPU reference: AdamW.
 #include <cmath>
 
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
 
@@ -8,9 +9,9 @@ namespace deco::ops {
 
 void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                   const AdamWStep& hp, bool decay) {
-  DECO_REQUIRE_CPU(param);
   DECO_ASSERT(param.numel() == grad.numel() && m.numel() == param.numel() &&
                   v.numel() == param.numel(), "adamw_update shapes");
+  DECO_CUDA_DISPATCH(param, cuda::adamw_update(param, grad, m, v, hp, decay));
   const int64_t n = param.numel();
   const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
   const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));

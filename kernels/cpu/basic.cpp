@@ -65,8 +65,15 @@ void copy(const Tensor& dst, const Tensor& src) {
     device_copy(dst.device(), dst.raw(), src.device(), src.raw(), src.nbytes());
     return;
   }
-  DECO_REQUIRE_CPU(dst);
-  DECO_REQUIRE_CPU(src);
+#ifdef DECO_WITH_CUDA
+  if (dst.device() == Device::CUDA && src.device() == Device::CUDA) {
+    cuda::convert(dst, src);
+    return;
+  }
+#endif
+  if (dst.device() != src.device())
+    fail("copy from ", device_name(src.device()), " ", dtype_name(src.dtype()), " to ", device_name(dst.device()), " ",
+         dtype_name(dst.dtype()), " changes both device and dtype; copy first, then convert on one device.");
   const int64_t n = dst.numel();
   dispatch_float(dst.dtype(), [&](auto dst_tag) {
     dispatch_float(src.dtype(), [&](auto src_tag) {
@@ -94,7 +101,7 @@ void axpy(const Tensor& y, const Tensor& x, double alpha) {
 }
 
 void scale(const Tensor& x, double alpha) {
-  DECO_REQUIRE_CPU(x);
+  DECO_CUDA_DISPATCH(x, cuda::scale(x, alpha));
   const int64_t n = x.numel();
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -106,7 +113,11 @@ void scale(const Tensor& x, double alpha) {
 }
 
 double sum_squares(const Tensor& x) {
+#ifdef DECO_WITH_CUDA
+  if (x.device() == Device::CUDA) return cuda::sum_squares(x);
+#else
   DECO_REQUIRE_CPU(x);
+#endif
   double total = 0.0;
   const int64_t n = x.numel();
   dispatch_float(x.dtype(), [&](auto T_tag) {
@@ -118,9 +129,9 @@ double sum_squares(const Tensor& x) {
 }
 
 void row_mean(const Tensor& out, const Tensor& x) {
-  DECO_REQUIRE_CPU(x);
   const Matrix m = x.matrix();
   DECO_ASSERT(out.numel() == m.rows, "row_mean output size");
+  DECO_CUDA_DISPATCH(x, cuda::row_mean(out, x));
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -135,9 +146,9 @@ void row_mean(const Tensor& out, const Tensor& x) {
 }
 
 void col_mean(const Tensor& out, const Tensor& x) {
-  DECO_REQUIRE_CPU(x);
   const Matrix m = x.matrix();
   DECO_ASSERT(out.numel() == m.cols, "col_mean output size");
+  DECO_CUDA_DISPATCH(x, cuda::col_mean(out, x));
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -152,10 +163,10 @@ void col_mean(const Tensor& out, const Tensor& x) {
 }
 
 void row_dot(const Tensor& out, const Tensor& a, const Tensor& b) {
-  DECO_REQUIRE_CPU(a);
   check_same_numel(a, b, "row_dot");
   const Matrix m = a.matrix();
   DECO_ASSERT(out.numel() == m.rows, "row_dot output size");
+  DECO_CUDA_DISPATCH(a, cuda::row_dot(out, a, b));
   dispatch_float(a.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* pa = a.data<T>();
@@ -171,10 +182,10 @@ void row_dot(const Tensor& out, const Tensor& a, const Tensor& b) {
 }
 
 void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s) {
-  DECO_REQUIRE_CPU(x);
   check_same_numel(out, x, "scale_rows");
   const Matrix m = x.matrix();
   DECO_ASSERT(s.numel() == m.rows, "scale_rows: one scale per row");
+  DECO_CUDA_DISPATCH(x, cuda::scale_rows(out, x, s));
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -187,9 +198,9 @@ void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s) {
 }
 
 void add_to_rows(const Tensor& m, const Tensor& v, double alpha) {
-  DECO_REQUIRE_CPU(m);
   const Matrix mm = m.matrix();
   DECO_ASSERT(v.numel() == mm.cols, "add_to_rows: vector length");
+  DECO_CUDA_DISPATCH(m, cuda::add_to_rows(m, v, alpha));
   dispatch_float(m.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     T* pm = m.data<T>();
@@ -202,10 +213,10 @@ void add_to_rows(const Tensor& m, const Tensor& v, double alpha) {
 }
 
 void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s) {
-  DECO_REQUIRE_CPU(x);
   check_same_numel(y, x, "sub_row_scalar");
   const Matrix m = x.matrix();
   DECO_ASSERT(s.numel() == m.rows, "sub_row_scalar: one scalar per row");
+  DECO_CUDA_DISPATCH(x, cuda::sub_row_scalar(y, x, s));
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -218,9 +229,9 @@ void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s) {
 }
 
 void mul(const Tensor& out, const Tensor& a, const Tensor& b) {
-  DECO_REQUIRE_CPU(a);
   check_same_numel(out, a, "mul");
   check_same_numel(a, b, "mul");
+  DECO_CUDA_DISPATCH(a, cuda::mul(out, a, b));
   const int64_t n = a.numel();
   dispatch_float(a.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -278,10 +289,10 @@ void linear_backward_weight(const Tensor& dw, const Tensor& dy, const Tensor& x)
 }
 
 void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index) {
-  DECO_REQUIRE_CPU(x);
   const Matrix mo = out.matrix();
   const Matrix mx = x.matrix();
   DECO_ASSERT(mo.cols == mx.cols && index.numel() >= mo.rows, "gather_rows shapes");
+  DECO_CUDA_DISPATCH(x, cuda::gather_rows(out, x, index));
   const int32_t* idx = index.data<int32_t>();
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -294,10 +305,10 @@ void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index) {
 }
 
 void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index) {
-  DECO_REQUIRE_CPU(y);
   const Matrix my = y.matrix();
   const Matrix ms = src.matrix();
   DECO_ASSERT(my.cols == ms.cols && index.numel() >= ms.rows, "scatter_add_rows shapes");
+  DECO_CUDA_DISPATCH(y, cuda::scatter_add_rows(y, src, index));
   const int32_t* idx = index.data<int32_t>();
   const int64_t cols = my.cols;
   dispatch_float(y.dtype(), [&](auto T_tag) {
@@ -329,7 +340,6 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& ta
 }
 
 void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens) {
-  DECO_REQUIRE_CPU(dtable);
   scatter_add_rows(dtable, dout, tokens);
 }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
 
@@ -11,9 +12,13 @@ namespace deco::ops {
 double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& logits,
                              const Tensor& x, const Tensor& w, const Tensor& targets,
                              double grad_scale) {
-  DECO_REQUIRE_CPU(x);
   const int64_t N = x.size(0), V = w.size(0), chunk = logits.size(0);
   DECO_ASSERT(logits.size(1) == V && targets.numel() == N, "lm_head_cross_entropy shapes");
+#ifdef DECO_WITH_CUDA
+  if (x.device() == Device::CUDA) return cuda::lm_head_cross_entropy(dx, dw, logits, x, w, targets, grad_scale);
+#else
+  DECO_REQUIRE_CPU(x);
+#endif
   const bool backward = dx.defined();
   const int32_t* tgt = targets.data<int32_t>();
   double loss = 0.0;

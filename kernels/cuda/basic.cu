@@ -1,4 +1,11 @@
-// CUDA: axpy, GEMM (float64 through cuBLAS here; float32 and bfloat16 in gemm_lt.cu), embedding lookup.
+// CUDA: axpy, GEMM (float64 through cuBLAS here; float32 and bfloat16 in
+// gemm_lt.cu), embedding, and the elementwise, row, column, reduction,
+// conversion and gather/scatter ops of kernels/cpu/basic.cpp.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cub/cub.cuh>
+
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
@@ -70,6 +77,350 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& ta
         out.data<T>(), tokens.data<int32_t>(), table.data<T>(), n, hidden);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace deco::cuda
+
+// ==================================================================== elementwise, rows, columns,
+// reductions, conversions, gather/scatter: the CPU reference's semantics
+// (kernels/cpu/basic.cpp), float32 and float64.
+namespace deco::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> __global__ void scale_kernel(T* x, T alpha, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) x[i] *= alpha;
+}
+
+template <typename T> __global__ void mul_kernel(T* out, const T* a, const T* b, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = a[i] * b[i];
+}
+
+// out[r, c] = x[r, c] * s[r]  (mode 0), x[r, c] - s[r] (mode 1); out may alias x.
+template <typename T, int Mode>
+__global__ void row_scalar_kernel(T* out, const T* x, const T* s, int64_t rows, int64_t cols) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= rows * cols) return;
+  const T v = s[i / cols];
+  out[i] = Mode == 0 ? x[i] * v : x[i] - v;
+}
+
+template <typename T> __global__ void add_to_rows_kernel(T* m, const T* v, T alpha, int64_t rows, int64_t cols) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < rows * cols) m[i] += alpha * v[i % cols];
+}
+
+// Sum of v over a warp, every lane gets it.
+template <typename A> __device__ A warp_sum(A v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// One warp per row: out[r] = mean (in double, as the CPU) or the dot product
+// of a and b (in T, as the CPU) over the row.
+template <typename T>
+__global__ void row_mean_kernel(T* out, const T* x, int64_t rows, int64_t cols) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  double acc = 0.0;
+  for (int64_t c = lane; c < cols; c += 32) acc += static_cast<double>(x[r * cols + c]);
+  acc = warp_sum(acc);
+  if (lane == 0) out[r] = static_cast<T>(acc / static_cast<double>(cols));
+}
+
+template <typename T>
+__global__ void row_dot_kernel(T* out, const T* a, const T* b, int64_t rows, int64_t cols) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  T acc = 0;
+  for (int64_t c = lane; c < cols; c += 32) acc += a[r * cols + c] * b[r * cols + c];
+  acc = warp_sum(acc);
+  if (lane == 0) out[r] = acc;
+}
+
+// One thread per column walking the rows in order, in double: deterministic.
+template <typename T>
+__global__ void col_mean_kernel(T* out, const T* x, int64_t rows, int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  double acc = 0.0;
+  for (int64_t r = 0; r < rows; ++r) acc += static_cast<double>(x[r * cols + c]);
+  out[c] = static_cast<T>(acc / static_cast<double>(rows));
+}
+
+// Sum of squares in double, in two passes with a fixed partition (a fixed
+// number of blocks, each striding the same elements; then one block over the
+// partials): the same bits for the same input every time.
+constexpr int kSumBlocks = 512;
+
+template <typename T> __global__ void sum_squares_partial_kernel(double* partial, const T* x, int64_t n) {
+  __shared__ double scratch[kThreads];
+  double acc = 0.0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    acc += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  scratch[threadIdx.x] = acc;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = scratch[0];
+}
+
+__global__ void sum_partials_kernel(double* total, const double* partial, int n) {
+  __shared__ double scratch[kSumBlocks];
+  scratch[threadIdx.x] = threadIdx.x < n ? partial[threadIdx.x] : 0.0;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *total = scratch[0];
+}
+
+template <typename TD, typename TS> __device__ TD convert_value(TS v) { return static_cast<TD>(v); }
+template <> __device__ __nv_bfloat16 convert_value<__nv_bfloat16, float>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __nv_bfloat16 convert_value<__nv_bfloat16, double>(double v) {
+  return __float2bfloat16_rn(static_cast<float>(v));
+}
+template <> __device__ float convert_value<float, __nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ double convert_value<double, __nv_bfloat16>(__nv_bfloat16 v) {
+  return static_cast<double>(__bfloat162float(v));
+}
+
+template <typename TD, typename TS> __global__ void convert_kernel(TD* dst, const TS* src, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) dst[i] = convert_value<TD>(src[i]);
+}
+
+// Calls f(T{}) for float32, float64 and bfloat16 storage.
+template <typename F> void dispatch_storage(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F32: f(float{}); break;
+    case DType::F64: f(double{}); break;
+    case DType::BF16: f(__nv_bfloat16{}); break;
+    default: fail("no conversion for ", dtype_name(dtype), " on the GPU; convert between float32, float64 and bfloat16.");
+  }
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(T* out, const T* x, const int32_t* index, int64_t rows, int64_t cols) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < rows * cols) out[i] = x[static_cast<int64_t>(index[i / cols]) * cols + i % cols];
+}
+
+__global__ void iota_kernel(int32_t* v, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) v[i] = static_cast<int32_t>(i);
+}
+
+// One block per run of equal destinations: y[dest, :] += src[p, :] for the
+// run's source rows p in increasing order (the radix sort is stable), the
+// order the CPU adds them in, so the result is the CPU's bit for bit.
+template <typename T>
+__global__ void scatter_runs_kernel(T* y, const T* src, const int32_t* run_dest, const int32_t* run_length,
+                                    const int32_t* run_start, const int32_t* sorted_rows, const int32_t* num_runs,
+                                    int64_t cols) {
+  if (static_cast<int>(blockIdx.x) >= *num_runs) return;
+  const int64_t dest = run_dest[blockIdx.x];
+  const int32_t begin = run_start[blockIdx.x], end = begin + run_length[blockIdx.x];
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    T acc = y[dest * cols + c];
+    for (int32_t j = begin; j < end; ++j) acc += src[static_cast<int64_t>(sorted_rows[j]) * cols + c];
+    y[dest * cols + c] = acc;
+  }
+}
+
+// Device scratch for one call, from the caching allocator (no cudaMalloc after warm-up).
+struct Scratch {
+  explicit Scratch(size_t bytes) : buffer(DType::I32, Device::CUDA, Shape{static_cast<int64_t>((bytes + 3) / 4 + 1)}) {}
+  void* ptr() const { return buffer.tensor().raw(); }
+  Buffer buffer;
+};
+
+}  // namespace
+
+void zero(const Tensor& x) {
+  if (x.numel() > 0) DECO_CUDA_CHECK(cudaMemsetAsync(x.raw(), 0, x.nbytes()));
+}
+
+void scale(const Tensor& x, double alpha) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    scale_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(x.data<T>(), static_cast<T>(alpha), n);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+double sum_squares(const Tensor& x) {
+  const int64_t n = x.numel();
+  if (n == 0) return 0.0;
+  Buffer partial(DType::F64, Device::CUDA, Shape{kSumBlocks + 1});
+  double* p = partial.data<double>();
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    sum_squares_partial_kernel<T><<<kSumBlocks, kThreads>>>(p, x.data<T>(), n);
+  });
+  sum_partials_kernel<<<1, kSumBlocks>>>(p + kSumBlocks, p, kSumBlocks);
+  DECO_CUDA_CHECK(cudaGetLastError());
+  double total = 0.0;
+  DECO_CUDA_CHECK(cudaMemcpy(&total, p + kSumBlocks, sizeof(double), cudaMemcpyDeviceToHost));
+  return total;
+}
+
+void row_mean(const Tensor& out, const Tensor& x) {
+  const Matrix m = x.matrix();
+  if (m.rows == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    row_mean_kernel<T><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(out.data<T>(), x.data<T>(), m.rows, m.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void col_mean(const Tensor& out, const Tensor& x) {
+  const Matrix m = x.matrix();
+  if (m.cols == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    col_mean_kernel<T><<<blocks_for(m.cols, kThreads), kThreads>>>(out.data<T>(), x.data<T>(), m.rows, m.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void row_dot(const Tensor& out, const Tensor& a, const Tensor& b) {
+  const Matrix m = a.matrix();
+  if (m.rows == 0) return;
+  dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    row_dot_kernel<T><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(out.data<T>(), a.data<T>(), b.data<T>(),
+                                                                         m.rows, m.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s) {
+  const Matrix m = x.matrix();
+  if (m.rows * m.cols == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    row_scalar_kernel<T, 0><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(
+        out.data<T>(), x.data<T>(), s.data<T>(), m.rows, m.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s) {
+  const Matrix m = x.matrix();
+  if (m.rows * m.cols == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    row_scalar_kernel<T, 1><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(
+        y.data<T>(), x.data<T>(), s.data<T>(), m.rows, m.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void add_to_rows(const Tensor& m, const Tensor& v, double alpha) {
+  const Matrix mm = m.matrix();
+  if (mm.rows * mm.cols == 0) return;
+  dispatch_float(m.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    add_to_rows_kernel<T><<<blocks_for(mm.rows * mm.cols, kThreads), kThreads>>>(
+        m.data<T>(), v.data<T>(), static_cast<T>(alpha), mm.rows, mm.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void mul(const Tensor& out, const Tensor& a, const Tensor& b) {
+  const int64_t n = a.numel();
+  if (n == 0) return;
+  dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    mul_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(out.data<T>(), a.data<T>(), b.data<T>(), n);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void convert(const Tensor& dst, const Tensor& src) {
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  dispatch_storage(dst.dtype(), [&](auto dst_tag) {
+    dispatch_storage(src.dtype(), [&](auto src_tag) {
+      using TD = decltype(dst_tag);
+      using TS = decltype(src_tag);
+      convert_kernel<TD, TS><<<blocks_for(n, kThreads), kThreads>>>(static_cast<TD*>(dst.raw()),
+                                                                    static_cast<const TS*>(src.raw()), n);
+    });
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index) {
+  const Matrix mo = out.matrix();
+  if (mo.rows * mo.cols == 0) return;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    gather_rows_kernel<T><<<blocks_for(mo.rows * mo.cols, kThreads), kThreads>>>(
+        out.data<T>(), x.data<T>(), index.data<int32_t>(), mo.rows, mo.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index) {
+  const Matrix my = y.matrix(), ms = src.matrix();
+  const int64_t P = ms.rows;
+  if (P == 0 || my.cols == 0) return;
+  DECO_ASSERT(P < (int64_t{1} << 31) && my.rows < (int64_t{1} << 31), "scatter_add_rows: too many rows for int32");
+  // Group the source rows by destination, keeping their order (CUB's radix
+  // sort is stable), then one block per destination adds its rows in order.
+  const int n = static_cast<int>(P);
+  Buffer rows_in(DType::I32, Device::CUDA, Shape{P}), rows_sorted(DType::I32, Device::CUDA, Shape{P}),
+      keys_sorted(DType::I32, Device::CUDA, Shape{P}), run_dest(DType::I32, Device::CUDA, Shape{P}),
+      run_length(DType::I32, Device::CUDA, Shape{P}), run_start(DType::I32, Device::CUDA, Shape{P}),
+      num_runs(DType::I32, Device::CUDA, Shape{1});
+  iota_kernel<<<blocks_for(P, kThreads), kThreads>>>(rows_in.data<int32_t>(), P);
+  DECO_CUDA_CHECK(cudaGetLastError());
+  int end_bit = 1;
+  while (end_bit < 31 && (int64_t{1} << end_bit) < my.rows) ++end_bit;  // sort only the bits row ids use
+  size_t sort_bytes = 0, rle_bytes = 0, scan_bytes = 0;
+  DECO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, index.data<int32_t>(), keys_sorted.data<int32_t>(),
+                                                  rows_in.data<int32_t>(), rows_sorted.data<int32_t>(), n, 0, end_bit));
+  DECO_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, rle_bytes, keys_sorted.data<int32_t>(),
+                                                     run_dest.data<int32_t>(), run_length.data<int32_t>(),
+                                                     num_runs.data<int32_t>(), n));
+  DECO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, run_length.data<int32_t>(),
+                                                run_start.data<int32_t>(), n));
+  Scratch scratch(std::max({sort_bytes, rle_bytes, scan_bytes}));
+  DECO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch.ptr(), sort_bytes, index.data<int32_t>(),
+                                                  keys_sorted.data<int32_t>(), rows_in.data<int32_t>(),
+                                                  rows_sorted.data<int32_t>(), n, 0, end_bit));
+  DECO_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(scratch.ptr(), rle_bytes, keys_sorted.data<int32_t>(),
+                                                     run_dest.data<int32_t>(), run_length.data<int32_t>(),
+                                                     num_runs.data<int32_t>(), n));
+  // Lengths past the number of runs stay 0 (fresh buffers are zeroed), and
+  // blocks beyond num_runs return at once.
+  DECO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch.ptr(), scan_bytes, run_length.data<int32_t>(),
+                                                run_start.data<int32_t>(), n));
+  dispatch_float(y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    scatter_runs_kernel<T><<<static_cast<unsigned>(P), 128>>>(
+        y.data<T>(), src.data<T>(), run_dest.data<int32_t>(), run_length.data<int32_t>(), run_start.data<int32_t>(),
+        rows_sorted.data<int32_t>(), num_runs.data<int32_t>(), my.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens) {
+  scatter_add_rows(dtable, dout, tokens);
 }
 
 }  // namespace deco::cuda

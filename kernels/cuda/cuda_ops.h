@@ -7,9 +7,11 @@
 // NormSiLU), loss.cu (LM head + cross-entropy), adamw.cu.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include "kernels/ops.h"
+
+// cuda_runtime.h's stream handle, declared as it does, so that the CPU
+// dispatchers can include this header in builds without the CUDA toolkit.
+typedef struct CUstream_st* cudaStream_t;
 
 namespace deco::cuda {
 

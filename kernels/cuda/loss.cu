@@ -1,0 +1,119 @@
+// CUDA: the LM head fused with cross-entropy (kernels/cpu/loss.cpp's
+// semantics). Chunks of tokens go through a cuBLASLt GEMM into the logits
+// workspace; one block per token row then takes the row's max, the sum of
+// exponentials (in double, as the CPU) and the loss, and writes the logits'
+// gradient over them; two GEMMs take it back to x and w. The per-token losses
+// stay on the device and are summed on the host in token order once, at the
+// end: one synchronization per call, and the same sum the CPU forms.
+#include <vector>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/dispatch.h"
+
+namespace deco::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> __device__ T block_max(T v, T* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) scratch[threadIdx.x] = max(scratch[threadIdx.x], scratch[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const T r = scratch[0];
+  __syncthreads();
+  return r;
+}
+
+__device__ double block_sum_double(double v, double* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double r = scratch[0];
+  __syncthreads();
+  return r;
+}
+
+// Row r of the chunk: loss[first + r] = max + log(sum exp(l - max)) - l[target];
+// with backward, the row becomes grad_scale * (softmax - onehot). A target
+// outside [0, V) sets *bad to 1 (checked on the host) and leaves the row.
+template <typename T>
+__global__ void cross_entropy_rows_kernel(T* logits, double* loss, int* bad, const int32_t* targets, int64_t first,
+                                          int64_t V, bool backward, double grad_scale) {
+  __shared__ T tmax[kThreads];
+  __shared__ double tsum[kThreads];
+  const int64_t r = blockIdx.x;
+  T* row = logits + r * V;
+  const int32_t target = targets[first + r];
+  if (target < 0 || target >= V) {
+    if (threadIdx.x == 0) {
+      *bad = 1;
+      loss[first + r] = 0.0;
+    }
+    return;
+  }
+  T mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = max(mx, row[j]);
+  mx = block_max(mx, tmax);
+  const T logit_target = row[target];
+  __syncthreads();  // every thread has read row[target] before it is overwritten
+  double sum = 0.0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const T e = exp(row[j] - mx);
+    row[j] = e;
+    sum += static_cast<double>(e);
+  }
+  sum = block_sum_double(sum, tsum);
+  if (threadIdx.x == 0) loss[first + r] = static_cast<double>(mx) + log(sum) - static_cast<double>(logit_target);
+  if (!backward) return;
+  const T scale = static_cast<T>(grad_scale / sum);
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const T g = row[j] * scale;
+    row[j] = j == target ? g - static_cast<T>(grad_scale) : g;
+  }
+}
+
+}  // namespace
+
+double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& logits, const Tensor& x,
+                             const Tensor& w, const Tensor& targets, double grad_scale) {
+  const int64_t N = x.size(0), V = w.size(0), chunk = logits.size(0);
+  const bool backward = dx.defined();
+  Buffer row_loss(DType::F64, Device::CUDA, Shape{std::max<int64_t>(N, 1)});
+  Buffer bad(DType::I32, Device::CUDA, Shape{1});
+  for (int64_t c0 = 0; c0 < N; c0 += chunk) {
+    const int64_t rows = std::min(chunk, N - c0);
+    const Tensor xc = x.slice(c0, c0 + rows);
+    const Tensor lc = logits.slice(0, rows);
+    ops::linear_forward(lc, xc, w);
+    dispatch_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cross_entropy_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads>>>(
+          lc.data<T>(), row_loss.data<double>(), bad.data<int32_t>(), targets.data<int32_t>(), c0, V, backward,
+          grad_scale);
+    });
+    DECO_CUDA_CHECK(cudaGetLastError());
+    if (backward) {
+      ops::linear_backward_input(dx.slice(c0, c0 + rows), lc, w, false);
+      ops::linear_backward_weight(dw, lc, xc);
+    }
+  }
+  std::vector<double> host(static_cast<size_t>(N));
+  int host_bad = 0;
+  DECO_CUDA_CHECK(cudaMemcpy(&host_bad, bad.tensor().raw(), sizeof(int), cudaMemcpyDeviceToHost));
+  DECO_ASSERT(host_bad == 0, "a target id outside the vocabulary [0, ", V, ") reached lm_head_cross_entropy");
+  if (N > 0)
+    DECO_CUDA_CHECK(cudaMemcpy(host.data(), row_loss.tensor().raw(), static_cast<size_t>(N) * sizeof(double),
+                               cudaMemcpyDeviceToHost));
+  double loss = 0.0;
+  for (double l : host) loss += l;  // in token order, as the CPU
+  return loss;
+}
+
+}  // namespace deco::cuda
