@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -188,6 +189,23 @@ CachingAllocator* cuda_caching_allocator() {
   return allocator;
 }
 
+std::string cuda_device_description() {
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  char gib[32];
+  std::snprintf(gib, sizeof(gib), "%.1f", static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
+  return str(prop.name, " (GPU ", device, ", sm_", prop.major, prop.minor, ", ", gib, " GiB)");
+}
+
+void cuda_memory_info(size_t& free_bytes, size_t& total_bytes) {
+  free_bytes = total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) cudaGetLastError();
+}
+
 bool cuda_built() { return true; }
 int cuda_device_count() {
   int count = 0;
@@ -199,6 +217,8 @@ int cuda_device_count() {
 }
 #else
 CachingAllocator* cuda_caching_allocator() { return nullptr; }
+std::string cuda_device_description() { return ""; }
+void cuda_memory_info(size_t& free_bytes, size_t& total_bytes) { free_bytes = total_bytes = 0; }
 bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
 [[noreturn]] static void no_cuda() {

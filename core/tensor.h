@@ -145,6 +145,10 @@ void device_copy(Device dst_device, void* dst, Device src_device, const void* sr
 bool cuda_built();
 // Number of visible CUDA devices; 0 without the CUDA backend, a driver or a GPU.
 int cuda_device_count();
+// The current GPU as "NVIDIA H100 80GB HBM3 (GPU 0, sm_90, 79.1 GiB)"; "" without one.
+std::string cuda_device_description();
+// Free and total memory of the current GPU (cudaMemGetInfo); 0 and 0 without one.
+void cuda_memory_info(size_t& free_bytes, size_t& total_bytes);
 // The allocator behind every CUDA buffer of this process (its stats are the
 // device-memory report); nullptr in a CPU-only build.
 CachingAllocator* cuda_caching_allocator();

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/caching_allocator.h"
+
 namespace deco {
 
 struct Model::Layer {
@@ -46,8 +48,15 @@ Model::Model(const ModelConfig& config, DType dtype, Device device, Communicator
       device_(device),
       layout_(config, expert_parallel ? expert_parallel->size() : 1, expert_parallel ? expert_parallel->rank() : 0,
               region_multiple),
-      params_(layout_, dtype, device),
-      grads_(layout_, dtype, device),
+      // Built inside scopes, so the device-memory report tells them apart (C++17 elides the move).
+      params_([&] {
+        MemoryCategoryScope scope(MemoryCategory::Parameters);
+        return ParamStore(layout_, dtype, device);
+      }()),
+      grads_([&] {
+        MemoryCategoryScope scope(MemoryCategory::Gradients);
+        return ParamStore(layout_, dtype, device);
+      }()),
       embed_(bind_param(params_, grads_, "model.embed_tokens.weight")),
       final_norm_(bind_param(params_, grads_, "model.norm.weight")),
       lm_head_(bind_param(params_, grads_, "lm_head.weight")) {
@@ -70,6 +79,7 @@ void Model::refresh_derived() {
 }
 
 StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
+  MemoryCategoryScope scope(MemoryCategory::Activations);  // what the layers allocate on their first step
   DECO_ASSERT(tokens.ndim() == 2 && tokens.dtype() == DType::I32, "tokens must be int32 [B, S+1]");
   const int64_t B = tokens.size(0), S = tokens.size(1) - 1, H = config_.hidden_size;
   const int64_t N = B * S, V = config_.vocab_size;

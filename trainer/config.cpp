@@ -376,6 +376,7 @@ const std::vector<Section>& schema() {
         DECO_FIELD(training, eval_interval),
         DECO_FIELD(training, eval_iters),
         DECO_FIELD(training, threads),
+        DECO_FIELD(training, device, "cpu or cuda"),
         DECO_FIELD(training, max_nonfinite_skips)}},
       {"optimizer",
        {DECO_FIELD(optimizer, lr, "the peak learning rate"),
@@ -797,6 +798,8 @@ class Validator {
     non_negative("training.eval_interval", t.eval_interval);
     non_negative("training.eval_iters", t.eval_iters);
     non_negative("training.threads", t.threads);
+    check(t.device == "cpu" || t.device == "cuda", {"training.device"},
+          str("training.device (", t.device, ") must be cpu or cuda."));
   }
 
   void optimizer() const {

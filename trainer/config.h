@@ -23,6 +23,9 @@ struct TrainingConfig {
   int64_t eval_interval = 0;      // validation every N steps; 0 = never
   int64_t eval_iters = 10;        // global batches per validation
   int64_t threads = 0;            // CPU threads for OpenMP and BLAS; 0 = all cores
+  // Where the model trains: "cpu", or "cuda" (the process's GPU, float32 on
+  // the CUDA kernels; one process for now).
+  std::string device = "cpu";
   // A step whose loss or gradients are not finite is skipped (no update);
   // this many skips in a row stop the run.
   int64_t max_nonfinite_skips = 10;

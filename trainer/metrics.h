@@ -49,8 +49,8 @@ struct StepMetrics {
   double eta_s = 0.0;  // estimated time to train_iters, from this process's mean step time
   double data_wait_s = 0.0;  // time the step waited for its batches (0 when prefetching keeps up)
   std::optional<double> val_loss;
-  // Peak memory of this process so far: on the CPU backend its peak
-  // resident set (the host is the device), in bytes.
+  // Peak memory of the training device so far, in bytes: on the CPU the
+  // process's peak resident set, on a GPU the most the caching allocator held.
   int64_t peak_memory_bytes = 0;
   // Write this step's TensorBoard histograms too (the trainer sets it on log
   // steps: histograms are larger than scalars).

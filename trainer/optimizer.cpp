@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/caching_allocator.h"
 #include "kernels/ops.h"
 
 namespace deco {
@@ -9,6 +10,7 @@ namespace deco {
 AdamW::AdamW(const OptimizerConfig& config, const ParamLayout& layout, DType dtype, Device device,
              std::vector<FlatRange> owned)
     : config_(config), layout_(&layout), owned_(std::move(owned)) {
+  MemoryCategoryScope scope(MemoryCategory::OptimizerState);
   if (owned_.empty()) {
     m_ = std::make_unique<ParamStore>(layout, dtype, device);
     v_ = std::make_unique<ParamStore>(layout, dtype, device);

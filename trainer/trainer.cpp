@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/caching_allocator.h"
 #include "core/file_io.h"
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
@@ -38,11 +39,12 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
       plan_(config.training.micro_batch_size, config.training.global_batch_size,
             groups.layout.dp_size, groups.layout.dp_rank) {
   set_cpu_threads(config_.training.threads);
+  device_ = select_device();
   check_memory();
   const ParallelLayout& L = groups_.layout;
   zero_ = config_.parallel.use_distributed_optimizer;
   // ZeRO-1 splits each region into equal shards of whole 64-element blocks.
-  model_ = std::make_unique<Model>(config_.model, DType::F32, Device::CPU, groups_.expert_parallel.get(),
+  model_ = std::make_unique<Model>(config_.model, DType::F32, device_, groups_.expert_parallel.get(),
                                    zero_ ? 64 * L.world_size : 1);
   model_->init(config_.training.seed);
   if (zero_) {
@@ -50,7 +52,7 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
     dense_shard_ = owned[0];
     expert_shard_ = owned[1];
   }
-  optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, Device::CPU,
+  optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, device_,
                                        shard_context(L.rank).owned);
   sharded_ = L.ep_size > 1 || zero_;
   restore();
@@ -214,7 +216,27 @@ ShardContext Trainer::shard_context(int64_t rank) const {
   return c;
 }
 
+Device Trainer::select_device() const {
+  if (config_.training.device == "cpu") return Device::CPU;
+  const std::string where = config_.source + ": training.device is cuda, but ";
+  if (!cuda_built())
+    fail(where, "this deco binary was built without CUDA; rebuild with scripts/setup.sh on a machine with nvcc, "
+         "or set training.device: cpu.");
+  if (cuda_device_count() == 0)
+    fail(where, "no GPU is visible to this process; check nvidia-smi and CUDA_VISIBLE_DEVICES, or set "
+         "training.device: cpu.");
+  if (groups_.layout.world_size > 1)
+    fail(where, "GPU training runs as one process for now (gradients of several GPUs are reduced over NCCL in "
+         "a later version); launch without mpirun, or set training.device: cpu for multi-process runs.");
+  return Device::CUDA;
+}
+
 void Trainer::check_memory() {
+  // GPU memory is checked by the caching allocator, which names what fills it.
+  if (device_ == Device::CUDA) {
+    memory_note_ = "on the GPU (see the memory report)";
+    return;
+  }
   // Linux overcommits: a run that cannot fit would be killed mid-step by the
   // OOM killer without a word. Refuse it here instead, with the numbers.
   const ModelConfig& m = config_.model;
@@ -253,6 +275,12 @@ void Trainer::print_banner() {
   }
   if (!resumed_from_.empty()) out << "resumed from " << resumed_from_ << "\n";
   out << "cpu: " << cpu_threads() << " threads, " << cpu_blas_name() << "; memory " << memory_note_ << "\n";
+  if (device_ == Device::CUDA) {
+    size_t free_bytes = 0, total_bytes = 0;
+    cuda_memory_info(free_bytes, total_bytes);
+    out << "gpu: " << cuda_device_description() << ", float32; device memory after set-up:\n"
+        << memory_report(cuda_caching_allocator()->stats(), total_bytes);
+  }
   out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
       << m.num_layers << " layers";
   if (m.num_experts > 0)
@@ -488,7 +516,10 @@ StepMetrics Trainer::train_step() {
     m.val_loss = evaluate();
     elapsed_s_ += seconds_since(eval_start);
   }
-  m.peak_memory_bytes = peak_resident_bytes();
+  // The device's memory: what the GPU gave the caching allocator at most, or the process's peak on the CPU.
+  m.peak_memory_bytes = device_ == Device::CUDA
+                            ? static_cast<int64_t>(cuda_caching_allocator()->stats().peak_reserved)
+                            : peak_resident_bytes();
   const bool log_line = step_ % t.log_interval == 0 || step_ == 1 || step_ == t.train_iters || m.val_loss;
   m.histograms = log_line;
   if (groups_.layout.rank == 0) {

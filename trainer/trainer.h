@@ -51,6 +51,8 @@ class Trainer {
 
  private:
   void check_memory();
+  // training.device as a Device, after checking that this binary and machine can train there.
+  Device select_device() const;
   void restore();
   void check_resume_config(const std::string& saved_yaml, const std::string& origin) const;
   void print_banner();
@@ -87,6 +89,7 @@ class Trainer {
   double seconds_this_run_ = 0.0;
   bool bar_shown_ = false;          // a progress bar is on the terminal's last line
   bool zero_ = false;
+  Device device_ = Device::CPU;  // where the model, its gradients and the optimizer state live
   // Ranks hold different parts (expert parallel or ZeRO-1): checkpoints are
   // written as pieces by every rank (trainer/checkpoint_shards.h).
   bool sharded_ = false;

@@ -354,3 +354,44 @@ TEST_CASE("console: the log line's ETA and the terminal's progress bar", "[train
   CHECK_THAT(format_console_line(m, false), !Catch::Matchers::Contains("ETA"));
   CHECK(format_progress_bar(m, 4).rfind("[====]", 0) == 0);
 }
+
+TEST_CASE("training.device cuda: 50 steps of tiny track the CPU run's loss curve", "[trainer][gpu]") {
+  if (cuda_device_count() == 0) {  // runs in the GPU suite (scripts/gpu_suite.sh)
+    WARN("skipped: no CUDA device");
+    return;
+  }
+  // float32 on both; the GPU sums in other orders, so routing decisions on
+  // near-zero router outputs can flip and the runs drift apart slowly: the
+  // first step agrees to float32 rounding, the curve within 2%.
+  const std::vector<std::string> schedule = {"training.train_iters=50", "schedule.lr_warmup_iters=10",
+                                             "schedule.lr_wsd_decay_iters=10", "training.eval_interval=0"};
+  std::vector<std::vector<nlohmann::json>> runs;
+  for (const char* device : {"cpu", "cuda"}) {
+    std::vector<std::string> overrides = schedule;
+    overrides.push_back(std::string("training.device=") + device);
+    const Config config = tiny(overrides);
+    ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
+    const std::string dir = fresh_dir(std::string("gpu-track-") + device);
+    Trainer trainer(config, groups, TrainerOptions{dir, nullptr, ""});
+    trainer.train();
+    runs.push_back(read_metrics(dir));
+    std::filesystem::remove_all(dir);
+  }
+  const auto& cpu = runs[0];
+  const auto& gpu = runs[1];
+  REQUIRE(cpu.size() == 50);
+  REQUIRE(gpu.size() == 50);
+  CHECK(gpu[0]["lm_loss"].get<double>() == Approx(cpu[0]["lm_loss"].get<double>()).epsilon(1e-5));
+  CHECK(gpu[0]["grad_norm"].get<double>() == Approx(cpu[0]["grad_norm"].get<double>()).epsilon(1e-4));
+  double worst = 0.0, worst_ratio = 0.0;
+  for (size_t i = 0; i < 50; ++i) {
+    const double c = cpu[i]["lm_loss"].get<double>(), g = gpu[i]["lm_loss"].get<double>();
+    worst = std::max(worst, std::abs(g - c) / c);
+    worst_ratio = std::max(worst_ratio, std::abs(gpu[i]["activation_ratio"].get<double>() -
+                                                 cpu[i]["activation_ratio"].get<double>()));
+  }
+  INFO("worst relative loss difference " << worst << ", worst activation-ratio difference " << worst_ratio);
+  CHECK(worst < 0.02);
+  CHECK(worst_ratio < 0.02);
+  CHECK(gpu.back()["lm_loss"].get<double>() < gpu.front()["lm_loss"].get<double>() - 1.0);  // it learns
+}
