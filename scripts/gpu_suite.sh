@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the GPU tests from gpu-bundle/bundle.tar.xz (scripts/gpu_bundle.sh) on
-# a machine with a GPU, writing one log per program under $OUT (or ./gpu-logs).
+# a machine with a GPU, writing one log per program under $OUT (or ./gpu-logs),
+# then the quickstart on the GPU and on the CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -17,4 +18,12 @@ for t in deco_gpu_tests deco_nccl_tests; do
 done
 "$run" "$bin/deco_tests" "[gpu]" > "$out/deco_tests_gpu.log" 2>&1; rc=$?
 echo "deco_tests [gpu]: exit $rc"; [ $rc -eq 0 ] || status=1
+# The quickstart on the GPU (float32) and on this machine's CPU, side by side:
+# the banner's memory report, the loss curves and tokens/s of both.
+for device in cuda cpu; do
+  "$run" "$bin/deco" train --config configs/tiny.yaml --set training.device=$device \
+    --run-dir "$out/tiny-$device" > "$out/tiny-$device.log" 2>&1; rc=$?
+  echo "deco train tiny on $device: exit $rc ($(tail -n 2 "$out/tiny-$device.log" | head -n 1 | cut -c1-160))"
+  [ $rc -eq 0 ] || status=1
+done
 exit $status
