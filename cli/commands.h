@@ -95,6 +95,14 @@ struct ImportArgs {
 };
 int import_weights(const ImportArgs& args);
 
+// deco bench: timed training steps and MFU against the device's measured peak.
+struct BenchArgs {
+  ConfigArgs cfg;
+  int64_t steps = 20;
+  int64_t warmup = 3;
+};
+int bench(const BenchArgs& args);
+
 // deco report: <run_dir> (and --compare runs) to one self-contained HTML file.
 struct ReportArgs {
   std::string run_dir;

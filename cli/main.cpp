@@ -147,6 +147,14 @@ int main(int argc, char** argv) {
   add_config_options(import_cmd, import_args.cfg);
   import_cmd->add_option("--out", import_args.out, "output weights .h5")->required();
 
+  deco::cli::BenchArgs bench_args;
+  CLI::App* bench_cmd = app.add_subcommand(
+      "bench", "time training steps of a config on its training.device: tokens/s, step time, TFLOP/s, MFU, memory");
+  add_config_options(bench_cmd, bench_args.cfg);
+  bench_cmd->add_option("--steps", bench_args.steps, "steps to time (default 20)")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--warmup", bench_args.warmup, "untimed steps first (default 3)")
+      ->check(CLI::NonNegativeNumber);
+
   deco::cli::ReportArgs report_args;
   CLI::App* report_cmd = app.add_subcommand(
       "report", "one self-contained HTML file of a run's loss, sparsity and throughput (docs/monitoring.md)");
@@ -169,6 +177,7 @@ int main(int argc, char** argv) {
     if (*export_cmd) return deco::cli::export_weights(export_args);
     if (*import_cmd) return deco::cli::import_weights(import_args);
     if (*report_cmd) return deco::cli::report(report_args);
+    if (*bench_cmd) return deco::cli::bench(bench_args);
   } catch (const deco::Error& e) {
     return report_error(e.what(), 1);
   } catch (const std::exception& e) {  // internal errors carry their own "internal error at" text

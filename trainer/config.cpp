@@ -376,7 +376,7 @@ const std::vector<Section>& schema() {
         DECO_FIELD(training, eval_interval),
         DECO_FIELD(training, eval_iters),
         DECO_FIELD(training, threads),
-        DECO_FIELD(training, device, "cpu or cuda"),
+        DECO_FIELD(training, device),
         DECO_FIELD(training, max_nonfinite_skips)}},
       {"optimizer",
        {DECO_FIELD(optimizer, lr, "the peak learning rate"),
