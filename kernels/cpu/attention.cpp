@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
 #include "kernels/ops.h"
@@ -156,7 +157,13 @@ void check_attention_shapes(const Tensor& q, const Tensor& k, const Tensor& v,
 }  // namespace
 
 void rope_table(const Tensor& table, double base) {
-  DECO_REQUIRE_CPU(table);
+  if (table.device() != Device::CPU) {
+    // Computed here and copied, so a device table is bit-identical to the CPU's.
+    Buffer host(table.dtype(), Device::CPU, table.shape());
+    rope_table(host, base);
+    copy(table, host);
+    return;
+  }
   const int64_t S = table.size(0), half = table.size(1);
   const int64_t hd = 2 * half;
   dispatch_float(table.dtype(), [&](auto T_tag) {
@@ -173,16 +180,16 @@ void rope_table(const Tensor& table, double base) {
 }
 
 void rope_forward(const Tensor& x, const Tensor& table, int64_t seq) {
-  DECO_REQUIRE_CPU(x);
   DECO_ASSERT(x.ndim() == 3 && table.size(1) * 2 == x.size(2) && seq <= table.size(0) &&
                   x.size(0) % seq == 0, "rope_forward shapes");
+  DECO_CUDA_DISPATCH(x, cuda::rope_forward(x, table, seq));
   dispatch_float(x.dtype(), [&](auto tag) { rope_apply(x, table, seq, decltype(tag)(1)); });
 }
 
 void rope_backward(const Tensor& dx, const Tensor& table, int64_t seq) {
-  DECO_REQUIRE_CPU(dx);
   DECO_ASSERT(dx.ndim() == 3 && table.size(1) * 2 == dx.size(2) && seq <= table.size(0) &&
                   dx.size(0) % seq == 0, "rope_backward shapes");
+  DECO_CUDA_DISPATCH(dx, cuda::rope_backward(dx, table, seq));
   dispatch_float(dx.dtype(), [&](auto tag) { rope_apply(dx, table, seq, decltype(tag)(-1)); });
 }
 
@@ -193,9 +200,10 @@ Shape attention_saved_shape(Device device, const AttentionShape& s) {
 
 void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
                        const Tensor& v, const AttentionShape& shape) {
-  DECO_REQUIRE_CPU(q);
   check_attention_shapes(q, k, v, shape);
-  DECO_ASSERT(saved.shape() == attention_saved_shape(Device::CPU, shape), "attention saved shape");
+  DECO_ASSERT(saved.shape() == attention_saved_shape(q.device(), shape), "attention saved shape ",
+              saved.shape().to_string(), ", expected ", attention_saved_shape(q.device(), shape).to_string());
+  DECO_CUDA_DISPATCH(q, cuda::attention_forward(out, saved, q, k, v, shape));
   dispatch_float(q.dtype(), [&](auto tag) {
     attention_forward_cpu<decltype(tag)>(out, saved, q, k, v, shape);
   });
@@ -204,8 +212,13 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
                         const AttentionShape& shape) {
-  DECO_REQUIRE_CPU(q);
   check_attention_shapes(q, k, v, shape);
+  if (q.device() == Device::CUDA) {
+    DECO_ASSERT(saved.shape() == attention_saved_shape(Device::CUDA, shape), "attention saved shape ",
+                saved.shape().to_string(), ", expected the log-sum-exp ",
+                attention_saved_shape(Device::CUDA, shape).to_string());
+  }
+  DECO_CUDA_DISPATCH(q, cuda::attention_backward(dq, dk, dv, dout, saved, q, k, v, shape));
   dispatch_float(q.dtype(), [&](auto tag) {
     attention_backward_cpu<decltype(tag)>(dq, dk, dv, dout, saved, q, k, v, shape);
   });
