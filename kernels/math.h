@@ -13,6 +13,11 @@
 
 namespace deco::math {
 
+// The constants of the paper's entropy regularizer (deco-model.md section 3),
+// one definition for the CPU reference and the CUDA kernels.
+constexpr double kEntropySumEps = 1e-5;  // p = r / (sum r + 1e-5)
+constexpr double kEntropyLogEps = 1e-5;  // H = -sum p log(p + 1e-5)
+
 // std::exp on the host: a bare exp(float) would resolve to C's double exp.
 template <typename T> DECO_HD T exp_t(T x) {
 #if defined(__CUDA_ARCH__)

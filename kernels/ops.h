@@ -152,6 +152,12 @@ void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef);
 // [offsets[e], offsets[e+1])), pair_token int32[N*E] and pair_flat int32[N*E]
 // (= token*E + expert) filled in their first P entries. Returns P. On a GPU
 // the count comes back to the host (one sync per layer).
+// With z on a GPU, pair_token and pair_flat are device tensors and
+// expert_offsets may live on either side. In host memory (what grouped_gemm
+// takes, and what DecoFfn passes) the offsets are computed on the device and
+// come back whole in the same synchronizing copy that brings P, which the
+// host needs anyway to size and split the expert GEMMs; in device memory
+// they are written in place and only P is copied back.
 int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token,
                       const Tensor& pair_flat, const Tensor& z);
 

@@ -72,7 +72,8 @@ bool expert_act_has_rms(ExpertAct act) {
 void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u,
                       const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
                       const Tensor& gamma, ExpertAct variant, double eps) {
-  DECO_REQUIRE_CPU(u);
+  DECO_CUDA_DISPATCH(u, cuda::normsilu_forward(act, xhat, rs, u, mean, block_token, blocks_per_token, gamma,
+                                               variant, eps));
   const Matrix m = u.matrix();  // [P, D]
   const int64_t D = m.cols;
   const bool has_mean = expert_act_has_mean(variant), has_rms = expert_act_has_rms(variant);
@@ -111,7 +112,7 @@ void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, c
 void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact,
                        const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
                        ExpertAct variant) {
-  DECO_REQUIRE_CPU(dact);
+  DECO_CUDA_DISPATCH(dact, cuda::normsilu_backward(dc, dgamma, dact, xhat, rs, gamma, variant));
   const Matrix m = dact.matrix();  // [P, D]
   const int64_t D = m.cols;
   const bool has_rms = expert_act_has_rms(variant);

@@ -5,18 +5,19 @@
 #include <vector>
 
 #include "kernels/cpu/parallel.h"
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
+#include "kernels/math.h"
 #include "kernels/ops.h"
 
 namespace deco::ops {
 namespace {
-// The constants of the paper's entropy regularizer (deco-model.md section 3).
-constexpr double kEntropySumEps = 1e-5;  // p = r / (sum r + 1e-5)
-constexpr double kEntropyLogEps = 1e-5;  // H = -sum p log(p + 1e-5)
+using math::kEntropyLogEps;
+using math::kEntropySumEps;
 }  // namespace
 
 void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, const Tensor& scale) {
-  DECO_REQUIRE_CPU(z);
+  DECO_CUDA_DISPATCH(z, cuda::relu_route_forward(g, counts, z, scale));
   const Matrix m = z.matrix();  // [N, E]
   DECO_ASSERT(scale.numel() == m.cols && g.numel() == z.numel(), "relu_route_forward shapes");
   dispatch_float(z.dtype(), [&](auto T_tag) {
@@ -41,7 +42,7 @@ void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, 
 
 void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& dg,
                          const Tensor& dr_extra, const Tensor& z, const Tensor& scale) {
-  DECO_REQUIRE_CPU(z);
+  DECO_CUDA_DISPATCH(z, cuda::relu_route_backward(dz, dscale, dg, dr_extra, z, scale));
   const Matrix m = z.matrix();
   const int64_t E = m.cols;
   dispatch_float(z.dtype(), [&](auto T_tag) {
@@ -65,7 +66,13 @@ void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& d
 }
 
 double entropy_reg_forward(const Tensor& z) {
-  DECO_REQUIRE_CPU(z);
+  if (z.device() == Device::CUDA) {
+#ifdef DECO_WITH_CUDA
+    return cuda::entropy_reg_forward(z);
+#else
+    detail::no_cuda_kernel(__func__);
+#endif
+  }
   const Matrix m = z.matrix();
   double total = 0.0;
   dispatch_float(z.dtype(), [&](auto T_tag) {
@@ -88,7 +95,7 @@ double entropy_reg_forward(const Tensor& z) {
 }
 
 void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
-  DECO_REQUIRE_CPU(z);
+  DECO_CUDA_DISPATCH(z, cuda::entropy_reg_backward(dr, z, coef));
   const Matrix m = z.matrix();
   const int64_t E = m.cols;
   dispatch_float(z.dtype(), [&](auto T_tag) {
@@ -122,7 +129,13 @@ void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
 }
 
 double l1_reg_forward(const Tensor& z) {
-  DECO_REQUIRE_CPU(z);
+  if (z.device() == Device::CUDA) {
+#ifdef DECO_WITH_CUDA
+    return cuda::l1_reg_forward(z);
+#else
+    detail::no_cuda_kernel(__func__);
+#endif
+  }
   double total = 0.0;
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -133,7 +146,7 @@ double l1_reg_forward(const Tensor& z) {
 }
 
 void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
-  DECO_REQUIRE_CPU(z);
+  DECO_CUDA_DISPATCH(z, cuda::l1_reg_backward(dr, z, coef));
   // d(sum r)/dr = 1 everywhere; relu_route_backward masks the inactive entries.
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -144,7 +157,13 @@ void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
 
 int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token,
                       const Tensor& pair_flat, const Tensor& z) {
-  DECO_REQUIRE_CPU(z);
+  if (z.device() == Device::CUDA) {
+#ifdef DECO_WITH_CUDA
+    return cuda::build_routing(expert_offsets, pair_token, pair_flat, z);
+#else
+    detail::no_cuda_kernel(__func__);
+#endif
+  }
   const Matrix m = z.matrix();
   const int64_t N = m.rows, E = m.cols;
   DECO_ASSERT(expert_offsets.numel() == E + 1 && pair_token.numel() >= N * E &&
