@@ -162,9 +162,12 @@ void deco_heatmaps(std::ostringstream& html, const RunHistory& r) {
   steps.row_labels = rows;
   const size_t n = r.step.size();
   const size_t bins = std::min(n, kMaxHeatmapCols);
+  // Bin b holds rows [edge[b], edge[b + 1]).
+  std::vector<size_t> edge(bins + 1);
+  for (size_t b = 0; b <= bins; ++b) edge[b] = b * n / bins;
   double vmax = 0.0;
   for (size_t b = 0; b < bins; ++b) {
-    const size_t i0 = b * n / bins, i1 = (b + 1) * n / bins;
+    const size_t i0 = edge[b], i1 = edge[b + 1];
     steps.col_labels.push_back(i1 - i0 > 1 ? "steps " + std::to_string(static_cast<long long>(r.step[i0])) + "-" +
                                                  std::to_string(static_cast<long long>(r.step[i1 - 1]))
                                            : "step " + std::to_string(static_cast<long long>(r.step[i0])));
@@ -172,7 +175,7 @@ void deco_heatmaps(std::ostringstream& html, const RunHistory& r) {
   for (const auto& per_row : r.layer_ratio) {
     std::vector<double> cells;
     for (size_t b = 0; b < bins; ++b) {
-      const size_t i0 = b * n / bins, i1 = (b + 1) * n / bins;
+      const size_t i0 = edge[b], i1 = edge[b + 1];
       double s = 0;
       size_t k = 0;
       for (size_t i = i0; i < i1; ++i)
@@ -184,7 +187,7 @@ void deco_heatmaps(std::ostringstream& html, const RunHistory& r) {
   }
   // On the axis, each bin's first step.
   for (size_t b = 0; b < bins; ++b)
-    steps.axis_labels.push_back(std::to_string(static_cast<long long>(r.step[b * n / bins])));
+    steps.axis_labels.push_back(std::to_string(static_cast<long long>(r.step[edge[b]])));
   steps.vmin = 0.0;
   steps.vmax = vmax > 0 ? vmax : 1.0;
   figure(html, render(steps),

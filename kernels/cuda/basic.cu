@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/dispatch.h"
 
 namespace deco::cuda {
@@ -113,12 +114,6 @@ template <typename T> __global__ void add_to_rows_kernel(T* m, const T* v, T alp
   if (i < rows * cols) m[i] += alpha * v[i % cols];
 }
 
-// Sum of v over a warp, every lane gets it.
-template <typename A> __device__ A warp_sum(A v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // One warp per row: out[r] = mean (in double, as the CPU) or the dot product
 // of a and b (in T, as the CPU) over the row.
 template <typename T>
@@ -164,24 +159,14 @@ template <typename T> __global__ void sum_squares_partial_kernel(double* partial
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     acc += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-  scratch[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = scratch[0];
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
 __global__ void sum_partials_kernel(double* total, const double* partial, int n) {
   __shared__ double scratch[kSumBlocks];
-  scratch[threadIdx.x] = threadIdx.x < n ? partial[threadIdx.x] : 0.0;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *total = scratch[0];
+  const double sum = block_sum(threadIdx.x < n ? partial[threadIdx.x] : 0.0, scratch);
+  if (threadIdx.x == 0) *total = sum;
 }
 
 template <typename TD, typename TS> __device__ TD convert_value(TS v) { return static_cast<TD>(v); }

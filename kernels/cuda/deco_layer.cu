@@ -21,6 +21,7 @@
 #include "core/caching_allocator.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
 
@@ -91,26 +92,6 @@ void require_device(const Tensor& t, const char* op, const char* what) {
 
 // std::max(v, 0) exactly (NaN stays NaN), as the CPU reference computes r = relu(z).
 template <typename T> __device__ __forceinline__ T relu(T v) { return v < T(0) ? T(0) : v; }
-
-// Sum over the warp. Every lane ends with the same bits: in each xor step
-// both partners add the same two values, and addition is commutative.
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-  for (int mask = kWarp / 2; mask > 0; mask /= 2) v += __shfl_xor_sync(kFullMask, v, mask);
-  return v;
-}
-
-// Sum over the CTA in a fixed tree; every thread gets the result.
-__device__ double block_sum(double v, double* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const double total = scratch[0];
-  __syncthreads();
-  return total;
-}
 
 // Second stage: out[c] (= or +=) the sum over parts of partial[part, c].
 // One CTA per column: thread t adds parts t, t + 256, ... (at most

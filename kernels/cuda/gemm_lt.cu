@@ -14,14 +14,6 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 
-#define DECO_CUBLASLT_CHECK(call)                                                                 \
-  do {                                                                                           \
-    cublasStatus_t status_ = (call);                                                             \
-    if (status_ != CUBLAS_STATUS_SUCCESS)                                                        \
-      ::deco::fail("cuBLASLt error at ", __FILE__, ":", __LINE__, ": ", #call, " returned ",      \
-                   cublasGetStatusString(status_), ". Check the matrix shapes, dtypes and GPU memory."); \
-  } while (0)
-
 namespace deco::cuda {
 namespace {
 
@@ -80,31 +72,31 @@ class Lt {
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
     Plan p;
-    DECO_CUBLASLT_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    DECO_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    DECO_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    DECO_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    DECO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    DECO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     // Column-major layouts of the stored (untransposed) operands.
     const int64_t a_rows = key.ta ? key.k : key.m, a_cols = key.ta ? key.m : key.k;
     const int64_t b_rows = key.tb ? key.n : key.k, b_cols = key.tb ? key.k : key.n;
-    DECO_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p.a, lt_type(DType(key.dtype_a)), a_rows, a_cols, key.lda));
-    DECO_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p.b, lt_type(DType(key.dtype_b)), b_rows, b_cols, key.ldb));
-    DECO_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p.c, lt_type(DType(key.dtype_c)), key.m, key.n, key.ldc));
+    DECO_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, lt_type(DType(key.dtype_a)), a_rows, a_cols, key.lda));
+    DECO_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, lt_type(DType(key.dtype_b)), b_rows, b_cols, key.ldb));
+    DECO_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, lt_type(DType(key.dtype_c)), key.m, key.n, key.ldc));
 
     cublasLtMatmulPreference_t pref = nullptr;
-    DECO_CUBLASLT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    DECO_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = kWorkspaceBytes;
-    DECO_CUBLASLT_CHECK(
+    DECO_CUBLAS_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
     const uint32_t aligns[] = {key.align_a, key.align_b, key.align_c, key.align_c};
     const cublasLtMatmulPreferenceAttributes_t align_attrs[] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; i < 4; ++i)
-      DECO_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(uint32_t)));
+      DECO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(uint32_t)));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    DECO_CUBLASLT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+    DECO_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (found == 0)
       fail("cuBLASLt has no algorithm for a ", key.m, "x", key.n, "x", key.k, " GEMM of ",
@@ -125,7 +117,7 @@ class Lt {
 
  private:
   Lt() {
-    DECO_CUBLASLT_CHECK(cublasLtCreate(&handle_));
+    DECO_CUBLAS_CHECK(cublasLtCreate(&handle_));
     workspace_ = cuda_caching_allocator()->allocate(kWorkspaceBytes, MemoryCategory::Workspace);
   }
   cublasLtHandle_t handle_ = nullptr;
@@ -175,7 +167,7 @@ void gemm_lt(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bo
   key.align_c = alignment(C.ptr);
   Lt& lt = Lt::get();
   const Plan& p = lt.plan(key);
-  DECO_CUBLASLT_CHECK(cublasLtMatmul(lt.handle(), p.desc, &alpha, B.ptr, p.a, A.ptr, p.b, &beta, C.ptr, p.c, C.ptr,
+  DECO_CUBLAS_CHECK(cublasLtMatmul(lt.handle(), p.desc, &alpha, B.ptr, p.a, A.ptr, p.b, &beta, C.ptr, p.c, C.ptr,
                                      p.c, &p.algo, lt.workspace(), kWorkspaceBytes, stream));
 }
 

@@ -9,36 +9,13 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/dispatch.h"
 
 namespace deco::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename T> __device__ T block_max(T v, T* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) scratch[threadIdx.x] = max(scratch[threadIdx.x], scratch[threadIdx.x + s]);
-    __syncthreads();
-  }
-  const T r = scratch[0];
-  __syncthreads();
-  return r;
-}
-
-__device__ double block_sum_double(double v, double* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
-    __syncthreads();
-  }
-  const double r = scratch[0];
-  __syncthreads();
-  return r;
-}
 
 // Row r of the chunk: loss[first + r] = max + log(sum exp(l - max)) - l[target];
 // with backward, the row becomes grad_scale * (softmax - onehot). A target
@@ -69,7 +46,7 @@ __global__ void cross_entropy_rows_kernel(T* logits, double* loss, int* bad, con
     row[j] = e;
     sum += static_cast<double>(e);
   }
-  sum = block_sum_double(sum, tsum);
+  sum = block_sum(sum, tsum);
   if (threadIdx.x == 0) loss[first + r] = static_cast<double>(mx) + log(sum) - static_cast<double>(logit_target);
   if (!backward) return;
   const T scale = static_cast<T>(grad_scale / sum);

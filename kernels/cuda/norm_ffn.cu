@@ -3,6 +3,7 @@
 // column walking the rows in order, which keeps it deterministic (no atomics).
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
 
@@ -10,19 +11,6 @@ namespace deco::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Sum of v over the block; every thread gets the result.
-template <typename T> __device__ T block_sum(T v, T* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-    __syncthreads();
-  }
-  T total = scratch[0];
-  __syncthreads();
-  return total;
-}
 
 template <typename T>
 __global__ void rmsnorm_forward_kernel(T* out, T* rstd, const T* x, const T* w, int64_t cols, T eps) {
