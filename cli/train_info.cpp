@@ -99,6 +99,30 @@ int info(const ConfigArgs& args) {
               static_cast<long long>(config.training.train_iters),
               static_cast<long long>(config.training.global_batch_size), static_cast<long long>(m.seq_length),
               tokens, tokens * all);
+
+  // Memory of one rank (no expert or optimizer sharding), float32 as both backends train today.
+  const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
+  const int64_t micro = config.training.micro_batch_size;
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  std::printf("\nmemory of one rank at micro-batch %lld x %lld on the %s (float32; model/memory.h)\n",
+              static_cast<long long>(micro), static_cast<long long>(m.seq_length),
+              device == Device::CUDA ? "GPU" : "CPU");
+  std::printf("  %-40s %8.2f GiB\n", "weights, gradients, AdamW moments", 16.0 * static_cast<double>(c.total) / gib);
+  const bool sparse = m.num_experts > 0 && m.expert_compute == ExpertCompute::Sparse;
+  if (sparse) std::printf("  activations (sparse path: pairs at activation ratio 0.5, where training starts / %.2f, the target)\n",
+                          config.sparsity.target_ratio);
+  for (Recompute mode : {Recompute::None, Recompute::Selective, Recompute::Full}) {
+    ModelConfig mc = m;
+    mc.recompute = mode;
+    const std::string label = str("activations, training.recompute ", recompute_name(mode));
+    const double start = activation_bytes(mc, micro, sizeof(float), device, 0.5) / gib;
+    if (sparse)
+      std::printf("  %-40s %8.2f / %.2f GiB%s\n", label.c_str(), start,
+                  activation_bytes(mc, micro, sizeof(float), device, config.sparsity.target_ratio) / gib,
+                  mode == m.recompute ? "   <- this config" : "");
+    else
+      std::printf("  %-40s %8.2f GiB%s\n", label.c_str(), start, mode == m.recompute ? "   <- this config" : "");
+  }
   return 0;
 }
 

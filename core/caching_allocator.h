@@ -129,4 +129,12 @@ class CachingAllocator {
 // and raw allocation counts; `device_total` > 0 adds the share of the device.
 std::string memory_report(const AllocatorStats& stats, size_t device_total = 0);
 
+// Host memory (Device::CPU buffers) is not cached, but is counted the same
+// way, per category of the allocating thread's MemoryCategoryScope: live and
+// peak bytes as requested (allocated = requested, reserved unused), and the
+// allocation and free counts. What the CPU backend's memory figures and the
+// activation-memory tests read.
+AllocatorStats host_memory_stats();
+void reset_host_memory_peaks();  // peaks restart from the current values
+
 }  // namespace deco

@@ -1,9 +1,12 @@
 #include "core/tensor.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "core/caching_allocator.h"
@@ -227,11 +230,71 @@ int cuda_device_count() { return 0; }
 }
 #endif
 
+namespace {
+
+// The host side of the memory accounting (host_memory_stats): every live
+// CPU allocation with its size and category.
+struct HostLedger {
+  std::mutex mutex;
+  std::unordered_map<const void*, std::pair<size_t, MemoryCategory>> live;
+  AllocatorStats stats;
+};
+
+HostLedger& host_ledger() {
+  static HostLedger* ledger = new HostLedger;  // never destroyed: static Buffers may free after exit begins
+  return *ledger;
+}
+
+void host_track_alloc(const void* ptr, size_t bytes) {
+  HostLedger& h = host_ledger();
+  const MemoryCategory category = current_memory_category();
+  const size_t c = static_cast<size_t>(category);
+  std::lock_guard<std::mutex> lock(h.mutex);
+  h.live[ptr] = {bytes, category};
+  AllocatorStats& s = h.stats;
+  s.allocated += bytes;
+  s.requested += bytes;
+  s.by_category[c] += bytes;
+  s.peak_allocated = std::max(s.peak_allocated, s.allocated);
+  s.peak_by_category[c] = std::max(s.peak_by_category[c], s.by_category[c]);
+  ++s.allocations;
+}
+
+void host_track_free(const void* ptr) {
+  HostLedger& h = host_ledger();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  const auto it = h.live.find(ptr);
+  if (it == h.live.end()) return;
+  const auto [bytes, category] = it->second;
+  h.live.erase(it);
+  AllocatorStats& s = h.stats;
+  s.allocated -= bytes;
+  s.requested -= bytes;
+  s.by_category[static_cast<size_t>(category)] -= bytes;
+  ++s.frees;
+}
+
+}  // namespace
+
+AllocatorStats host_memory_stats() {
+  HostLedger& h = host_ledger();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  return h.stats;
+}
+
+void reset_host_memory_peaks() {
+  HostLedger& h = host_ledger();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  h.stats.peak_allocated = h.stats.allocated;
+  h.stats.peak_by_category = h.stats.by_category;
+}
+
 void* device_alloc(Device device, size_t bytes) {
   if (device == Device::CPU) {
     size_t rounded = (bytes + 63) / 64 * 64;
     void* ptr = std::aligned_alloc(64, rounded);
     if (ptr == nullptr) fail("out of host memory allocating ", bytes, " bytes.");
+    host_track_alloc(ptr, bytes);
     return ptr;
   }
 #ifdef DECO_WITH_CUDA
@@ -243,6 +306,7 @@ void* device_alloc(Device device, size_t bytes) {
 
 void device_free(Device device, void* ptr) {
   if (device == Device::CPU) {
+    host_track_free(ptr);
     std::free(ptr);
     return;
   }

@@ -47,18 +47,52 @@ struct DecoLayerStats {
 
 class DecoFfn {
  public:
+  // Activation memory (model/memory.h).
+  struct Saved {  // forward -> backward
+    Buffer z;                  // router pre-activation [N, E] (all experts of the layer)
+    Buffer pre, lin, mean;     // projections [rows, D] (rows = N*E blocks dense, P pairs sparse), token means
+    Buffer gscale;             // each block's expert score [rows]
+    // Sparse routing: pairs grouped by expert (ops::build_routing); offsets in host memory.
+    Buffer offsets, pair_token, pair_flat;
+    int64_t pairs = 0;
+    // Expert parallelism: the exchange's plan and the rows received [R, H].
+    ExpertExchange exchange;
+    Buffer xr;
+    SwigluFfn::Saved shared;
+  };
+  struct Recomputable {  // rebuilt from Saved by recompute()
+    Buffer xhat, rs, actn, act, ga;  // NormSiLU state and output, gated product, scaled by the scores
+    Buffer xg;                       // sparse: each pair's input row [P, H]
+    SwigluFfn::Recomputable shared;
+  };
+  struct Scratch {  // temporaries of one forward or backward call
+    Buffer g, counts;            // router scores [N, E], active tokens per expert
+    Buffer zr, gr, yr;           // expert parallelism: router values and outputs of the received rows
+    Buffer yg;                   // sparse: per-pair rows [P, H] (outputs, then dy, then dx by pair)
+    Buffer q, dgs, dact, dc, dlin, kappa, row_means, dg, dr, dz, kvec;
+    Buffer dyr, dxr, dgr, kappa_tok;
+    SwigluFfn::Scratch shared;
+  };
+
   // `expert_parallel` is the group the routed experts are split over (null,
   // or a group of one, for all experts on this rank); `values` holds this
   // rank's experts (ParamLayout with the group's size and rank).
   DecoFfn(const ModelConfig& config, const ParamStore& values, const ParamStore& grads, int64_t layer,
           Communicator* expert_parallel = nullptr);
+  // Where this layer keeps its activations (set once, before the first
+  // forward). A DecoFfn used on its own (tests) owns one set instead.
+  void use_memory(Saved* saved, Recomputable* recomputable, Scratch* scratch);
 
   // Recomputes state derived from the weights (the mean row w_bar). Call
   // after every change to the weights (optimizer step, load).
   void refresh_derived();
 
-  // y[N, H] (=) DECO FFN of x[N, H]; `reg` picks which regularizer value to report.
-  DecoLayerStats forward(const Tensor& y, const Tensor& x, RegType reg);
+  // y[N, H] (=) DECO FFN of x[N, H]; `reg` picks which regularizer value to
+  // report. Without `statistics` (a recomputation) the returned stats are
+  // empty and the host synchronizations they need are skipped.
+  DecoLayerStats forward(const Tensor& y, const Tensor& x, RegType reg, bool statistics = true);
+  // Rebuilds Recomputable from Saved for the forward input x, as forward left it.
+  void recompute(const Tensor& x);
   // dx[N, H] (=) from dy; accumulates parameter gradients. reg_grad_coef is
   // d(loss)/d(reg_sum): lambda * loss scale / (num_layers * N).
   void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg, double reg_grad_coef);
@@ -76,9 +110,11 @@ class DecoFfn {
   void experts_forward_sparse(const Tensor& y, const Tensor& x);
   void experts_backward_dense(const Tensor& dx, const Tensor& dy, const Tensor& x);
   void experts_backward_sparse(const Tensor& dx, const Tensor& dy, const Tensor& x);
-  // NormSiLU (and the gate product) from pre_/lin_ into act_, shared by both paths.
-  void activation_forward(const Tensor& block_token, int64_t blocks_per_token);
-  // From dact_ to dc_ (and dlin_), shared by both paths.
+  // Recomputable's expert part from Saved: the gathered rows (sparse) and the activations.
+  void experts_recompute(const Tensor& x);
+  // NormSiLU (and the gate product) from pre/lin/mean/gscale into Recomputable, shared by both paths.
+  void activation_forward();
+  // From q (d of the scaled activation) to dc (and dlin), shared by both paths.
   void activation_backward();
 
   int64_t E_;        // routed experts on this rank
@@ -96,23 +132,16 @@ class DecoFfn {
   std::unique_ptr<SwigluFfn> shared_;  // absent when moe_shared_expert_intermediate_size is 0
   Buffer w_bar_;  // [1, H] mean row of act_proj_
 
-  // Saved by forward. Expert activations are [rows, D] with rows = N*E
-  // blocks (dense) or P pairs (sparse).
-  Buffer z_, g_;                   // router pre-activation and scores [N, E]
-  Buffer pre_, lin_, mean_;        // projections [rows, D], token means [N]
-  Buffer xhat_, rs_, actn_, act_;  // NormSiLU state, NormSiLU output, final activation
-  Buffer gscale_, ga_;             // score per block [rows], act scaled by it [rows, D]
-  // Sparse routing: pairs grouped by expert (ops::build_routing).
-  Buffer offsets_, pair_token_, pair_flat_;
-  int64_t pairs_ = 0;
-  // Backward temporaries.
-  Buffer q_, dgs_, dact_, dc_, dlin_, kappa_, row_means_, dg_, dr_, dz_, kvec_;
-  Tensor zx_, gx_, dgx_;  // router values of the rows the experts run on, and their gradient
-  // Expert parallelism: the rows received, their router values, outputs and gradients.
-  ExpertExchange exchange_;
-  Buffer xr_, zr_, gr_, yr_, dyr_, dxr_, dgr_, kappa_tok_;
-  Buffer xg_;  // inputs gathered by pair [P, H], saved for the weight gradients
-  Buffer yg_;  // per-pair rows [P, H]: expert outputs, then dy gathered, then dx by pair
+  Saved* saved_ = nullptr;
+  Recomputable* recomp_ = nullptr;
+  Scratch* scratch_ = nullptr;
+  struct OwnMemory {
+    Saved saved;
+    Recomputable recomputable;
+    Scratch scratch;
+  };
+  std::unique_ptr<OwnMemory> own_memory_;  // without use_memory
+  Tensor zx_, gx_, dgx_;  // router values of the rows the experts run on, and their gradient (views)
 };
 
 }  // namespace deco

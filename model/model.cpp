@@ -11,11 +11,9 @@ struct Model::Layer {
   Attention attention;
   std::unique_ptr<SwigluFfn> dense_ffn;
   std::unique_ptr<DecoFfn> deco_ffn;
-  // Saved for backward, [N, H] unless noted.
-  Buffer residual_in;   // the stream entering the layer
-  Buffer normed1, rstd1;  // rstd [N]
-  Buffer residual_mid;  // after the attention residual add
-  Buffer normed2, rstd2;
+  Buffer residual_in;  // [N, H] the stream entering the layer: kept per layer in every recompute mode
+  LayerSaved* saved = nullptr;
+  LayerRecomputable* recomputable = nullptr;
 
   Layer(const ModelConfig& c, const ParamStore& values, const ParamStore& grads, int64_t l,
         Communicator* expert_parallel)
@@ -26,6 +24,14 @@ struct Model::Layer {
       deco_ffn = std::make_unique<DecoFfn>(c, values, grads, l, expert_parallel);
     else
       dense_ffn = std::make_unique<SwigluFfn>(values, grads, layer_param(l, "mlp."));
+  }
+
+  void use_memory(LayerSaved* s, LayerRecomputable* r, LayerScratch* w) {
+    saved = s;
+    recomputable = r;
+    attention.use_memory(&s->attention, &w->attention);
+    if (deco_ffn) deco_ffn->use_memory(&s->deco, &r->deco, &w->deco);
+    if (dense_ffn) dense_ffn->use_memory(&s->dense_ffn, &r->dense_ffn, &w->dense_ffn);
   }
 };
 
@@ -62,6 +68,16 @@ Model::Model(const ModelConfig& config, DType dtype, Device device, Communicator
       lm_head_(bind_param(params_, grads_, "lm_head.weight")) {
   for (int64_t l = 0; l < config_.num_layers; ++l)
     layers_.push_back(std::make_unique<Layer>(config_, params_, grads_, l, expert_parallel));
+  // Who owns the activations (model/memory.h): per layer, or one set shared by all layers.
+  const size_t layers = layers_.size();
+  const size_t saved_sets = config_.recompute == Recompute::Full ? 1 : layers;
+  const size_t recomputable_sets = config_.recompute == Recompute::None ? layers : 1;
+  for (size_t i = 0; i < std::min(saved_sets, layers); ++i) saved_.push_back(std::make_unique<LayerSaved>());
+  for (size_t i = 0; i < std::min(recomputable_sets, layers); ++i)
+    recomputable_.push_back(std::make_unique<LayerRecomputable>());
+  for (size_t l = 0; l < layers; ++l)
+    layers_[l]->use_memory(saved_[saved_sets == 1 ? 0 : l].get(),
+                           recomputable_[recomputable_sets == 1 ? 0 : l].get(), &scratch_);
   rope_.ensure(dtype, device, Shape{config_.seq_length, config_.head_dim() / 2, 2});
   ops::rope_table(rope_, config_.rotary_base);
 }
@@ -76,6 +92,66 @@ void Model::init(uint64_t seed) {
 void Model::refresh_derived() {
   for (auto& layer : layers_)
     if (layer->deco_ffn) layer->deco_ffn->refresh_derived();
+}
+
+void Model::forward_layer(size_t l, const Tensor& next, int64_t batch, int64_t seq, RegType reg,
+                          StepResult* result) {
+  Layer& L = *layers_[l];
+  LayerSaved& s = *L.saved;
+  LayerRecomputable& r = *L.recomputable;
+  const int64_t N = batch * seq;
+  const Shape hs{N, config_.hidden_size};
+  const double eps = config_.norm_epsilon;
+  r.normed1.ensure(dtype_, device_, hs);
+  r.normed2.ensure(dtype_, device_, hs);
+  s.rstd1.ensure(dtype_, device_, Shape{N});
+  s.rstd2.ensure(dtype_, device_, Shape{N});
+  s.residual_mid.ensure(dtype_, device_, hs);
+
+  ops::rmsnorm_forward(r.normed1, s.rstd1, L.residual_in, L.ln1.value, eps);
+  L.attention.forward(branch_out_, r.normed1, rope_, batch, seq);
+  ops::copy(s.residual_mid, L.residual_in);
+  ops::axpy(s.residual_mid, branch_out_);
+  ops::rmsnorm_forward(r.normed2, s.rstd2, s.residual_mid, L.ln2.value, eps);
+  if (L.deco_ffn) {
+    DecoLayerStats stats = L.deco_ffn->forward(branch_out_, r.normed2, reg, result != nullptr);
+    if (result) result->deco_layers.push_back(std::move(stats));
+  } else {
+    L.dense_ffn->forward(branch_out_, r.normed2, false);
+  }
+  if (!next.defined()) return;
+  ops::copy(next, s.residual_mid);
+  ops::axpy(next, branch_out_);
+}
+
+void Model::recompute_layer(size_t l) {
+  Layer& L = *layers_[l];
+  LayerSaved& s = *L.saved;
+  LayerRecomputable& r = *L.recomputable;
+  const Shape hs = L.residual_in.shape();
+  const double eps = config_.norm_epsilon;
+  r.normed1.ensure(dtype_, device_, hs);
+  r.normed2.ensure(dtype_, device_, hs);
+  // The norms rewrite their saved rstd with the values it already holds (same op, same input).
+  ops::rmsnorm_forward(r.normed1, s.rstd1, L.residual_in, L.ln1.value, eps);
+  ops::rmsnorm_forward(r.normed2, s.rstd2, s.residual_mid, L.ln2.value, eps);
+  if (L.deco_ffn)
+    L.deco_ffn->recompute(r.normed2);
+  else
+    L.dense_ffn->recompute();
+}
+
+void Model::backward_layer(size_t l, RegType reg, double reg_grad_coef) {
+  Layer& L = *layers_[l];
+  const LayerSaved& s = *L.saved;
+  const LayerRecomputable& r = *L.recomputable;
+  if (L.deco_ffn)
+    L.deco_ffn->backward(dnormed_, dresidual_, r.normed2, reg, reg_grad_coef);
+  else
+    L.dense_ffn->backward(dnormed_, dresidual_, r.normed2, false);
+  ops::rmsnorm_backward(dresidual_, L.ln2.grad, dnormed_, s.residual_mid, L.ln2.value, s.rstd2);
+  L.attention.backward(dnormed_, dresidual_, r.normed1, rope_);
+  ops::rmsnorm_backward(dresidual_, L.ln1.grad, dnormed_, L.residual_in, L.ln1.value, s.rstd1);
 }
 
 StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
@@ -106,41 +182,21 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
   branch_out_.ensure(dtype_, device_, hs);
 
   // ---- forward
-  for (auto& layer : layers_) {
-    layer->residual_in.ensure(dtype_, device_, hs);
-    layer->normed1.ensure(dtype_, device_, hs);
-    layer->rstd1.ensure(dtype_, device_, Shape{N});
-    layer->residual_mid.ensure(dtype_, device_, hs);
-    layer->normed2.ensure(dtype_, device_, hs);
-    layer->rstd2.ensure(dtype_, device_, Shape{N});
-  }
+  for (auto& layer : layers_) layer->residual_in.ensure(dtype_, device_, hs);
   residual_final_.ensure(dtype_, device_, hs);
   ops::embedding_forward(layers_.empty() ? residual_final_.tensor() : layers_[0]->residual_in.tensor(),
                          inputs_, embed_.value);
-  const double eps = config_.norm_epsilon;
   for (size_t l = 0; l < layers_.size(); ++l) {
-    Layer& L = *layers_[l];
     const Tensor& next = l + 1 < layers_.size() ? layers_[l + 1]->residual_in.tensor()
                                                  : residual_final_.tensor();
-    ops::rmsnorm_forward(L.normed1, L.rstd1, L.residual_in, L.ln1.value, eps);
-    L.attention.forward(branch_out_, L.normed1, rope_, B, S);
-    ops::copy(L.residual_mid, L.residual_in);
-    ops::axpy(L.residual_mid, branch_out_);
-    ops::rmsnorm_forward(L.normed2, L.rstd2, L.residual_mid, L.ln2.value, eps);
-    if (L.deco_ffn) {
-      DecoLayerStats stats = L.deco_ffn->forward(branch_out_, L.normed2, opt.reg);
-      const double mean_reg = stats.reg_sum / static_cast<double>(N) / static_cast<double>(config_.num_layers);
-      result.reg_loss += opt.reg_coef * mean_reg;
-      result.deco_layers.push_back(std::move(stats));
-    } else {
-      L.dense_ffn->forward(branch_out_, L.normed2, false);
-    }
-    ops::copy(next, L.residual_mid);
-    ops::axpy(next, branch_out_);
+    forward_layer(l, next, B, S, opt.reg, &result);
   }
+  for (const DecoLayerStats& stats : result.deco_layers)
+    result.reg_loss += opt.reg_coef * (stats.reg_sum / static_cast<double>(N) /
+                                       static_cast<double>(config_.num_layers));
   normed_final_.ensure(dtype_, device_, hs);
   rstd_final_.ensure(dtype_, device_, Shape{N});
-  ops::rmsnorm_forward(normed_final_, rstd_final_, residual_final_, final_norm_.value, eps);
+  ops::rmsnorm_forward(normed_final_, rstd_final_, residual_final_, final_norm_.value, config_.norm_epsilon);
 
   // The fused head + loss never holds more than `chunk` rows of logits; it
   // also produces the head's gradients (the loss is the graph's end).
@@ -164,14 +220,12 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
   const double reg_grad_coef = opt.reg_coef * opt.grad_scale /
                                (static_cast<double>(config_.num_layers) * static_cast<double>(N));
   for (size_t i = layers_.size(); i-- > 0;) {
-    Layer& L = *layers_[i];
-    if (L.deco_ffn)
-      L.deco_ffn->backward(dnormed_, dresidual_, L.normed2, opt.reg, reg_grad_coef);
-    else
-      L.dense_ffn->backward(dnormed_, dresidual_, L.normed2, false);
-    ops::rmsnorm_backward(dresidual_, L.ln2.grad, dnormed_, L.residual_mid, L.ln2.value, L.rstd2);
-    L.attention.backward(dnormed_, dresidual_, L.normed1, rope_);
-    ops::rmsnorm_backward(dresidual_, L.ln1.grad, dnormed_, L.residual_in, L.ln1.value, L.rstd1);
+    // The last layer's shared state is what its forward just left (model/memory.h).
+    if (i + 1 < layers_.size()) {
+      if (config_.recompute == Recompute::Full) forward_layer(i, Tensor(), B, S, opt.reg, nullptr);
+      if (config_.recompute == Recompute::Selective) recompute_layer(i);
+    }
+    backward_layer(i, opt.reg, reg_grad_coef);
   }
   ops::embedding_backward(embed_.grad, dresidual_, inputs_);
   return result;

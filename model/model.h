@@ -8,6 +8,7 @@
 
 #include "model/attention.h"
 #include "model/deco_ffn.h"
+#include "model/memory.h"
 #include "model/params.h"
 #include "model/swiglu_ffn.h"
 
@@ -60,6 +61,13 @@ class Model {
 
  private:
   struct Layer;
+  // One decoder layer: forward from its input (residual_in) into `next`
+  // (skipped when undefined: a recomputation, whose output is not needed);
+  // appends the DECO layer's statistics to `result` when given.
+  void forward_layer(size_t l, const Tensor& next, int64_t batch, int64_t seq, RegType reg, StepResult* result);
+  // training.recompute: selective: Recomputable from Saved.
+  void recompute_layer(size_t l);
+  void backward_layer(size_t l, RegType reg, double reg_grad_coef);
 
   ModelConfig config_;
   DType dtype_;
@@ -70,7 +78,10 @@ class Model {
   std::vector<std::unique_ptr<Layer>> layers_;
   Buffer rope_;  // [seq_length, head_dim/2, 2]
 
-  // Activations for the current micro-batch shape.
+  // Activations (model/memory.h): per layer or shared, by config_.recompute.
+  std::vector<std::unique_ptr<LayerSaved>> saved_;
+  std::vector<std::unique_ptr<LayerRecomputable>> recomputable_;
+  LayerScratch scratch_;
   Buffer inputs_, targets_;   // int32 [N]
   Buffer residual_final_, normed_final_, rstd_final_;
   Buffer logits_;             // [chunk, V] workspace of the fused LM head

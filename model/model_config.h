@@ -16,6 +16,13 @@ namespace deco {
 // are exact and agree to rounding.
 enum class ExpertCompute { Dense, Sparse };
 
+// Activation recomputation (the YAML key is training.recompute; model/memory.h):
+// none keeps every layer's activations for the backward pass; selective
+// keeps the GEMM outputs and rebuilds the cheap elementwise ones; full keeps
+// only each layer's input and runs the layer's forward again before its
+// backward. All three give bit-identical results.
+enum class Recompute { None, Selective, Full };
+
 // Sparsity regularizer on the router's ReLU outputs (deco-model.md section 3).
 enum class RegType { None, Entropy, L1 };
 
@@ -38,6 +45,7 @@ struct ModelConfig {
   bool expert_gated = false;
   double router_scale_init = 0.1;
   ExpertCompute expert_compute = ExpertCompute::Sparse;
+  Recompute recompute = Recompute::None;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   bool is_deco_layer(int64_t layer) const { return num_experts > 0 && layer >= dense_layers; }
@@ -49,5 +57,6 @@ struct ModelConfig {
 const char* expert_act_name(ops::ExpertAct act);
 const char* expert_compute_name(ExpertCompute mode);
 const char* reg_type_name(RegType type);
+const char* recompute_name(Recompute mode);
 
 }  // namespace deco

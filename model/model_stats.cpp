@@ -1,6 +1,7 @@
 #include "model/model_stats.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "model/params.h"
@@ -46,35 +47,75 @@ double training_flops_per_token(const ModelConfig& config, double routed_fractio
   return 6.0 * matmul + attention;
 }
 
-double cpu_activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes) {
-  const double N = static_cast<double>(batch * c.seq_length), H = static_cast<double>(c.hidden_size);
-  const double S = static_cast<double>(c.seq_length), heads = static_cast<double>(c.num_attention_heads);
-  const double kv = static_cast<double>(c.num_query_groups * c.head_dim());
+double activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes, Device device,
+                        double activation_ratio) {
+  // Element counts by owner (model/memory.h); fb: one activation element, 4 and 8: int32 and int64.
+  const double fb = static_cast<double>(dtype_bytes);
+  const double B = static_cast<double>(batch), S = static_cast<double>(c.seq_length);
+  const double N = B * S, H = static_cast<double>(c.hidden_size);
+  const double heads = static_cast<double>(c.num_attention_heads);
+  const double A = heads * static_cast<double>(c.head_dim());                                   // q, attention output
+  const double K = static_cast<double>(c.num_query_groups) * static_cast<double>(c.head_dim());  // k, v
   const double E = static_cast<double>(c.num_experts), D = static_cast<double>(c.moe_ffn_hidden_size);
-  // Per layer: the residual stream and norms (4 [N, H] + 2 [N]); attention's
-  // q, output, their gradients (4 [N, H]), k, v and theirs (4 [N, kv]) and
-  // the saved probabilities [B, heads, S, S].
-  double per_layer_common = 4 * N * H + 2 * N + 4 * N * H + 4 * N * kv + static_cast<double>(batch) * heads * S * S;
-  double floats = 0.0;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    floats += per_layer_common;
-    if (!c.is_deco_layer(l)) {
-      floats += 6 * N * static_cast<double>(c.ffn_hidden_size);  // gate, up, hidden and their gradients
-      continue;
-    }
-    const double shared = 6 * N * static_cast<double>(c.moe_shared_expert_intermediate_size);
-    const double router = 5 * N * E;  // z, g, dg, dr, dz
-    // [rows, D] expert buffers (projection(s), NormSiLU state, activations,
-    // scaled activations and their gradients), rows = N*E (dense) or P pairs.
-    const double gated = c.expert_gated ? 3.0 : 0.0;
-    const double rows = c.expert_compute == ExpertCompute::Dense ? N * E : 0.5 * N * E;
-    double experts = (8 + gated) * rows * D;
-    if (c.expert_compute == ExpertCompute::Sparse) experts += 2 * rows * H;  // gathered inputs, outputs
-    floats += shared + router + experts;
+  const double F = static_cast<double>(c.ffn_hidden_size);
+  const double Sh = static_cast<double>(c.moe_shared_expert_intermediate_size);
+  const double V = static_cast<double>(c.vocab_size);
+
+  // The decoder layer and its attention, which every layer has.
+  const double lse = device == Device::CPU ? B * heads * S * S : B * heads * S;
+  const double layer_saved = (2 * N + N * H + 2 * N * A + 2 * N * K + lse) * fb;  // rstd1, rstd2, residual_mid, q, k, v, att
+  const double layer_recomp = 2 * N * H * fb;                                      // normed1, normed2
+  const double attention_scratch = (2 * N * A + 2 * N * K) * fb;                   // datt, dq, dk, dv
+  // A SwiGLU of width w: gate and up outputs; hidden; three gradients.
+  auto swiglu = [&](double w, double parts[3]) {
+    parts[0] = 2 * N * w * fb;
+    parts[1] = N * w * fb;
+    parts[2] = 3 * N * w * fb;
+  };
+  double dense_ffn[3] = {0, 0, 0}, deco[3] = {0, 0, 0};
+  swiglu(F, dense_ffn);
+  if (c.num_experts > 0) {
+    swiglu(Sh, deco);  // the shared expert
+    const bool sparse = c.expert_compute == ExpertCompute::Sparse;
+    const bool mean = ops::expert_act_has_mean(c.expert_act);
+    const double rows = sparse ? std::ceil(activation_ratio * N * E) : N * E;  // [rows, D] expert blocks
+    const double gated = c.expert_gated ? 1.0 : 0.0;
+    // Saved: z; pre (and lin); mean; gscale; the routing (int32, host offsets included).
+    deco[0] += (N * E + (1 + gated) * rows * D + (mean ? N : 0) + rows) * fb +
+               (sparse ? ((E + 1) + 2 * N * E) * 4 : 0);
+    // Recomputable: xhat, actn, ga (and act), rs; the gathered input rows.
+    deco[1] += ((3 + gated) * rows * D + rows + (sparse ? rows * H : 0)) * fb;
+    // Scratch: g, dg, dr, dz; q, dact, dc (and dlin), dgs; kappa; the per-pair rows
+    // and their row means, kvec; counts (int64).
+    deco[2] += (4 * N * E + (3 + gated) * rows * D + rows + (mean ? N : 0) +
+                (sparse ? rows * H + (mean ? rows + H : 0) : 0)) * fb +
+               E * 8;
   }
-  const double vocab_chunk = std::min(N, std::max(1.0, static_cast<double>(int64_t{1} << 24) / c.vocab_size));
-  floats += 4 * N * H + vocab_chunk * static_cast<double>(c.vocab_size);  // final norm, head, logits chunk
-  return floats * static_cast<double>(dtype_bytes);
+
+  const bool any_dense = c.num_experts == 0 || c.dense_layers > 0;
+  const bool any_deco = c.num_deco_layers() > 0;
+  double saved_sum = 0, recomp_sum = 0, saved_max = 0, recomp_max = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const double* ffn = c.is_deco_layer(l) ? deco : dense_ffn;
+    saved_sum += layer_saved + ffn[0];
+    recomp_sum += layer_recomp + ffn[1];
+  }
+  // One shared set holds the attention's part once and each FFN kind's once.
+  saved_max = layer_saved + (any_dense ? dense_ffn[0] : 0) + (any_deco ? deco[0] : 0);
+  recomp_max = layer_recomp + (any_dense ? dense_ffn[1] : 0) + (any_deco ? deco[1] : 0);
+  const double scratch = attention_scratch + (any_dense ? dense_ffn[2] : 0) + (any_deco ? deco[2] : 0);
+
+  double layers = static_cast<double>(c.num_layers) * N * H * fb + scratch;  // the layer inputs, always kept
+  switch (c.recompute) {
+    case Recompute::None: layers += saved_sum + recomp_sum; break;
+    case Recompute::Selective: layers += saved_sum + recomp_max; break;
+    case Recompute::Full: layers += saved_max + recomp_max; break;
+  }
+  // The model's own: inputs and targets (int32); branch output, final
+  // stream, its norm and rstd, the two backward streams; the logits chunk.
+  const double chunk = std::min(N, std::max(1.0, std::floor(static_cast<double>(int64_t{1} << 24) / V)));
+  const double model = 2 * N * 4 + (5 * N * H + N + chunk * V) * fb;
+  return layers + model;
 }
 
 }  // namespace deco

@@ -48,6 +48,15 @@ const char* expert_compute_name(ExpertCompute mode) {
   return mode == ExpertCompute::Dense ? "dense" : "sparse";
 }
 
+const char* recompute_name(Recompute mode) {
+  switch (mode) {
+    case Recompute::None: return "none";
+    case Recompute::Selective: return "selective";
+    case Recompute::Full: return "full";
+  }
+  return "?";
+}
+
 const char* reg_type_name(RegType type) {
   switch (type) {
     case RegType::None: return "none";

@@ -104,6 +104,11 @@ const EnumTable<ExpertCompute>& enum_table(ExpertCompute) {
                                               {"sparse", ExpertCompute::Sparse}};
   return table;
 }
+const EnumTable<Recompute>& enum_table(Recompute) {
+  static const EnumTable<Recompute> table{
+      {"none", Recompute::None}, {"selective", Recompute::Selective}, {"full", Recompute::Full}};
+  return table;
+}
 const EnumTable<RegType>& enum_table(RegType) {
   static const EnumTable<RegType> table{
       {"entropy", RegType::Entropy}, {"l1", RegType::L1}, {"none", RegType::None}};
@@ -377,6 +382,7 @@ const std::vector<Section>& schema() {
         DECO_FIELD(training, eval_iters),
         DECO_FIELD(training, threads),
         DECO_FIELD(training, device),
+        DECO_FIELD(training, recompute),
         DECO_FIELD(training, max_nonfinite_skips)}},
       {"optimizer",
        {DECO_FIELD(optimizer, lr, "the peak learning rate"),
@@ -896,8 +902,6 @@ class Validator {
               experts, ") so every rank holds the same number of experts; change one of them."));
   }
 
-  // Saving and resuming arrive with a later version; accepting the keys
-  // now would let a run believe it is protected by checkpoints.
   void logging() const {
     const LoggingConfig& l = c_.logging;
     non_negative("logging.alert_ratio_margin", l.alert_ratio_margin);
@@ -942,6 +946,7 @@ Config config_from_text(const std::string& text, const std::string& path,
   check_required(root, present, path);
   if (!present.count("model.num_query_groups"))
     config.model.num_query_groups = config.model.num_attention_heads;
+  config.model.recompute = config.training.recompute;  // the model reads it from its own config
   Validator(config, origins, present, world_size).run();
   return config;
 }

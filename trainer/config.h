@@ -26,6 +26,11 @@ struct TrainingConfig {
   // Where the model trains: "cpu", or "cuda" (the process's GPU, float32 on
   // the CUDA kernels; one process for now).
   std::string device = "cpu";
+  // Activation recomputation (model/memory.h): none, selective (rebuild the
+  // cheap elementwise activations before each layer's backward) or full
+  // (keep only each layer's input and run its forward again). Same results,
+  // less memory; copied into ModelConfig::recompute when the config is read.
+  Recompute recompute = Recompute::None;
   // A step whose loss or gradients are not finite is skipped (no update);
   // this many skips in a row stop the run.
   int64_t max_nonfinite_skips = 10;

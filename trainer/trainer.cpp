@@ -242,7 +242,8 @@ void Trainer::check_memory() {
   const ModelConfig& m = config_.model;
   const double gib = 1024.0 * 1024.0 * 1024.0;
   const double state = 16.0 * static_cast<double>(count_params(m).total);  // fp32 weights, grads, AdamW m and v
-  const double activations = cpu_activation_bytes(m, config_.training.micro_batch_size, sizeof(float));
+  // The sparse path's pairs at an activation ratio of 0.5, about where training starts.
+  const double activations = activation_bytes(m, config_.training.micro_batch_size, sizeof(float), Device::CPU, 0.5);
   memory_note_ = str("about ", std::round((state + activations) / gib * 10) / 10, " GiB (",
                      std::round(state / gib * 10) / 10, " GiB weights, gradients and AdamW state; ",
                      std::round(activations / gib * 10) / 10, " GiB activations)");

@@ -7,35 +7,15 @@
 #include "core/rng.h"
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "model_fixtures.h"
 #include "test_util.h"
 
 using namespace deco;
 
 namespace {
 
-ModelConfig small_config() {
-  ModelConfig c;
-  c.num_layers = 3;  // layer 0 dense, layers 1-2 DECO
-  c.hidden_size = 16;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 4;
-  c.ffn_hidden_size = 24;
-  c.vocab_size = 32;
-  c.seq_length = 8;
-  c.num_experts = 6;
-  c.moe_ffn_hidden_size = 4;
-  c.moe_shared_expert_intermediate_size = 8;
-  c.dense_layers = 1;
-  c.init_method_std = 0.3;  // O(1) activations so every term of every gradient matters
-  return c;
-}
-
-std::vector<int32_t> random_tokens(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(batch * (seq + 1)));
-  for (int32_t& v : t) v = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
-  return t;
-}
+using test::random_tokens;
+ModelConfig small_config() { return test::small_model_config(); }
 
 struct Case {
   const char* name;

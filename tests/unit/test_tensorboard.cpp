@@ -127,7 +127,7 @@ TEST_CASE("TensorBoardWriter refuses to overwrite an event file", "[tensorboard]
   CHECK_THAT(missing, Catch::Contains("cannot create") && Catch::Contains("no/such/dir"));
 }
 
-TEST_CASE("MetricsLog writes the step's scalars; a resumed log opens a new event file", "[tensorboard]") {
+TEST_CASE("MetricsLog writes the step's scalars, a resumed log opens a new event file", "[tensorboard]") {
   deco::test::TempDir dir;
   StepMetrics m;
   m.step = 7;
@@ -149,6 +149,7 @@ TEST_CASE("MetricsLog writes the step's scalars; a resumed log opens a new event
   m.idle_token_share = {0.01, 0.02};
   m.router_entropy = {1.5, 1.25};
   m.val_loss = 3.75;
+  m.peak_memory_bytes = int64_t{3} << 29;  // 1.5 GiB
   {
     MetricsLog log(dir.path.string());
     log.write(m);
@@ -164,7 +165,8 @@ TEST_CASE("MetricsLog writes the step's scalars; a resumed log opens a new event
   const std::map<std::string, float> want = {
       {"train/lm_loss", 3.5f}, {"train/reg_loss", 0.01f}, {"train/lr", 3e-3f}, {"train/grad_norm", 0.8f},
       {"train/reg_coef", 2e-3f}, {"train/tokens_per_second", 12345.0f}, {"train/tflops", 0.5f},
-      {"train/data_wait_s", 0.001f}, {"train/skipped_steps", 1.0f}, {"val/loss", 3.75f},
+      {"train/data_wait_s", 0.001f}, {"train/skipped_steps", 1.0f}, {"train/peak_memory_gib", 1.5f},
+      {"val/loss", 3.75f},
       {"sparsity/activation_ratio", 0.25f},
       {"sparsity/layer_03/activation_ratio", 0.2f}, {"sparsity/layer_12/activation_ratio", 0.3f},
       {"experts/layer_03/max_violation", 0.5f}, {"experts/layer_12/max_violation", 0.75f},
@@ -183,7 +185,8 @@ TEST_CASE("MetricsLog writes the step's scalars; a resumed log opens a new event
   files = event_files(dir.path.string());
   REQUIRE(files.size() == 2);
   const auto resumed = read_events(files[1]);
-  REQUIRE(resumed.size() == 21);  // file_version + 20 scalars (no val/loss)
-  CHECK(resumed[1].step() == 6);
-  CHECK(read_events(files[0]).size() == 22);
+  REQUIRE(resumed.size() == 23);  // file_version, SessionLog START, 21 scalars (no val/loss)
+  CHECK(resumed[1].has_session_log());
+  CHECK(resumed[2].step() == 6);
+  CHECK(read_events(files[0]).size() == 23);
 }

@@ -232,7 +232,7 @@ TEST_CASE("resuming into the same run directory keeps one row per step", "[train
   CHECK(std::filesystem::exists(dir / "run/metrics.jsonl.after-step-3"));
 }
 
-TEST_CASE("checkpoint.load: auto resumes from latest; a changed architecture is refused", "[trainer][checkpoint]") {
+TEST_CASE("checkpoint.load: auto resumes from latest, a changed architecture is refused", "[trainer][checkpoint]") {
   deco::test::TempDir dir;
   const std::string save = "checkpoint.save=" + (dir / "ckpt");
   run_to_end(short_tiny(4, {save}), dir / "a");
