@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cli/commands.h"
-#include "core/rng.h"
+#include "cli/device_peaks.h"
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
 #include "model/model_stats.h"
@@ -24,30 +24,6 @@ namespace {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-// FLOP/s of the best of three n x n x n float32 GEMMs on `device`: what the
-// hardware and its BLAS reach on the op that dominates training. Results are
-// read back to the host after each GEMM, so the time includes the device's work.
-double measured_peak_flops(Device device, int64_t n) {
-  Buffer a(DType::F32, device, {n, n}), b(DType::F32, device, {n, n}), c(DType::F32, device, {n, n});
-  {
-    Buffer h(DType::F32, Device::CPU, {n, n});
-    Rng rng(7);
-    for (int64_t i = 0; i < n * n; ++i) h.data<float>()[i] = static_cast<float>(rng.normal());
-    ops::copy(a, h);
-    ops::copy(b, h);
-  }
-  float sink = 0.0f;
-  double best = 0.0;
-  for (int round = 0; round < 4; ++round) {  // the first round warms up (cuBLASLt's heuristic, page faults)
-    const auto t0 = std::chrono::steady_clock::now();
-    ops::gemm(c.tensor().matrix(), a.tensor().matrix(), false, b.tensor().matrix(), true, 1.0, 0.0);
-    device_copy(Device::CPU, &sink, device, c.tensor().raw(), sizeof(float));  // waits for the GEMM
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (round > 0) best = std::max(best, 2.0 * static_cast<double>(n) * n * n / s);
-  }
-  return best;
 }
 
 }  // namespace
@@ -82,17 +58,17 @@ int bench(const BenchArgs& args) {
 
   const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
   const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048);
-  std::vector<double> time, tps, tflops, ratio;
+  std::vector<double> time, tps, tflops, ratio, flops;
   int64_t memory = 0;
   for (const StepMetrics& m : steps) {
     time.push_back(m.step_time_s);
     tps.push_back(m.tokens_per_second);
     tflops.push_back(m.tflops);
+    flops.push_back(m.tflops * 1e12 * m.step_time_s);
     if (m.activation_ratio) ratio.push_back(*m.activation_ratio);
     memory = std::max(memory, m.peak_memory_bytes);
   }
   const ModelConfig& mc = config.model;
-  const double tokens = static_cast<double>(config.training.global_batch_size * mc.seq_length);
   std::printf("deco bench: %s on %s | %lld steps timed after %lld warm-up | %lld x %lld tokens per step\n",
               config.source.c_str(),
               device == Device::CUDA ? cuda_device_description().c_str()
@@ -102,12 +78,9 @@ int bench(const BenchArgs& args) {
   std::printf("  %-22s %12.0f\n", "tokens/s (median)", median(tps));
   std::printf("  %-22s %12.4f s   (min %.4f, max %.4f)\n", "step time (median)", median(time),
               *std::min_element(time.begin(), time.end()), *std::max_element(time.begin(), time.end()));
-  std::printf("  %-22s %12.3f     (6 x matrix parameters per token + attention, routed experts x the ratio on "
-              "the sparse path; %.4g FLOPs per step at the median ratio)\n",
-              "executed TFLOP/s", median(tflops),
-              training_flops_per_token(mc, ratio.empty() || mc.expert_compute == ExpertCompute::Dense ? 1.0
-                                                                                                   : median(ratio)) *
-                  tokens);
+  std::printf("  %-22s %12.3f     (6 x matrix parameters per token + attention, the routed experts' share as "
+              "computed: all on the dense path, the active pairs on the sparse one; %.4g FLOPs per step, median)\n",
+              "executed TFLOP/s", median(tflops), median(flops));
   std::printf("  %-22s %12.3f     (float32 GEMM, measured now)\n", "device peak TFLOP/s", peak / 1e12);
   std::printf("  %-22s %11.1f%%\n", "MFU", peak > 0 ? 100.0 * median(tflops) * 1e12 / peak : 0.0);
   if (!ratio.empty()) std::printf("  %-22s %12.4f\n", "activation ratio", median(ratio));

@@ -103,6 +103,17 @@ struct BenchArgs {
 };
 int bench(const BenchArgs& args);
 
+// deco bench-layer: one DECO layer forward + backward per path and forced activation ratio.
+struct BenchLayerArgs {
+  ConfigArgs cfg;
+  std::vector<double> ratios{0.05, 0.2, 0.5, 1.0};
+  std::vector<std::string> paths{"dense", "sparse"};
+  int64_t tokens = 0;  // 0: micro_batch_size x seq_length
+  int64_t iters = 5;
+  int64_t warmup = 2;
+};
+int bench_layer(const BenchLayerArgs& args);
+
 // deco report: <run_dir> (and --compare runs) to one self-contained HTML file.
 struct ReportArgs {
   std::string run_dir;

@@ -155,6 +155,21 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--warmup", bench_args.warmup, "untimed steps first (default 3)")
       ->check(CLI::NonNegativeNumber);
 
+  deco::cli::BenchLayerArgs layer_args;
+  CLI::App* layer_cmd = app.add_subcommand(
+      "bench-layer", "time one DECO layer forward + backward on the dense and sparse expert paths at forced "
+                     "activation ratios, against the device's floors");
+  add_config_options(layer_cmd, layer_args.cfg);
+  layer_cmd->add_option("--ratio", layer_args.ratios, "activation ratios to force (default 0.05 0.2 0.5 1.0)")
+      ->delimiter(',');
+  layer_cmd->add_option("--path", layer_args.paths, "expert paths to time: dense, sparse (default both)")
+      ->delimiter(',');
+  layer_cmd->add_option("--tokens", layer_args.tokens, "tokens per pass (default micro_batch_size x seq_length)")
+      ->check(CLI::PositiveNumber);
+  layer_cmd->add_option("--iters", layer_args.iters, "timed passes (default 5)")->check(CLI::PositiveNumber);
+  layer_cmd->add_option("--warmup", layer_args.warmup, "untimed passes first (default 2)")
+      ->check(CLI::NonNegativeNumber);
+
   deco::cli::ReportArgs report_args;
   CLI::App* report_cmd = app.add_subcommand(
       "report", "one self-contained HTML file of a run's loss, sparsity and throughput (docs/monitoring.md)");
@@ -178,6 +193,7 @@ int main(int argc, char** argv) {
     if (*import_cmd) return deco::cli::import_weights(import_args);
     if (*report_cmd) return deco::cli::report(report_args);
     if (*bench_cmd) return deco::cli::bench(bench_args);
+    if (*layer_cmd) return deco::cli::bench_layer(layer_args);
   } catch (const deco::Error& e) {
     return report_error(e.what(), 1);
   } catch (const std::exception& e) {  // internal errors carry their own "internal error at" text

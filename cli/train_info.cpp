@@ -108,9 +108,9 @@ int info(const ConfigArgs& args) {
               static_cast<long long>(micro), static_cast<long long>(m.seq_length),
               device == Device::CUDA ? "GPU" : "CPU");
   std::printf("  %-40s %8.2f GiB\n", "weights, gradients, AdamW moments", 16.0 * static_cast<double>(c.total) / gib);
-  const bool sparse = m.num_experts > 0 && m.expert_compute == ExpertCompute::Sparse;
-  if (sparse) std::printf("  activations (sparse path: pairs at activation ratio 0.5, where training starts / %.2f, the target)\n",
-                          config.sparsity.target_ratio);
+  const bool sparse = m.num_experts > 0 && m.expert_compute != ExpertCompute::Dense;
+  if (sparse) std::printf("  activations (%s path: pairs at activation ratio 0.5, where training starts / %.2f, the target)\n",
+                          expert_compute_name(m.expert_compute), config.sparsity.target_ratio);
   for (Recompute mode : {Recompute::None, Recompute::Selective, Recompute::Full}) {
     ModelConfig mc = m;
     mc.recompute = mode;

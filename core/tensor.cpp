@@ -339,4 +339,16 @@ void device_copy(Device dst_device, void* dst, Device src_device, const void* sr
 #endif
 }
 
+void device_synchronize(Device device) {
+  if (device == Device::CPU) return;
+#ifdef DECO_WITH_CUDA
+  const cudaError_t status = cudaDeviceSynchronize();
+  if (status != cudaSuccess)
+    fail("the GPU reported an error from earlier work: ", cudaGetErrorString(status),
+         ". Rerun with CUDA_LAUNCH_BLOCKING=1 to see which kernel failed.");
+#else
+  no_cuda();
+#endif
+}
+
 }  // namespace deco

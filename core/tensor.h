@@ -140,6 +140,8 @@ void* device_alloc(Device device, size_t bytes);
 void device_free(Device device, void* ptr);
 void device_memset_zero(Device device, void* ptr, size_t bytes);
 void device_copy(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes);
+// Waits until the device has finished everything queued so far (a no-op on the CPU).
+void device_synchronize(Device device);
 
 // True when this binary was built with the CUDA backend.
 bool cuda_built();

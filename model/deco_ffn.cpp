@@ -95,11 +95,16 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   ops::relu_route_forward(w.g, w.counts, s.z, scale_.value);
 
   DecoLayerStats stats;
+  // The counts come to the host for the statistics, and for auto's choice
+  // (also when recomputing: the choice must repeat the forward's).
+  std::vector<int64_t> counts;
+  if (statistics || (compute_ == ExpertCompute::Auto && !ep_)) {
+    counts.assign(static_cast<size_t>(E_total_), 0);
+    device_copy(Device::CPU, counts.data(), dev, w.counts.tensor().raw(), counts.size() * sizeof(int64_t));
+  }
   if (statistics) {
     stats.tokens = N;
-    stats.expert_tokens.assign(static_cast<size_t>(E_total_), 0);
-    device_copy(Device::CPU, stats.expert_tokens.data(), dev, w.counts.tensor().raw(),
-                static_cast<size_t>(E_total_) * sizeof(int64_t));
+    stats.expert_tokens = counts;
     for (int64_t c : stats.expert_tokens) stats.active_pairs += c;
     stats.entropy_sum = ops::entropy_reg_forward(s.z);
     if (reg == RegType::Entropy) stats.reg_sum = stats.entropy_sum;
@@ -112,6 +117,10 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   else
     ops::zero(y);
   if (!ep_) {
+    int64_t active = 0;
+    for (int64_t c : counts) active += c;
+    s.compute = choose_path(active, N * E_total_);
+    stats.compute = s.compute;
     zx_ = s.z;
     gx_ = w.g;
     experts_forward(y, x);
@@ -128,9 +137,20 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   w.yr.ensure(dt, dev, Shape{R, H});
   s.exchange.dispatch(s.xr, x);
   s.exchange.dispatch_blocks(w.zr, s.z);
-  // relu_route_forward wants counts; the source rank counted these tokens already.
+  // The source ranks counted these tokens for the statistics; these counts
+  // (of the received rows, on this rank's experts) are what auto decides by.
   w.counts.ensure(DType::I64, dev, Shape{E_});
+  ops::zero(w.counts);
   ops::relu_route_forward(w.gr, w.counts, w.zr, scale_.value.slice(ep_first_, ep_first_ + E_));
+  s.compute = compute_;
+  if (compute_ == ExpertCompute::Auto) {
+    std::vector<int64_t> received(static_cast<size_t>(E_), 0);
+    device_copy(Device::CPU, received.data(), dev, w.counts.tensor().raw(), received.size() * sizeof(int64_t));
+    int64_t active = 0;
+    for (int64_t c : received) active += c;
+    s.compute = choose_path(active, R * E_);
+  }
+  stats.compute = s.compute;
   zx_ = w.zr;
   gx_ = w.gr;
   ops::zero(w.yr);
@@ -144,22 +164,28 @@ void DecoFfn::recompute(const Tensor& x) {
   experts_recompute(ep_ ? saved_->xr.tensor() : x);
 }
 
+ExpertCompute DecoFfn::choose_path(int64_t active, int64_t slots) const {
+  if (compute_ != ExpertCompute::Auto) return compute_;
+  const double ratio = slots > 0 ? static_cast<double>(active) / static_cast<double>(slots) : 0.0;
+  return ratio <= crossover_ ? ExpertCompute::Sparse : ExpertCompute::Dense;
+}
+
 void DecoFfn::experts_forward(const Tensor& y, const Tensor& x) {
-  if (compute_ == ExpertCompute::Dense)
+  if (saved_->compute == ExpertCompute::Dense)
     experts_forward_dense(y, x);
   else
     experts_forward_sparse(y, x);
 }
 
 void DecoFfn::experts_backward(const Tensor& dx, const Tensor& dy, const Tensor& x) {
-  if (compute_ == ExpertCompute::Dense)
+  if (saved_->compute == ExpertCompute::Dense)
     experts_backward_dense(dx, dy, x);
   else
     experts_backward_sparse(dx, dy, x);
 }
 
 void DecoFfn::experts_recompute(const Tensor& x) {
-  if (compute_ == ExpertCompute::Sparse) {
+  if (saved_->compute == ExpertCompute::Sparse) {
     const Saved& s = *saved_;
     recomp_->xg.ensure(x.dtype(), x.device(), Shape{s.pairs, x.size(1)});
     ops::gather_rows(recomp_->xg, x, s.pair_token.tensor().slice(0, s.pairs));
@@ -179,7 +205,7 @@ void DecoFfn::activation_forward() {
   r.actn.ensure(dt, dev, Shape{rows, D_});
   r.ga.ensure(dt, dev, Shape{rows, D_});
   // Block b belongs to the pair's token (sparse) or to token b / E (the dense [N, E*D] layout).
-  const bool sparse = compute_ == ExpertCompute::Sparse;
+  const bool sparse = s.compute == ExpertCompute::Sparse;
   const Tensor block_token = sparse ? s.pair_token.tensor().slice(0, s.pairs) : Tensor();
   ops::normsilu_forward(r.actn, r.xhat, r.rs, pre, s.mean.tensor(), block_token, sparse ? 0 : E_,
                         gamma_.value, act_kind_, eps_);

@@ -38,6 +38,7 @@ struct DecoLayerStats {
   std::vector<int64_t> expert_tokens;       // [E] active tokens per expert
   double reg_sum = 0.0;                     // regularizer summed over tokens, before any coefficient
   double entropy_sum = 0.0;                 // routing entropy summed over tokens (the entropy regularizer's value)
+  ExpertCompute compute = ExpertCompute::Sparse;  // the path the routed experts took (auto decides per call)
   int64_t idle_tokens = 0;                  // tokens with no active routed expert
   // Expert parallelism: token rows this rank sent to each expert-parallel
   // rank (itself included; a token counts once per rank owning one of its
@@ -49,6 +50,7 @@ class DecoFfn {
  public:
   // Activation memory (model/memory.h).
   struct Saved {  // forward -> backward
+    ExpertCompute compute = ExpertCompute::Sparse;  // the path this forward took: Dense or Sparse
     Buffer z;                  // router pre-activation [N, E] (all experts of the layer)
     Buffer pre, lin, mean;     // projections [rows, D] (rows = N*E blocks dense, P pairs sparse), token means
     Buffer gscale;             // each block's expert score [rows]
@@ -86,6 +88,10 @@ class DecoFfn {
   // Recomputes state derived from the weights (the mean row w_bar). Call
   // after every change to the weights (optimizer step, load).
   void refresh_derived();
+  // model.expert_compute auto: the sparse path runs when the activation
+  // ratio of the rows the experts compute is at most this, the dense path
+  // above it. Until set, auto takes the sparse path.
+  void set_expert_crossover(double ratio) { crossover_ = ratio; }
 
   // y[N, H] (=) DECO FFN of x[N, H]; `reg` picks which regularizer value to
   // report. Without `statistics` (a recomputation) the returned stats are
@@ -98,6 +104,8 @@ class DecoFfn {
   void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg, double reg_grad_coef);
 
  private:
+  // The path for rows whose router counted `active` (token, expert) pairs of `slots`.
+  ExpertCompute choose_path(int64_t active, int64_t slots) const;
   // The routed experts this rank holds, on rows x (this rank's tokens, or
   // the rows other ranks sent) with router values zx_/gx_ [rows, E_];
   // outputs are added into y / dx, score gradients written to dgx_.
@@ -124,7 +132,8 @@ class DecoFfn {
   int64_t ep_first_;  // index of this rank's first expert
   ops::ExpertAct act_kind_;
   bool gated_;
-  ExpertCompute compute_;
+  ExpertCompute compute_;  // as configured (auto included)
+  double crossover_ = 1.0;
   double eps_;
 
   Param router_, scale_, act_proj_, lin_proj_, down_, gamma_;  // act_proj_ feeds NormSiLU:

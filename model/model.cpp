@@ -89,6 +89,11 @@ void Model::init(uint64_t seed) {
   refresh_derived();
 }
 
+void Model::set_expert_crossover(double ratio) {
+  for (auto& layer : layers_)
+    if (layer->deco_ffn) layer->deco_ffn->set_expert_crossover(ratio);
+}
+
 void Model::refresh_derived() {
   for (auto& layer : layers_)
     if (layer->deco_ffn) layer->deco_ffn->refresh_derived();

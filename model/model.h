@@ -53,6 +53,8 @@ class Model {
   void init(uint64_t seed);
   // Recomputes state derived from the weights; call after any weight change.
   void refresh_derived();
+  // model.expert_compute auto: every DECO layer's crossover ratio (DecoFfn::set_expert_crossover).
+  void set_expert_crossover(double ratio);
 
   // One micro-batch: tokens is int32 [B, S+1] in host memory (inputs are
   // the first S columns, targets the last S). With options.backward, adds

@@ -13,8 +13,11 @@ namespace deco {
 // How a DECO layer computes its routed experts (engineering.md): "dense"
 // computes all E experts and lets the zero scores mask them, as the authors'
 // code does; "sparse" computes only the active (token, expert) pairs. Both
-// are exact and agree to rounding.
-enum class ExpertCompute { Dense, Sparse };
+// are exact and agree to rounding. "auto" picks one per layer and
+// micro-batch from the activation ratio its router just produced: sparse at
+// or below a crossover ratio that the trainer measures on the device at
+// start (model/layer_bench.h) and keeps in checkpoints, dense above it.
+enum class ExpertCompute { Dense, Sparse, Auto };
 
 // Activation recomputation (the YAML key is training.recompute; model/memory.h):
 // none keeps every layer's activations for the backward pass; selective

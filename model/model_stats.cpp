@@ -76,19 +76,22 @@ double activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes,
   swiglu(F, dense_ffn);
   if (c.num_experts > 0) {
     swiglu(Sh, deco);  // the shared expert
-    const bool sparse = c.expert_compute == ExpertCompute::Sparse;
+    // Auto runs both paths over time: its buffers grow to the dense path's
+    // [N*E, D] blocks and also hold the sparse path's per-pair rows.
+    const bool sparse = c.expert_compute != ExpertCompute::Dense;
     const bool mean = ops::expert_act_has_mean(c.expert_act);
-    const double rows = sparse ? std::ceil(activation_ratio * N * E) : N * E;  // [rows, D] expert blocks
+    const double pairs = std::ceil(activation_ratio * N * E);
+    const double rows = c.expert_compute == ExpertCompute::Sparse ? pairs : N * E;  // [rows, D] expert blocks
     const double gated = c.expert_gated ? 1.0 : 0.0;
     // Saved: z; pre (and lin); mean; gscale; the routing (int32, host offsets included).
     deco[0] += (N * E + (1 + gated) * rows * D + (mean ? N : 0) + rows) * fb +
                (sparse ? ((E + 1) + 2 * N * E) * 4 : 0);
     // Recomputable: xhat, actn, ga (and act), rs; the gathered input rows.
-    deco[1] += ((3 + gated) * rows * D + rows + (sparse ? rows * H : 0)) * fb;
+    deco[1] += ((3 + gated) * rows * D + rows + (sparse ? pairs * H : 0)) * fb;
     // Scratch: g, dg, dr, dz; q, dact, dc (and dlin), dgs; kappa; the per-pair rows
     // and their row means, kvec; counts (int64).
     deco[2] += (4 * N * E + (3 + gated) * rows * D + rows + (mean ? N : 0) +
-                (sparse ? rows * H + (mean ? rows + H : 0) : 0)) * fb +
+                (sparse ? pairs * H + (mean ? pairs + H : 0) : 0)) * fb +
                E * 8;
   }
 

@@ -45,7 +45,12 @@ const char* expert_act_name(ops::ExpertAct act) {
 }
 
 const char* expert_compute_name(ExpertCompute mode) {
-  return mode == ExpertCompute::Dense ? "dense" : "sparse";
+  switch (mode) {
+    case ExpertCompute::Dense: return "dense";
+    case ExpertCompute::Sparse: return "sparse";
+    case ExpertCompute::Auto: return "auto";
+  }
+  return "?";
 }
 
 const char* recompute_name(Recompute mode) {

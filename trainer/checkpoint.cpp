@@ -336,6 +336,7 @@ std::map<std::string, H5Scalar> state_values(const TrainingState& state, const s
       {"reg_coef", state.reg_coef},
       {"elapsed_s", state.elapsed_s},
       {"seed", state.seed},
+      {"expert_crossover", state.expert_crossover},
       {"config", config_yaml},
       {"version", std::string(DECO_VERSION)},
       {"saved_at", utc_now()},
@@ -655,6 +656,7 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const CheckpointTensors
   out.state.reg_coef = real_field(values, "reg_coef", state_path);
   out.state.elapsed_s = real_field(values, "elapsed_s", state_path);
   out.state.seed = uint_field(values, "seed", state_path);
+  if (values.count("expert_crossover")) out.state.expert_crossover = real_field(values, "expert_crossover", state_path);
   out.config_yaml = text_field(values, "config", state_path);
   out.version = text_field(values, "version", state_path);
   if (out.state.step < 0 || out.state.consumed_samples < 0 || out.state.evaluations < 0)

@@ -39,6 +39,10 @@ struct TrainingState {
   double reg_coef = 0.0;          // the sparsity coefficient lambda for the next step
   double elapsed_s = 0.0;         // training time so far (for the console's elapsed column)
   uint64_t seed = 0;              // training.seed the run started with
+  // model.expert_compute auto: the crossover ratio the run measured when it
+  // started (a resumed run keeps it, so it repeats the same path choices);
+  // negative when not measured. Optional in state.h5 (older checkpoints).
+  double expert_crossover = -1.0;
 };
 
 // What one checkpoint holds, as views of the live buffers (or of host copies).

@@ -100,8 +100,8 @@ const EnumTable<ops::ExpertAct>& enum_table(ops::ExpertAct) {
   return table;
 }
 const EnumTable<ExpertCompute>& enum_table(ExpertCompute) {
-  static const EnumTable<ExpertCompute> table{{"dense", ExpertCompute::Dense},
-                                              {"sparse", ExpertCompute::Sparse}};
+  static const EnumTable<ExpertCompute> table{
+      {"dense", ExpertCompute::Dense}, {"sparse", ExpertCompute::Sparse}, {"auto", ExpertCompute::Auto}};
   return table;
 }
 const EnumTable<Recompute>& enum_table(Recompute) {

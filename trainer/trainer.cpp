@@ -15,6 +15,7 @@
 #include "core/file_io.h"
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
+#include "model/layer_bench.h"
 #include "model/model_stats.h"
 #include "trainer/data_sources.h"
 #include "trainer/weights_io.h"
@@ -56,6 +57,7 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
                                        shard_context(L.rank).owned);
   sharded_ = L.ep_size > 1 || zero_;
   restore();
+  setup_expert_compute();
   monitor_ = std::make_unique<Monitor>(config_.logging, config_.sparsity.target_ratio, config_.model.num_deco_layers(),
                                        config_.model.num_experts);
   data_ = make_training_data(config_, groups_);
@@ -131,10 +133,32 @@ void Trainer::restore() {
   evaluations_ = s.evaluations;
   elapsed_s_ = s.elapsed_s;
   sparsity_.set_coef(s.reg_coef);
+  expert_crossover_ = s.expert_crossover;
   optimizer_->restore_steps(s.step);
   model_->refresh_derived();
   last_saved_step_ = s.step;
   resumed_from_ = str(dir, " at step ", s.step, " (", s.consumed_samples, " samples consumed)");
+}
+
+void Trainer::setup_expert_compute() {
+  if (config_.model.expert_compute != ExpertCompute::Auto || config_.model.num_deco_layers() == 0) return;
+  if (expert_crossover_ >= 0) {
+    crossover_note_ = "kept from the checkpoint";
+  } else {
+    // Rank 0 measures, every rank takes its value: the ranks' choices must not depend on their timings.
+    std::vector<double> measured(4, 0.0);
+    if (groups_.layout.rank == 0) {
+      const ExpertCrossover x = measure_expert_crossover(
+          config_.model, config_.training.micro_batch_size * config_.model.seq_length, device_);
+      measured = {x.ratio, x.dense_s, x.sparse_low_s, x.sparse_high_s};
+    }
+    groups_.world->all_reduce_sum(measured);
+    expert_crossover_ = measured[0];
+    crossover_note_ = str("measured now on one layer: dense ", std::round(measured[1] * 1e4) / 10, " ms, sparse ",
+                          std::round(measured[2] * 1e4) / 10, " ms at ratio ", ExpertCrossover::kLow, " and ",
+                          std::round(measured[3] * 1e4) / 10, " ms at ", ExpertCrossover::kHigh);
+  }
+  model_->set_expert_crossover(expert_crossover_);
 }
 
 void Trainer::check_resume_config(const std::string& saved_yaml, const std::string& origin) const {
@@ -183,6 +207,7 @@ void Trainer::save_checkpoint() {
   state.reg_coef = sparsity_.coef();
   state.elapsed_s = elapsed_s_;
   state.seed = config_.training.seed;
+  state.expert_crossover = expert_crossover_;
   if (sharded_) {
     CheckpointTensors t;
     t.params = &model_->params();
@@ -288,6 +313,9 @@ void Trainer::print_banner() {
     out << " (" << m.num_deco_layers() << " DECO: " << m.num_experts << " experts x " << m.moe_ffn_hidden_size
         << ", " << expert_act_name(m.expert_act) << (m.expert_gated ? ", gated" : "") << ", "
         << expert_compute_name(m.expert_compute) << " expert compute)";
+  if (m.expert_compute == ExpertCompute::Auto && m.num_experts > 0)
+    out << "\nexpert compute auto: the sparse path at activation ratios up to "
+        << std::round(expert_crossover_ * 1000) / 1000 << ", dense above (" << crossover_note_ << ")";
   out << "\ndata: " << data_.description << "\n";
   out << "---- resolved config (saved to " << options_.run_dir << "/config.yaml) ----\n"
       << config_to_yaml(config_) << "----\n";
@@ -401,14 +429,16 @@ StepMetrics Trainer::train_step() {
   const size_t n_deco = deco_layers.size(), E = static_cast<size_t>(config_.model.num_experts);
   // Per DECO layer, summed over this rank's micro-batches, then over every
   // rank in one all-reduce: active pairs [n], routed slots [n], active
-  // tokens per expert [n * E], rows sent to other expert-parallel ranks [n].
-  // rows sent to other expert-parallel ranks [n], tokens with no active expert [n].
-  std::vector<int64_t> counts(n_deco * (4 + E), 0);
+  // tokens per expert [n * E], rows sent to other expert-parallel ranks [n],
+  // tokens with no active expert [n], (token, expert) rows the routed
+  // experts computed [n] (all slots on the dense path, the pairs on the sparse one).
+  std::vector<int64_t> counts(n_deco * (5 + E), 0);
   int64_t* pairs = counts.data();
   int64_t* slots = pairs + n_deco;
   int64_t* expert_tokens = slots + n_deco;
   int64_t* rows_sent = expert_tokens + n_deco * E;
   int64_t* idle = rows_sent + n_deco;
+  int64_t* computed = idle + n_deco;
   sums.resize(3 + n_deco, 0.0);  // then the routing entropy summed over tokens, per DECO layer
 
   const double wait_before = loader_->wait_seconds();
@@ -428,6 +458,7 @@ StepMetrics Trainer::train_step() {
       for (size_t p = 0; p < layer.sent_per_rank.size(); ++p)
         if (static_cast<int64_t>(p) != groups_.layout.ep_rank) rows_sent[i] += layer.sent_per_rank[p];
       idle[i] += layer.idle_tokens;
+      computed[i] += layer.compute == ExpertCompute::Dense ? layer.tokens * static_cast<int64_t>(E) : layer.active_pairs;
       sums[3 + i] += layer.entropy_sum;
     }
   }
@@ -500,8 +531,15 @@ StepMetrics Trainer::train_step() {
   m.tokens_per_second = static_cast<double>(t.global_batch_size * seq) / m.step_time_s;
   m.data_wait_s = loader_->wait_seconds() - wait_before;
   // Executed FLOPs: the sparse path computes the active experts only.
-  const double routed =
-      config_.model.expert_compute == ExpertCompute::Dense || !m.activation_ratio ? 1.0 : *m.activation_ratio;
+  double routed = 1.0;
+  if (n_deco > 0) {
+    int64_t all_computed = 0, all_slots = 0;
+    for (size_t i = 0; i < n_deco; ++i) {
+      all_computed += computed[i];
+      all_slots += slots[i];
+    }
+    routed = static_cast<double>(all_computed) / static_cast<double>(all_slots);
+  }
   m.tflops = training_flops_per_token(config_.model, routed) * static_cast<double>(t.global_batch_size * seq) /
              m.step_time_s / 1e12;
   std::vector<std::string> warnings = monitor_->observe(m);

@@ -54,6 +54,8 @@ class Trainer {
   // training.device as a Device, after checking that this binary and machine can train there.
   Device select_device() const;
   void restore();
+  // model.expert_compute auto: the crossover ratio, from the checkpoint or measured now (rank 0's, for every rank).
+  void setup_expert_compute();
   void check_resume_config(const std::string& saved_yaml, const std::string& origin) const;
   void print_banner();
   void maybe_inject_fault() const;
@@ -81,6 +83,8 @@ class Trainer {
   double elapsed_s_ = 0.0;
   std::vector<int32_t> batch_;  // host tokens of the current validation micro-batch
   std::string memory_note_;     // the memory estimate, for the banner
+  double expert_crossover_ = -1.0;  // model.expert_compute auto (TrainingState::expert_crossover)
+  std::string crossover_note_;      // how it was found, for the banner
   // ZeRO-1 (parallel.use_distributed_optimizer): the flat ranges of the
   // dense and expert regions this rank owns, and scratch for its shard.
   std::unique_ptr<Monitor> monitor_;

@@ -154,6 +154,33 @@ def test_eval_and_samples(src, work):
     expect_error(["eval", "--config", tiny, "--weights", garbage, "--tokens", samples], ["garbage.h5"], "not an HDF5 file")
 
 
+def test_bench_layer(src):
+    """deco bench-layer: the forced ratios are met, the sparse path executes only the active pairs' FLOPs."""
+    tiny = f"{src}/configs/tiny.yaml"
+    r = run(["bench-layer", "--config", tiny, "--ratio", "0.1,1.0", "--tokens", "256", "--iters", "2", "--warmup", "1"])
+    check(r.returncode == 0, f"deco bench-layer runs (stderr: {r.stderr.strip()[:200]})")
+    rows = {}
+    for m in re.finditer(r"^(dense|sparse)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", r.stdout, re.M):
+        path, asked, ratio, ms, gflop, tflops = m.groups()
+        rows[(path, float(asked))] = (float(ratio), float(ms), float(gflop), float(tflops))
+    check(len(rows) == 4, f"bench-layer prints a row per path and ratio ({len(rows)} rows)")
+    if len(rows) != 4:
+        return
+    for (path, asked), (ratio, ms, gflop, tflops) in rows.items():
+        # 256 tokens x 16 experts = 4096 pairs: the forced ratio within a few standard deviations.
+        check(abs(ratio - asked) < 0.04, f"{path} at asked ratio {asked}: measured {ratio}")
+        check(ms > 0 and tflops > 0, f"{path} at {asked}: positive time and rate")
+    dense, sparse = rows[("dense", 0.1)], rows[("sparse", 0.1)]
+    check(dense[2] == rows[("dense", 1.0)][2], "the dense path's FLOPs do not depend on the ratio")
+    check(sparse[2] < 0.5 * dense[2], f"at ratio 0.1 sparse executes far fewer FLOPs ({sparse[2]} vs {dense[2]} GFLOP)")
+    check(abs(rows[("sparse", 1.0)][2] - dense[2]) < 0.01 * dense[2], "at ratio 1 both paths execute the same FLOPs")
+    check("vs dense" in r.stdout and "floors from peaks measured now" in r.stdout, "the table names its floors")
+    expect_error(["bench-layer", "--config", tiny, "--ratio", "1.5"], ["--ratio", "(0, 1]"], "ratio out of range")
+    expect_error(["bench-layer", "--config", tiny, "--path", "both"], ["--path", "dense"], "unknown path")
+    expect_error(["bench-layer", "--config", f"{src}/configs/dense-0.1b.yaml"], ["dense-0.1b.yaml", "model.num_experts"],
+                 "a dense config has no DECO layer")
+
+
 def main():
     global DECO
     ap = argparse.ArgumentParser()
@@ -167,6 +194,7 @@ def main():
     test_bad_config(a.source_dir, a.workdir)
     test_train(a.source_dir, a.workdir)
     test_eval_and_samples(a.source_dir, a.workdir)
+    test_bench_layer(a.source_dir)
     print(f"{len(FAILURES)} failure(s)")
     return 1 if FAILURES else 0
 

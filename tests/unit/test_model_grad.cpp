@@ -2,6 +2,7 @@
 // every parameter tensor, dense vs sparse DECO paths, determinism.
 #include <catch2/catch.hpp>
 
+#include <memory>
 #include <vector>
 
 #include "core/rng.h"
@@ -255,4 +256,42 @@ TEST_CASE("initialization follows deco-model.md section 4", "[model][init]") {
   for (const ParamSpec& s : m.layout().specs())
     CHECK(s.expert == (s.name.find("expert_up_proj") != std::string::npos ||
                        s.name.find("expert_down_proj") != std::string::npos));
+}
+
+TEST_CASE("expert_compute auto: the sparse path up to the crossover ratio, the dense one above, per layer",
+          "[model][deco]") {
+  ModelConfig c = small_config();
+  std::vector<int32_t> t = random_tokens(2, 8, c.vocab_size, 9);
+  const Tensor tokens(t.data(), DType::I32, Device::CPU, {2, 9});
+  StepOptions opt;
+  opt.reg_coef = 0.05;
+  auto run = [&](ExpertCompute compute, double crossover) {
+    c.expert_compute = compute;
+    auto m = std::make_unique<Model>(c, DType::F32, Device::CPU);
+    m->init(5);
+    m->set_expert_crossover(crossover);
+    const StepResult r = m->step(tokens, opt);
+    const Tensor g = m->grads().flat();
+    return std::make_pair(r, std::vector<float>(g.data<float>(), g.data<float>() + g.numel()));
+  };
+  const auto [dense, dense_g] = run(ExpertCompute::Dense, 0);
+  const auto [sparse, sparse_g] = run(ExpertCompute::Sparse, 0);
+  // Crossover 1: every layer sparse; 0: every layer with an active pair dense. Bit for bit.
+  const auto [all_sparse, all_sparse_g] = run(ExpertCompute::Auto, 1.0);
+  const auto [all_dense, all_dense_g] = run(ExpertCompute::Auto, 0.0);
+  CHECK(all_sparse.lm_loss_sum == sparse.lm_loss_sum);
+  CHECK(all_sparse_g == sparse_g);
+  CHECK(all_dense.lm_loss_sum == dense.lm_loss_sum);
+  CHECK(all_dense_g == dense_g);
+  // A crossover between the two DECO layers' ratios: each layer by its own.
+  REQUIRE(dense.deco_layers.size() == 2);
+  auto ratio = [](const DecoLayerStats& s) {
+    return static_cast<double>(s.active_pairs) / static_cast<double>(s.tokens * static_cast<int64_t>(s.expert_tokens.size()));
+  };
+  const double r1 = ratio(dense.deco_layers[0]), r2 = ratio(dense.deco_layers[1]);
+  REQUIRE(r1 != r2);
+  const auto [mixed, mixed_g] = run(ExpertCompute::Auto, 0.5 * (r1 + r2));
+  CHECK(mixed.deco_layers[0].compute == (r1 < r2 ? ExpertCompute::Sparse : ExpertCompute::Dense));
+  CHECK(mixed.deco_layers[1].compute == (r1 < r2 ? ExpertCompute::Dense : ExpertCompute::Sparse));
+  CHECK(mixed.lm_loss() == Approx(dense.lm_loss()).epsilon(1e-5));
 }

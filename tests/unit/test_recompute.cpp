@@ -28,6 +28,7 @@ struct Variant {
   const char* name;
   ModelConfig config;
   RegType reg;
+  double crossover = 1.0;  // expert_compute auto
 };
 
 std::vector<Variant> variants() {
@@ -36,6 +37,8 @@ std::vector<Variant> variants() {
   v.push_back({"sparse, entropy", c, RegType::Entropy});
   c.expert_compute = ExpertCompute::Dense;
   v.push_back({"dense experts", c, RegType::Entropy});
+  c.expert_compute = ExpertCompute::Auto;  // near the ratios at init: paths differ by layer and shape
+  v.push_back({"auto", c, RegType::Entropy, 0.5});
   c = recompute_config();
   c.expert_gated = true;
   v.push_back({"gated", c, RegType::L1});
@@ -61,10 +64,11 @@ struct Outcome {
 
 // Three steps of different shapes (buffers shared between layers must be
 // re-sized, not reused stale), gradients accumulating across them.
-Outcome run(ModelConfig c, Recompute mode, RegType reg) {
+Outcome run(ModelConfig c, Recompute mode, RegType reg, double crossover) {
   c.recompute = mode;
   Model m(c, DType::F32, Device::CPU);
   m.init(17);
+  m.set_expert_crossover(crossover);
   ops::zero(m.grads().flat());
   Outcome out;
   const int64_t shapes[][2] = {{2, 8}, {3, 5}, {1, 8}};
@@ -78,6 +82,7 @@ Outcome run(ModelConfig c, Recompute mode, RegType reg) {
     out.losses.push_back(r.lm_loss_sum);
     out.losses.push_back(r.reg_loss);
     for (const DecoLayerStats& s : r.deco_layers) {
+      out.counts.push_back(static_cast<int64_t>(s.compute));
       out.counts.insert(out.counts.end(), s.expert_tokens.begin(), s.expert_tokens.end());
       out.counts.push_back(s.idle_tokens);
     }
@@ -93,10 +98,10 @@ TEST_CASE("recompute: none, selective and full give bit-identical losses, statis
           "[model][recompute]") {
   for (const Variant& v : variants()) {
     INFO(v.name);
-    const Outcome none = run(v.config, Recompute::None, v.reg);
+    const Outcome none = run(v.config, Recompute::None, v.reg, v.crossover);
     for (Recompute mode : {Recompute::Selective, Recompute::Full}) {
       INFO("recompute " << recompute_name(mode));
-      const Outcome other = run(v.config, mode, v.reg);
+      const Outcome other = run(v.config, mode, v.reg, v.crossover);
       CHECK(other.losses == none.losses);
       CHECK(other.counts == none.counts);
       REQUIRE(other.grads.size() == none.grads.size());

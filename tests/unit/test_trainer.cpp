@@ -188,14 +188,25 @@ std::vector<nlohmann::json> run_to_end(const Config& config, const std::string& 
 }  // namespace
 
 TEST_CASE("2N steps equal N steps + resume + N steps, bit for bit", "[trainer][checkpoint]") {
+  // model.expert_compute auto: the crossover measured by the first run is
+  // kept in the checkpoint, so the resumed run makes the same path choices.
+  const std::string compute = GENERATE(as<std::string>{}, "sparse", "auto");
+  INFO("model.expert_compute " << compute);
   deco::test::TempDir dir;
   const std::vector<std::string> common = {"checkpoint.save_interval=5", "training.eval_interval=3",
-                                           "training.eval_iters=1"};
+                                           "training.eval_iters=1", "model.expert_compute=" + compute};
   std::vector<std::string> a = common;
   a.push_back("checkpoint.save=" + (dir / "ckpt"));
   const auto uninterrupted = run_to_end(short_tiny(10, a), dir / "a");
   REQUIRE(uninterrupted.size() == 10);
   REQUIRE(std::filesystem::exists(dir / "ckpt/step_0000005/model.h5"));
+  const LoadedCheckpoint saved = load_checkpoint(dir / "ckpt/step_0000005", {});
+  if (compute == "auto") {
+    CHECK(saved.state.expert_crossover >= 0.0);
+    CHECK(saved.state.expert_crossover <= 1.0);
+  } else {
+    CHECK(saved.state.expert_crossover < 0.0);
+  }
 
   // A second run resumes from step 5 (not from `latest`, which is step 10).
   std::vector<std::string> b = common;

@@ -1,0 +1,80 @@
+// deco bench-layer: one DECO layer forward + backward at a config's shapes,
+// with the router forced to activation ratios, on both expert paths, against
+// the device's floors (FLOPs / peak, bytes / bandwidth) measured in the same run.
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "cli/device_peaks.h"
+#include "kernels/runtime.h"
+#include "model/layer_bench.h"
+#include "parallel/launch.h"
+#include "trainer/config.h"
+
+namespace deco::cli {
+
+int bench_layer(const BenchLayerArgs& args) {
+  const LaunchInfo launch = detect_launch();
+  if (launch.world_size > 1) fail("deco bench-layer runs one process; launch it without mpirun.");
+  const Config config = load_config(args.cfg.config, args.cfg.sets, 1);
+  const ModelConfig& m = config.model;
+  if (m.num_experts == 0)
+    fail(config.source, ": model.num_experts is 0, so there is no DECO layer to time; use a DECO config "
+         "(deco bench times whole training steps of dense ones).");
+  for (double r : args.ratios)
+    if (!(r > 0 && r <= 1))
+      fail("--ratio ", r, " is not an activation ratio; give values in (0, 1], such as --ratio 0.2.");
+  std::vector<ExpertCompute> paths;
+  for (const std::string& p : args.paths) {
+    if (p == "dense") paths.push_back(ExpertCompute::Dense);
+    else if (p == "sparse") paths.push_back(ExpertCompute::Sparse);
+    else fail("--path ", p, " is not an expert path; use dense or sparse, or both: --path dense,sparse.");
+  }
+  const int64_t tokens = args.tokens > 0 ? args.tokens : config.training.micro_batch_size * m.seq_length;
+  select_local_device(launch);
+  set_cpu_threads(config.training.threads);
+  const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (device == Device::CUDA && cuda_device_count() == 0)
+    fail(config.source, ": training.device is cuda, but no GPU is visible to this process; check nvidia-smi, "
+         "or --set training.device=cpu.");
+
+  const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 1536);
+  const double bandwidth = measured_bandwidth(device, int64_t{1} << (device == Device::CUDA ? 30 : 28));
+  std::printf("deco bench-layer: %s | one DECO layer: hidden %lld, %lld experts x %lld%s, shared expert %lld, %s | "
+              "%lld tokens | float32 on %s\n",
+              config.source.c_str(), static_cast<long long>(m.hidden_size), static_cast<long long>(m.num_experts),
+              static_cast<long long>(m.moe_ffn_hidden_size), m.expert_gated ? " gated" : "",
+              static_cast<long long>(m.moe_shared_expert_intermediate_size), expert_act_name(m.expert_act),
+              static_cast<long long>(tokens),
+              device == Device::CUDA ? cuda_device_description().c_str()
+                                     : ("cpu, " + std::to_string(cpu_threads()) + " threads").c_str());
+  std::printf("floors from peaks measured now: %.3f TFLOP/s (float32 GEMM), %.1f GB/s (device copy)\n", peak / 1e12,
+              bandwidth / 1e9);
+  std::printf("forward + backward, median of %lld after %lld warm-up; executed FLOPs (2 a multiply-add); bytes the "
+              "layer must move at least (model/layer_bench.h)\n\n",
+              static_cast<long long>(args.iters), static_cast<long long>(args.warmup));
+  std::printf("%-7s %6s %7s %10s %10s %9s %9s %9s %9s %8s %9s\n", "path", "asked", "ratio", "time ms", "GFLOP",
+              "TFLOP/s", "GB/s", "flop fl.", "byte fl.", "of floor", "vs dense");
+  for (double ratio : args.ratios) {
+    double dense_seconds = 0.0;
+    for (ExpertCompute path : paths) {
+      const LayerBench r = bench_deco_layer(m, tokens, path, ratio, device, static_cast<int>(args.warmup),
+                                            static_cast<int>(args.iters));
+      const double flop_floor = r.flops / peak, byte_floor = r.bytes / bandwidth;
+      if (path == ExpertCompute::Dense) dense_seconds = r.seconds;
+      char versus[32] = "";
+      if (path == ExpertCompute::Sparse && dense_seconds > 0)
+        std::snprintf(versus, sizeof(versus), "%.2fx", dense_seconds / r.seconds);
+      std::printf("%-7s %6.2f %7.4f %10.3f %10.3f %9.3f %9.1f %8.3fms %8.3fms %7.1f%% %9s\n", expert_compute_name(path),
+                  ratio, r.ratio, r.seconds * 1e3, r.flops / 1e9, r.flops / r.seconds / 1e12, r.bytes / r.seconds / 1e9,
+                  flop_floor * 1e3, byte_floor * 1e3, 100.0 * std::max(flop_floor, byte_floor) / r.seconds, versus);
+    }
+  }
+  std::printf("\nflop fl. = FLOPs / peak, byte fl. = bytes / bandwidth; 'of floor' = the larger floor / time; "
+              "'vs dense' = dense time / sparse time at the same ratio.\n");
+  return 0;
+}
+
+}  // namespace deco::cli

@@ -1,0 +1,154 @@
+#include "model/layer_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#include "core/rng.h"
+#include "kernels/ops.h"
+#include "model/deco_ffn.h"
+#include "model/params.h"
+
+namespace deco {
+namespace {
+
+// x with Phi(x) = p, Phi the standard normal distribution function (bisection on erfc).
+double normal_quantile(double p) {
+  double lo = -12.0, hi = 12.0;
+  for (int i = 0; i < 200; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (0.5 * std::erfc(-mid / std::sqrt(2.0)) < p ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+// Fills t (any device, float32 or float64) from host values.
+void fill(const Tensor& t, const std::vector<double>& values) {
+  Buffer host(DType::F64, Device::CPU, t.shape());
+  std::copy(values.begin(), values.end(), host.data<double>());
+  Buffer staged(t.dtype(), Device::CPU, t.shape());
+  ops::copy(staged, host);  // the dtype, on the host
+  ops::copy(t, staged);     // then to t's device
+}
+
+ModelConfig one_deco_layer(const ModelConfig& c, ExpertCompute compute) {
+  DECO_ASSERT(c.num_experts > 0, "bench_deco_layer needs a config with routed experts");
+  ModelConfig one = c;
+  one.num_layers = 1;
+  one.dense_layers = 0;  // layer 0 is the DECO layer
+  one.vocab_size = 8;    // the embedding and head are not used
+  one.recompute = Recompute::None;
+  one.expert_compute = compute;
+  return one;
+}
+
+}  // namespace
+
+double deco_layer_flops(const ModelConfig& c, double tokens, double rows, ExpertCompute compute) {
+  const double H = static_cast<double>(c.hidden_size), E = static_cast<double>(c.num_experts);
+  const double D = static_cast<double>(c.moe_ffn_hidden_size);
+  const double S = static_cast<double>(c.moe_shared_expert_intermediate_size);
+  const double projections = c.expert_gated ? 3.0 : 2.0;
+  double forward = 2 * tokens * H * E                 // router
+                   + 2 * tokens * 3 * H * S           // shared SwiGLU expert
+                   + 2 * rows * projections * H * D;  // routed experts
+  if (compute == ExpertCompute::Sparse && ops::expert_act_has_mean(c.expert_act))
+    forward += 2 * tokens * H;  // mean(u) = h . w_bar (its backward: two more such products)
+  return 3 * forward;
+}
+
+double deco_layer_bytes(const ModelConfig& c, double tokens, double rows, ExpertCompute compute,
+                        size_t dtype_bytes) {
+  (void)compute;  // both paths keep [rows, D] projections; rows says how many
+  const double H = static_cast<double>(c.hidden_size), E = static_cast<double>(c.num_experts);
+  const double D = static_cast<double>(c.moe_ffn_hidden_size);
+  const double S = static_cast<double>(c.moe_shared_expert_intermediate_size);
+  const double projections = c.expert_gated ? 3.0 : 2.0;
+  const double weights = E * H + 3 * H * S + projections * E * D * H;
+  const double streams = 4 * tokens * H;                                  // x, y, dy, dx
+  const double kept = 2 * (tokens * E + (projections - 1) * rows * D);    // z, pre (and lin): written, read
+  return (streams + 2 * weights + 2 * weights + kept) * static_cast<double>(dtype_bytes);
+}
+
+void force_router_ratio(const Tensor& router_weight, const Tensor& x, double ratio, uint64_t seed) {
+  DECO_ASSERT(ratio > 0 && ratio <= 1, "ratio ", ratio, " outside (0, 1]");
+  const int64_t N = x.size(0), H = x.size(1), E = router_weight.size(0);
+  DECO_ASSERT(H >= 2 && router_weight.size(1) == H, "router [", E, ", ", router_weight.size(1), "] for inputs of ", H);
+  // z = bias + g with g ~ N(0, 1): P(z > 0) = Phi(bias). Ratio 1: far enough that no pair is off.
+  const double bias = ratio >= 1.0 ? 12.0 : normal_quantile(ratio);
+  Rng rng(stream_key(seed, "bench-layer"));
+  std::vector<double> w(static_cast<size_t>(E * H)), xs(static_cast<size_t>(N * H));
+  const double wstd = 1.0 / std::sqrt(static_cast<double>(H - 1));
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t h = 0; h < H; ++h) w[static_cast<size_t>(e * H + h)] = h == 0 ? bias : wstd * rng.normal();
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t h = 0; h < H; ++h) xs[static_cast<size_t>(t * H + h)] = h == 0 ? 1.0 : rng.normal();
+  fill(router_weight, w);
+  fill(x, xs);
+}
+
+LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCompute compute, double ratio,
+                            Device device, int warmup, int iters) {
+  const ModelConfig c = one_deco_layer(config, compute);
+  const int64_t H = c.hidden_size;
+  const ParamLayout layout(c);
+  ParamStore values(layout, DType::F32, device), grads(layout, DType::F32, device);
+  init_params(values, c, 1);
+  DecoFfn layer(c, values, grads, 0);
+  Buffer x(DType::F32, device, Shape{tokens, H}), y(DType::F32, device, Shape{tokens, H});
+  Buffer dx(DType::F32, device, Shape{tokens, H}), dy(DType::F32, device, Shape{tokens, H});
+  force_router_ratio(values.get(layer_param(0, "mlp.moe_router.weight")), x, ratio, 2);
+  {
+    Rng rng(stream_key(3, "bench-layer-dy"));
+    std::vector<double> g(static_cast<size_t>(tokens * H));
+    for (double& v : g) v = rng.normal() / static_cast<double>(tokens);  // a mean loss's gradient scale
+    fill(dy, g);
+  }
+  layer.refresh_derived();
+
+  std::vector<double> times;
+  int64_t active = 0, slots = 0;
+  for (int i = 0; i < warmup + iters; ++i) {
+    device_synchronize(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    const DecoLayerStats stats = layer.forward(y, x, RegType::Entropy);
+    layer.backward(dx, dy, x, RegType::Entropy, 1e-3 / static_cast<double>(tokens));
+    device_synchronize(device);
+    if (i < warmup) continue;
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    active += stats.active_pairs;
+    slots += stats.tokens * c.num_experts;
+  }
+  LayerBench r;
+  r.compute = compute;
+  r.asked_ratio = ratio;
+  r.ratio = slots ? static_cast<double>(active) / static_cast<double>(slots) : 0.0;
+  std::sort(times.begin(), times.end());
+  r.seconds = times.empty() ? 0.0 : times[times.size() / 2];
+  r.min_seconds = times.empty() ? 0.0 : times.front();
+  r.max_seconds = times.empty() ? 0.0 : times.back();
+  const double N = static_cast<double>(tokens), E = static_cast<double>(c.num_experts);
+  const double rows = compute == ExpertCompute::Dense ? N * E : r.ratio * N * E;
+  r.flops = deco_layer_flops(c, N, rows, compute);
+  r.bytes = deco_layer_bytes(c, N, rows, compute, sizeof(float));
+  return r;
+}
+
+ExpertCrossover measure_expert_crossover(const ModelConfig& config, int64_t tokens, Device device) {
+  ExpertCrossover x;
+  const int warmup = 1, iters = 3;
+  x.dense_s = bench_deco_layer(config, tokens, ExpertCompute::Dense, 0.5, device, warmup, iters).seconds;
+  const LayerBench low = bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kLow, device, warmup, iters);
+  const LayerBench high = bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kHigh, device, warmup, iters);
+  x.sparse_low_s = low.seconds;
+  x.sparse_high_s = high.seconds;
+  const double slope = (high.seconds - low.seconds) / (high.ratio - low.ratio);
+  if (!(slope > 0))  // timing noise on a tiny layer: whichever is faster at the low ratio
+    x.ratio = low.seconds < x.dense_s ? 1.0 : 0.0;
+  else
+    x.ratio = std::clamp(low.ratio + (x.dense_s - low.seconds) / slope, 0.0, 1.0);
+  return x;
+}
+
+}  // namespace deco
