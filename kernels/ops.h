@@ -92,6 +92,12 @@ void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& 
 // out[N, H] = x / sqrt(mean(x^2) + eps) * weight[H];  rstd[N] = 1 / sqrt(mean(x^2) + eps)
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
                      double eps);
+// The residual add fused with the norm that follows it: sum[N, H] =
+// residual + branch; out, rstd = rmsnorm_forward of sum. sum may alias
+// residual. Bit-identical to copy + axpy + rmsnorm_forward (the backward is
+// rmsnorm_backward's, whose dx accumulates into the stream's gradient).
+void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd, const Tensor& residual,
+                              const Tensor& branch, const Tensor& weight, double eps);
 // dx[N, H] += d/dx (accumulates: x is a residual stream that already carries gradient);
 // dweight[H] += d/dweight
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
@@ -137,6 +143,10 @@ void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, 
 // when defined): dz[N, E] (=), dscale[E] (+=).
 void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& dg,
                          const Tensor& dr_extra, const Tensor& z, const Tensor& scale);
+
+// Rows of z[N, E] with no positive entry: tokens no routed expert sees. On
+// a GPU only the count comes back to the host.
+int64_t count_idle_rows(const Tensor& z);
 
 // Sparsity regularizers on r = relu(z[N, E]); forward returns the sum over
 // tokens, backward adds coef * d(sum)/dr into dr[N, E].

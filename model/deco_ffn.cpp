@@ -9,26 +9,6 @@ Param optional_param(const ParamStore& values, const ParamStore& grads, const st
   return values.layout().find(name) ? bind_param(values, grads, name) : Param{};
 }
 
-// Rows of z [N, E] with no positive entry: tokens no routed expert sees.
-int64_t count_idle_tokens(const Tensor& z) {
-  const int64_t N = z.size(0), E = z.size(1);
-  Buffer host;
-  const Tensor* zh = &z;
-  if (z.device() != Device::CPU) {
-    host.ensure(z.dtype(), Device::CPU, z.shape());
-    device_copy(Device::CPU, host.tensor().raw(), z.device(), z.raw(), z.nbytes());
-    zh = &host.tensor();
-  }
-  auto count = [&](const auto* p) {
-    int64_t idle = 0;
-    for (int64_t t = 0; t < N; ++t)
-      idle += std::none_of(p + t * E, p + (t + 1) * E, [](auto v) { return v > 0; });
-    return idle;
-  };
-  if (zh->dtype() == DType::F32) return count(zh->data<float>());
-  return count(zh->data<double>());
-}
-
 }  // namespace
 
 DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStore& grads, int64_t layer,
@@ -109,7 +89,7 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
     stats.entropy_sum = ops::entropy_reg_forward(s.z);
     if (reg == RegType::Entropy) stats.reg_sum = stats.entropy_sum;
     if (reg == RegType::L1) stats.reg_sum = ops::l1_reg_forward(s.z);
-    stats.idle_tokens = count_idle_tokens(s.z);
+    stats.idle_tokens = ops::count_idle_rows(s.z);
   }
 
   if (shared_)

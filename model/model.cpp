@@ -99,8 +99,7 @@ void Model::refresh_derived() {
     if (layer->deco_ffn) layer->deco_ffn->refresh_derived();
 }
 
-void Model::forward_layer(size_t l, const Tensor& next, int64_t batch, int64_t seq, RegType reg,
-                          StepResult* result) {
+void Model::forward_layer(size_t l, int64_t batch, int64_t seq, RegType reg, StepResult* result) {
   Layer& L = *layers_[l];
   LayerSaved& s = *L.saved;
   LayerRecomputable& r = *L.recomputable;
@@ -113,20 +112,28 @@ void Model::forward_layer(size_t l, const Tensor& next, int64_t batch, int64_t s
   s.rstd2.ensure(dtype_, device_, Shape{N});
   s.residual_mid.ensure(dtype_, device_, hs);
 
-  ops::rmsnorm_forward(r.normed1, s.rstd1, L.residual_in, L.ln1.value, eps);
+  const bool recomputing = result == nullptr;
+  if (l == 0 || recomputing) ops::rmsnorm_forward(r.normed1, s.rstd1, L.residual_in, L.ln1.value, eps);
   L.attention.forward(branch_out_, r.normed1, rope_, batch, seq);
-  ops::copy(s.residual_mid, L.residual_in);
-  ops::axpy(s.residual_mid, branch_out_);
-  ops::rmsnorm_forward(r.normed2, s.rstd2, s.residual_mid, L.ln2.value, eps);
+  ops::residual_rmsnorm_forward(s.residual_mid, r.normed2, s.rstd2, L.residual_in, branch_out_, L.ln2.value, eps);
   if (L.deco_ffn) {
-    DecoLayerStats stats = L.deco_ffn->forward(branch_out_, r.normed2, reg, result != nullptr);
-    if (result) result->deco_layers.push_back(std::move(stats));
+    DecoLayerStats stats = L.deco_ffn->forward(branch_out_, r.normed2, reg, !recomputing);
+    if (!recomputing) result->deco_layers.push_back(std::move(stats));
   } else {
     L.dense_ffn->forward(branch_out_, r.normed2, false);
   }
-  if (!next.defined()) return;
-  ops::copy(next, s.residual_mid);
-  ops::axpy(next, branch_out_);
+  if (recomputing) return;
+  // The next layer's input and its norm. With shared Recomputable or Saved
+  // storage (model/memory.h) this overwrites this layer's normed1 / rstd1,
+  // which its forward no longer needs and its backward rebuilds.
+  if (l + 1 < layers_.size()) {
+    Layer& next = *layers_[l + 1];
+    ops::residual_rmsnorm_forward(next.residual_in, next.recomputable->normed1, next.saved->rstd1, s.residual_mid,
+                                  branch_out_, next.ln1.value, eps);
+  } else {
+    ops::residual_rmsnorm_forward(residual_final_, normed_final_, rstd_final_, s.residual_mid, branch_out_,
+                                  final_norm_.value, eps);
+  }
 }
 
 void Model::recompute_layer(size_t l) {
@@ -187,21 +194,25 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
   branch_out_.ensure(dtype_, device_, hs);
 
   // ---- forward
-  for (auto& layer : layers_) layer->residual_in.ensure(dtype_, device_, hs);
-  residual_final_.ensure(dtype_, device_, hs);
-  ops::embedding_forward(layers_.empty() ? residual_final_.tensor() : layers_[0]->residual_in.tensor(),
-                         inputs_, embed_.value);
   for (size_t l = 0; l < layers_.size(); ++l) {
-    const Tensor& next = l + 1 < layers_.size() ? layers_[l + 1]->residual_in.tensor()
-                                                 : residual_final_.tensor();
-    forward_layer(l, next, B, S, opt.reg, &result);
+    Layer& L = *layers_[l];
+    L.residual_in.ensure(dtype_, device_, hs);
+    L.recomputable->normed1.ensure(dtype_, device_, hs);  // written by the layer before (forward_layer)
+    L.saved->rstd1.ensure(dtype_, device_, Shape{N});
   }
+  residual_final_.ensure(dtype_, device_, hs);
+  normed_final_.ensure(dtype_, device_, hs);
+  rstd_final_.ensure(dtype_, device_, Shape{N});
+  if (layers_.empty()) {
+    ops::embedding_forward(residual_final_, inputs_, embed_.value);
+    ops::rmsnorm_forward(normed_final_, rstd_final_, residual_final_, final_norm_.value, config_.norm_epsilon);
+  } else {
+    ops::embedding_forward(layers_[0]->residual_in, inputs_, embed_.value);
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) forward_layer(l, B, S, opt.reg, &result);
   for (const DecoLayerStats& stats : result.deco_layers)
     result.reg_loss += opt.reg_coef * (stats.reg_sum / static_cast<double>(N) /
                                        static_cast<double>(config_.num_layers));
-  normed_final_.ensure(dtype_, device_, hs);
-  rstd_final_.ensure(dtype_, device_, Shape{N});
-  ops::rmsnorm_forward(normed_final_, rstd_final_, residual_final_, final_norm_.value, config_.norm_epsilon);
 
   // The fused head + loss never holds more than `chunk` rows of logits; it
   // also produces the head's gradients (the loss is the graph's end).
@@ -227,7 +238,7 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
   for (size_t i = layers_.size(); i-- > 0;) {
     // The last layer's shared state is what its forward just left (model/memory.h).
     if (i + 1 < layers_.size()) {
-      if (config_.recompute == Recompute::Full) forward_layer(i, Tensor(), B, S, opt.reg, nullptr);
+      if (config_.recompute == Recompute::Full) forward_layer(i, B, S, opt.reg, nullptr);
       if (config_.recompute == Recompute::Selective) recompute_layer(i);
     }
     backward_layer(i, opt.reg, reg_grad_coef);

@@ -63,10 +63,13 @@ class Model {
 
  private:
   struct Layer;
-  // One decoder layer: forward from its input (residual_in) into `next`
-  // (skipped when undefined: a recomputation, whose output is not needed);
-  // appends the DECO layer's statistics to `result` when given.
-  void forward_layer(size_t l, const Tensor& next, int64_t batch, int64_t seq, RegType reg, StepResult* result);
+  // One decoder layer from its input (residual_in). In the forward pass
+  // (`result` given: the DECO layer's statistics go there) its input norm
+  // is already done, by the layer before, and it ends by writing the next
+  // layer's input and input norm (or the final stream and norm) in one fused
+  // op. A recomputation (no `result`) normalizes its own input and stops
+  // before the output, which is not needed.
+  void forward_layer(size_t l, int64_t batch, int64_t seq, RegType reg, StepResult* result);
   // training.recompute: selective: Recomputable from Saved.
   void recompute_layer(size_t l);
   void backward_layer(size_t l, RegType reg, double reg_grad_coef);

@@ -34,6 +34,36 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
   });
 }
 
+void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd, const Tensor& residual,
+                              const Tensor& branch, const Tensor& weight, double eps) {
+  DECO_CUDA_DISPATCH(sum, cuda::residual_rmsnorm_forward(sum, out, rstd, residual, branch, weight, eps));
+  const Matrix m = sum.matrix();
+  DECO_ASSERT(residual.numel() == sum.numel() && branch.numel() == sum.numel() && out.numel() == sum.numel() &&
+                  weight.numel() == m.cols && rstd.numel() == m.rows,
+              "residual_rmsnorm_forward shapes");
+  dispatch_float(sum.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* pa = residual.data<T>();
+    const T* pb = branch.data<T>();
+    const T* pw = weight.data<T>();
+    T* ps = sum.data<T>();
+    T* po = out.data<T>();
+    T* pr = rstd.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m.rows; ++r) {
+      T* row = ps + r * m.cols;
+      T ss = 0;  // as rmsnorm_forward accumulates, over the stored sums
+      for (int64_t c = 0; c < m.cols; ++c) {
+        row[c] = pa[r * m.cols + c] + pb[r * m.cols + c];
+        ss += row[c] * row[c];
+      }
+      const T rs = T(1) / std::sqrt(ss / static_cast<T>(m.cols) + static_cast<T>(eps));
+      pr[r] = rs;
+      for (int64_t c = 0; c < m.cols; ++c) po[r * m.cols + c] = row[c] * rs * pw[c];
+    }
+  });
+}
+
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
                       const Tensor& weight, const Tensor& rstd) {
   DECO_CUDA_DISPATCH(x, cuda::rmsnorm_backward(dx, dweight, dout, x, weight, rstd));

@@ -40,6 +40,25 @@ void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, 
   }
 }
 
+int64_t count_idle_rows(const Tensor& z) {
+  if (z.device() == Device::CUDA) {
+#ifdef DECO_WITH_CUDA
+    return cuda::count_idle_rows(z);
+#else
+    detail::no_cuda_kernel(__func__);
+#endif
+  }
+  const Matrix m = z.matrix();  // [N, E]
+  int64_t idle = 0;
+  dispatch_float(z.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    const T* pz = z.data<T>();
+    for (int64_t t = 0; t < m.rows; ++t)
+      idle += std::none_of(pz + t * m.cols, pz + (t + 1) * m.cols, [](T v) { return v > T(0); });
+  });
+  return idle;
+}
+
 void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& dg,
                          const Tensor& dr_extra, const Tensor& z, const Tensor& scale) {
   DECO_CUDA_DISPATCH(z, cuda::relu_route_backward(dz, dscale, dg, dr_extra, z, scale));

@@ -30,6 +30,8 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
                      double eps);
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
                       const Tensor& weight, const Tensor& rstd);
+void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd, const Tensor& residual,
+                              const Tensor& branch, const Tensor& weight, double eps);
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up);
 void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                      const Tensor& up);
@@ -62,6 +64,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
                         const ops::AttentionShape& shape);
 
 // ---- the DECO layer (deco_layer.cu)
+int64_t count_idle_rows(const Tensor& z);
 void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, const Tensor& scale);
 void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& dg, const Tensor& dr_extra,
                          const Tensor& z, const Tensor& scale);

@@ -144,6 +144,24 @@ void launch_route_forward(T* g, unsigned long long* counts, const T* z, const T*
   route_forward_kernel<T><<<blocks_for(n, kCountChunk), kThreads, shared>>>(g, counts, z, scale, n, E);
 }
 
+// One warp per row of z [N, E]: a row is idle when no lane saw a positive
+// entry; the CTA's idle rows are added with one integer atomic.
+template <typename T>
+__global__ void idle_rows_kernel(unsigned long long* idle, const T* z, int64_t N, int64_t E) {
+  __shared__ unsigned int block_idle;
+  if (threadIdx.x == 0) block_idle = 0;
+  __syncthreads();
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row < N) {
+    bool any = false;
+    for (int64_t e = lane; e < E; e += kWarp) any = any || z[row * E + e] > T(0);
+    if (__ballot_sync(kFullMask, any) == 0 && lane == 0) atomicAdd(&block_idle, 1u);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && block_idle != 0) atomicAdd(idle, static_cast<unsigned long long>(block_idle));
+}
+
 // dz = (dg * scale + dr_extra) where z > 0, else 0, and each row slab's
 // share of dscale = sum of dg * z over active entries. CTA (32, 8) covers
 // experts [32 * blockIdx.y, +32) of slab blockIdx.x; thread (x, y) walks
@@ -473,6 +491,22 @@ void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& d
     column_sum<T>(dscale.data<T>(), partial.as<double>(), slabs.count, E, true);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+int64_t count_idle_rows(const Tensor& z) {
+  const Matrix m = z.matrix();
+  if (m.rows == 0) return 0;
+  Scratch scratch(sizeof(unsigned long long));
+  unsigned long long* idle = scratch.as<unsigned long long>();
+  DECO_CUDA_CHECK(cudaMemsetAsync(idle, 0, sizeof(unsigned long long)));
+  dispatch_float(z.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    idle_rows_kernel<T><<<blocks_for(m.rows, kWarps), kThreads>>>(idle, z.data<T>(), m.rows, m.cols);
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+  unsigned long long host = 0;
+  DECO_CUDA_CHECK(cudaMemcpy(&host, idle, sizeof host, cudaMemcpyDeviceToHost));  // the caller's sync
+  return static_cast<int64_t>(host);
 }
 
 double entropy_reg_forward(const Tensor& z) {

@@ -23,6 +23,23 @@ __global__ void rmsnorm_forward_kernel(T* out, T* rstd, const T* x, const T* w, 
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[blockIdx.x * cols + c] = row[c] * rs * w[c];
 }
 
+// rmsnorm_forward_kernel over the sums it writes: the same reduction, the same thread per column.
+template <typename T>
+__global__ void residual_rmsnorm_forward_kernel(T* sum, T* out, T* rstd, const T* residual, const T* branch,
+                                                const T* w, int64_t cols, T eps) {
+  __shared__ T scratch[kThreads];
+  const int64_t base = blockIdx.x * cols;
+  T ss = 0;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const T s = residual[base + c] + branch[base + c];
+    sum[base + c] = s;
+    ss += s * s;
+  }
+  const T rs = T(1) / sqrt(block_sum(ss, scratch) / static_cast<T>(cols) + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[base + c] = sum[base + c] * rs * w[c];
+}
+
 template <typename T>
 __global__ void rmsnorm_backward_dx_kernel(T* dx, const T* dout, const T* x, const T* w,
                                            const T* rstd, int64_t cols) {
@@ -72,6 +89,19 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
     using T = decltype(T_tag);
     rmsnorm_forward_kernel<T><<<static_cast<unsigned>(m.rows), kThreads>>>(
         out.data<T>(), rstd.data<T>(), x.data<T>(), weight.data<T>(), m.cols, static_cast<T>(eps));
+  });
+  DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd, const Tensor& residual,
+                              const Tensor& branch, const Tensor& weight, double eps) {
+  const Matrix m = sum.matrix();
+  if (m.rows == 0) return;
+  dispatch_float(sum.dtype(), [&](auto T_tag) {
+    using T = decltype(T_tag);
+    residual_rmsnorm_forward_kernel<T><<<static_cast<unsigned>(m.rows), kThreads>>>(
+        sum.data<T>(), out.data<T>(), rstd.data<T>(), residual.data<T>(), branch.data<T>(), weight.data<T>(), m.cols,
+        static_cast<T>(eps));
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }

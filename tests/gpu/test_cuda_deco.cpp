@@ -226,6 +226,21 @@ DECO_GPU_TEST(deco_relu_route) {
     for (double ratio : kRatios) check_relu_route(kTokens, E, ratio, 100 + static_cast<uint64_t>(E), ratio == 0.2);
 }
 
+// Tokens with no active expert: the count of a warp per row against the CPU's, exactly,
+// with rows of all-negative entries mixed in and widths around the warp size.
+DECO_GPU_TEST(deco_idle_rows) {
+  for (int64_t E : {42, 16, 32, 102})
+    for (double ratio : kRatios) {
+      Buffer z = router_logits(kTokens, E, ratio, 150 + static_cast<uint64_t>(E));
+      for (int64_t t = 0; t < kTokens; t += 7)
+        for (int64_t e = 0; e < E; ++e) z.data<float>()[t * E + e] = -std::fabs(z.data<float>()[t * E + e]);
+      char label[64];
+      std::snprintf(label, sizeof(label), "count_idle_rows E%lld r%.2f", static_cast<long long>(E), ratio);
+      expect_scalar(label, static_cast<double>(ops::count_idle_rows(z)),
+                    static_cast<double>(ops::count_idle_rows(to_device(z))), 0.0);
+    }
+}
+
 // Entropy and L1 regularizers: the sums (returned on the host) and dr (+=).
 DECO_GPU_TEST(deco_regularizers) {
   for (int64_t E : {42, 16})

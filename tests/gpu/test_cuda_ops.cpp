@@ -44,6 +44,27 @@ DECO_GPU_TEST(rmsnorm) {
   expect_close("rmsnorm_backward dweight", dw, to_host(dw_d));
 }
 
+// The residual add fused with RMSNorm: the CPU's fused op, and the GPU's
+// own unfused ops (the same per-column threads and reduction: exact).
+DECO_GPU_TEST(residual_rmsnorm) {
+  const int64_t N = 96, H = 333;
+  Buffer a = random_host({N, H}, 31), b = random_host({N, H}, 32), w = random_host({H}, 33);
+  Buffer sum(DType::F32, Device::CPU, {N, H}), out(DType::F32, Device::CPU, {N, H}), rstd(DType::F32, Device::CPU, {N});
+  ops::residual_rmsnorm_forward(sum, out, rstd, a, b, w, 1e-5);
+  Buffer a_d = to_device(a), b_d = to_device(b), w_d = to_device(w);
+  Buffer sum_d(DType::F32, Device::CUDA, {N, H}), out_d(DType::F32, Device::CUDA, {N, H}),
+      rstd_d(DType::F32, Device::CUDA, {N});
+  ops::residual_rmsnorm_forward(sum_d, out_d, rstd_d, a_d, b_d, w_d, 1e-5);
+  expect_close("residual_rmsnorm_forward sum", sum, to_host(sum_d), 0.0);
+  expect_close("residual_rmsnorm_forward out", out, to_host(out_d));
+  expect_close("residual_rmsnorm_forward rstd", rstd, to_host(rstd_d));
+  Buffer unfused_out(DType::F32, Device::CUDA, {N, H}), unfused_rstd(DType::F32, Device::CUDA, {N});
+  ops::rmsnorm_forward(unfused_out, unfused_rstd, sum_d, w_d, 1e-5);
+  expect_close("fused vs unfused on the GPU", to_host(unfused_out), to_host(out_d), 0.0);
+  ops::residual_rmsnorm_forward(a_d, out_d, rstd_d, a_d, b_d, w_d, 1e-5);  // sum aliasing residual
+  expect_close("residual_rmsnorm_forward in place", sum, to_host(a_d), 0.0);
+}
+
 // SwiGLU forward and backward
 DECO_GPU_TEST(swiglu) {
   const int64_t N = 96, F = 320;

@@ -4,6 +4,8 @@
 // while still catching any wrong term (which shows up as O(1) error).
 #include <catch2/catch.hpp>
 
+#include <cstring>
+
 #include "kernels/ops.h"
 #include "test_util.h"
 
@@ -55,6 +57,36 @@ TEST_CASE("rmsnorm backward matches finite differences", "[ops][grad]") {
   ops::rmsnorm_backward(dx, dw, r, x, w, rstd);
   CHECK(max_fd_error(x, dx, loss) < kTol);
   CHECK(max_fd_error(w, dw, loss) < kTol);
+}
+
+TEST_CASE("residual_rmsnorm_forward is copy + axpy + rmsnorm_forward, bit for bit", "[ops]") {
+  for (DType dt : {DType::F32, DType::F64}) {
+    INFO(dtype_name(dt));
+    const Shape s{7, 37};
+    Buffer a(dt, Device::CPU, s), b(dt, Device::CPU, s), w(dt, Device::CPU, {37});
+    ops::copy(a, random_buffer(s, 11));
+    ops::copy(b, random_buffer(s, 12));
+    ops::copy(w, random_buffer({37}, 13));
+    Buffer sum(dt, Device::CPU, s), out(dt, Device::CPU, s), rstd(dt, Device::CPU, {7});
+    ops::residual_rmsnorm_forward(sum, out, rstd, a, b, w, 1e-5);
+    Buffer want_sum(dt, Device::CPU, s), want_out(dt, Device::CPU, s), want_rstd(dt, Device::CPU, {7});
+    ops::copy(want_sum, a);
+    ops::axpy(want_sum, b);
+    ops::rmsnorm_forward(want_out, want_rstd, want_sum, w, 1e-5);
+    auto same = [](const Tensor& x, const Tensor& y) { return std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0; };
+    CHECK(same(sum, want_sum));
+    CHECK(same(out, want_out));
+    CHECK(same(rstd, want_rstd));
+    ops::residual_rmsnorm_forward(a, out, rstd, a, b, w, 1e-5);  // sum may alias residual
+    CHECK(same(a, want_sum));
+  }
+}
+
+TEST_CASE("count_idle_rows counts the rows with no positive entry", "[ops]") {
+  Buffer z(DType::F32, Device::CPU, {4, 3});
+  const float v[] = {-1, 0, -2,  0.5f, -1, -1,  0, 0, 0,  1, 2, 3};  // rows 0 and 2 are idle (0 is inactive)
+  std::copy(v, v + 12, z.data<float>());
+  CHECK(ops::count_idle_rows(z) == 2);
 }
 
 TEST_CASE("rope is a rotation and its backward is the inverse rotation", "[ops][grad]") {
