@@ -1,31 +1,28 @@
 #include "model/expert_exchange.h"
 
-#include <algorithm>
-#include <cstring>
+#include <vector>
 
 #include "core/error.h"
+#include "kernels/ops.h"
 
 namespace deco {
-namespace {
-
-template <typename T>
-void check_host(const Tensor& t, const char* what) {
-  DECO_ASSERT(t.device() == Device::CPU && t.dtype() == dtype_of<T>::value, "expert exchange: ", what,
-              " must be host ", dtype_name(dtype_of<T>::value));
-}
-
-}  // namespace
 
 void ExpertExchange::plan(const Tensor& z, Communicator& comm) {
-  DECO_ASSERT(z.ndim() == 2 && z.device() == Device::CPU, "expert exchange: z must be a host [N, E] tensor");
+  DECO_ASSERT(z.ndim() == 2, "expert exchange: z must be [N, E]");
   comm_ = &comm;
   const int64_t M = comm.size();
   tokens_ = z.size(0);
   experts_ = z.size(1);
   DECO_ASSERT(experts_ % M == 0, "expert exchange: ", experts_, " experts over ", M, " ranks");
   per_rank_ = experts_ / M;
+  const Tensor* zh = &z;
+  if (z.device() != Device::CPU) {  // the plan is host logic: one copy of z per layer
+    z_host_.ensure(z.dtype(), Device::CPU, z.shape());
+    ops::copy(z_host_, z);
+    zh = &z_host_.tensor();
+  }
   send_rows_.assign(static_cast<size_t>(M), 0);
-  send_token_.clear();
+  std::vector<int32_t> tokens, blocks;
   // Peer-major order: all of peer 0's tokens, then peer 1's, ...
   auto active_on = [&](auto* zp, int64_t t, int64_t p) {
     const auto* row = zp + t * experts_ + p * per_rank_;
@@ -35,105 +32,72 @@ void ExpertExchange::plan(const Tensor& z, Communicator& comm) {
   };
   for (int64_t p = 0; p < M; ++p)
     for (int64_t t = 0; t < tokens_; ++t) {
-      const bool active = z.dtype() == DType::F32 ? active_on(z.data<float>(), t, p)
-                                                  : active_on(z.data<double>(), t, p);
+      const bool active = zh->dtype() == DType::F32 ? active_on(zh->data<float>(), t, p)
+                                                    : active_on(zh->data<double>(), t, p);
       if (active) {
-        send_token_.push_back(static_cast<int32_t>(t));
+        tokens.push_back(static_cast<int32_t>(t));
+        blocks.push_back(static_cast<int32_t>(t * M + p));
         ++send_rows_[static_cast<size_t>(p)];
       }
     }
-  sent_total_ = static_cast<int64_t>(send_token_.size());
+  sent_total_ = static_cast<int64_t>(tokens.size());
+  send_token_.ensure(DType::I32, z.device(), Shape{sent_total_});
+  send_block_.ensure(DType::I32, z.device(), Shape{sent_total_});
+  if (sent_total_ > 0) {
+    device_copy(z.device(), send_token_.tensor().raw(), Device::CPU, tokens.data(), tokens.size() * sizeof(int32_t));
+    device_copy(z.device(), send_block_.tensor().raw(), Device::CPU, blocks.data(), blocks.size() * sizeof(int32_t));
+  }
   recv_rows_ = comm.all_to_all_counts(send_rows_);
   received_ = 0;
   for (int64_t r : recv_rows_) received_ += r;
 }
 
-void ExpertExchange::exchange(int64_t width, DType dtype, bool back) {
-  // Forward: send_buf_ holds sent_total_ rows, recv_buf_ receives received_.
-  // Back: recv_buf_ (received_ rows) goes out, send_buf_ receives sent_total_.
-  std::vector<int64_t> out_counts = back ? recv_rows_ : send_rows_;
-  std::vector<int64_t> in_counts = back ? send_rows_ : recv_rows_;
-  for (int64_t& c : out_counts) c *= width;
-  for (int64_t& c : in_counts) c *= width;
-  const Buffer& from = back ? recv_buf_ : send_buf_;
-  Buffer& to = back ? send_buf_ : recv_buf_;
-  to.ensure(dtype, Device::CPU, Shape{(back ? sent_total_ : received_) * width});
-  comm_->all_to_all(to.tensor(), in_counts, from.tensor(), out_counts);
+void ExpertExchange::exchange(const Tensor& sent, const Tensor& received, int64_t width, bool back) {
+  std::vector<int64_t> sent_counts = send_rows_, received_counts = recv_rows_;
+  for (int64_t& c : sent_counts) c *= width;
+  for (int64_t& c : received_counts) c *= width;
+  const Tensor s = sent.view(Shape{sent_total_ * width}), r = received.view(Shape{received_ * width});
+  if (back)
+    comm_->all_to_all(s, sent_counts, r, received_counts);
+  else
+    comm_->all_to_all(r, received_counts, s, sent_counts);
 }
 
 void ExpertExchange::dispatch(const Tensor& out, const Tensor& src) {
   const int64_t w = src.size(1);
   DECO_ASSERT(src.size(0) == tokens_ && out.size(0) == received_ && out.size(1) == w,
               "expert exchange: dispatch shapes");
-  const size_t row_bytes = static_cast<size_t>(w) * dtype_size(src.dtype());
-  send_buf_.ensure(src.dtype(), Device::CPU, Shape{sent_total_ * w});
-  auto* dst = static_cast<char*>(send_buf_.tensor().raw());
-  const auto* from = static_cast<const char*>(src.raw());
-  for (int64_t i = 0; i < sent_total_; ++i)
-    std::memcpy(dst + static_cast<size_t>(i) * row_bytes, from + static_cast<size_t>(send_token_[i]) * row_bytes,
-                row_bytes);
-  exchange(w, src.dtype(), false);
-  std::memcpy(out.raw(), recv_buf_.tensor().raw(), static_cast<size_t>(received_) * row_bytes);
+  send_buf_.ensure(src.dtype(), src.device(), Shape{sent_total_, w});
+  ops::gather_rows(send_buf_, src, send_token_);
+  exchange(send_buf_, out, w, false);
 }
 
 void ExpertExchange::dispatch_blocks(const Tensor& out, const Tensor& src) {
   DECO_ASSERT(src.size(0) == tokens_ && src.size(1) == experts_ && out.size(0) == received_ &&
                   out.size(1) == per_rank_, "expert exchange: dispatch_blocks shapes");
-  const size_t es = dtype_size(src.dtype()), block_bytes = static_cast<size_t>(per_rank_) * es;
-  send_buf_.ensure(src.dtype(), Device::CPU, Shape{sent_total_ * per_rank_});
-  auto* dst = static_cast<char*>(send_buf_.tensor().raw());
-  const auto* from = static_cast<const char*>(src.raw());
-  int64_t i = 0;
-  for (size_t p = 0; p < send_rows_.size(); ++p)
-    for (int64_t k = 0; k < send_rows_[p]; ++k, ++i) {
-      const size_t at = (static_cast<size_t>(send_token_[i]) * static_cast<size_t>(experts_) +
-                         p * static_cast<size_t>(per_rank_)) * es;
-      std::memcpy(dst + static_cast<size_t>(i) * block_bytes, from + at, block_bytes);
-    }
-  exchange(per_rank_, src.dtype(), false);
-  std::memcpy(out.raw(), recv_buf_.tensor().raw(), static_cast<size_t>(received_) * block_bytes);
+  send_buf_.ensure(src.dtype(), src.device(), Shape{sent_total_, per_rank_});
+  ops::gather_rows(send_buf_, src.view(Shape{tokens_ * comm_->size(), per_rank_}), send_block_);
+  exchange(send_buf_, out, per_rank_, false);
 }
 
 void ExpertExchange::combine_add(const Tensor& dst, const Tensor& src) {
   const int64_t w = src.size(1);
   DECO_ASSERT(src.size(0) == received_ && dst.size(0) == tokens_ && dst.size(1) == w,
               "expert exchange: combine_add shapes");
-  recv_buf_.ensure(src.dtype(), Device::CPU, Shape{received_ * w});
-  std::memcpy(recv_buf_.tensor().raw(), src.raw(), static_cast<size_t>(received_ * w) * dtype_size(src.dtype()));
-  exchange(w, src.dtype(), true);
-  auto add = [&](auto* d, const auto* s) {
-    for (int64_t i = 0; i < sent_total_; ++i) {
-      auto* row = d + static_cast<int64_t>(send_token_[i]) * w;
-      const auto* in = s + i * w;
-      for (int64_t j = 0; j < w; ++j) row[j] += in[j];
-    }
-  };
-  if (dst.dtype() == DType::F32) {
-    check_host<float>(src, "combine_add source");
-    add(dst.data<float>(), send_buf_.data<float>());
-  } else {
-    check_host<double>(src, "combine_add source");
-    add(dst.data<double>(), send_buf_.data<double>());
-  }
+  send_buf_.ensure(src.dtype(), src.device(), Shape{sent_total_, w});
+  exchange(send_buf_, src, w, true);
+  // A token's rows from several peers add in send order (peer order): deterministic.
+  ops::scatter_add_rows(dst, send_buf_, send_token_);
 }
 
 void ExpertExchange::combine_blocks(const Tensor& dst, const Tensor& src) {
   DECO_ASSERT(src.size(0) == received_ && src.size(1) == per_rank_ && dst.size(0) == tokens_ &&
                   dst.size(1) == experts_, "expert exchange: combine_blocks shapes");
-  const size_t es = dtype_size(src.dtype()), block_bytes = static_cast<size_t>(per_rank_) * es;
-  recv_buf_.ensure(src.dtype(), Device::CPU, Shape{received_ * per_rank_});
-  std::memcpy(recv_buf_.tensor().raw(), src.raw(), static_cast<size_t>(received_) * block_bytes);
-  exchange(per_rank_, src.dtype(), true);
-  std::memset(dst.raw(), 0, static_cast<size_t>(tokens_ * experts_) * es);
-  auto* to = static_cast<char*>(dst.raw());
-  const auto* from = static_cast<const char*>(send_buf_.tensor().raw());
-  int64_t i = 0;
-  for (size_t p = 0; p < send_rows_.size(); ++p)
-    for (int64_t k = 0; k < send_rows_[p]; ++k, ++i) {
-      const size_t at = (static_cast<size_t>(send_token_[i]) * static_cast<size_t>(experts_) +
-                         p * static_cast<size_t>(per_rank_)) * es;
-      std::memcpy(to + at, from + static_cast<size_t>(i) * block_bytes, block_bytes);
-    }
+  send_buf_.ensure(src.dtype(), src.device(), Shape{sent_total_, per_rank_});
+  exchange(send_buf_, src, per_rank_, true);
+  ops::zero(dst);
+  // Each (token, peer) block comes back once: adding into zeros places it.
+  ops::scatter_add_rows(dst.view(Shape{tokens_ * comm_->size(), per_rank_}), send_buf_, send_block_);
 }
 
 }  // namespace deco

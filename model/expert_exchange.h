@@ -11,8 +11,10 @@
 // Rows travel in this order: to peer 0 this rank's tokens active on peer 0
 // in token order, then peer 1's, ...; each rank receives its rows grouped by
 // source rank. Both directions use Communicator::all_to_all with counts
-// exchanged once per plan. Host memory (the CPU backend); a device version
-// moves the same rows through NcclComm.
+// exchanged once per plan. The rows are gathered and scattered by ops on the
+// tensors' device, so the same code moves host rows through MPI and device
+// rows through NCCL (ByDeviceComm); the plan itself is made on the host
+// from a copy of z.
 #pragma once
 
 #include <cstdint>
@@ -48,16 +50,19 @@ class ExpertExchange {
   void combine_blocks(const Tensor& dst, const Tensor& src);
 
  private:
-  // Sends send_buf_ (rows of width w in send order) and fills recv_buf_,
-  // or the reverse when `back` is set.
-  void exchange(int64_t width, DType dtype, bool back);
+  // Rows of `width` elements: `sent` [S, width] in send order goes out and
+  // `received` [R, width] comes in, or the reverse when `back` is set.
+  void exchange(const Tensor& sent, const Tensor& received, int64_t width, bool back);
 
   Communicator* comm_ = nullptr;
   int64_t tokens_ = 0, experts_ = 0, per_rank_ = 0;
-  std::vector<int32_t> send_token_;  // token of each send row, in send order
   std::vector<int64_t> send_rows_, recv_rows_;
   int64_t sent_total_ = 0, received_ = 0;
-  Buffer send_buf_, recv_buf_;
+  // On z's device, int32 [S] in send order: each row's token, and its
+  // (token, peer) block of z viewed as [N * M, E / M].
+  Buffer send_token_, send_block_;
+  Buffer send_buf_;  // rows in send order [S, width]
+  Buffer z_host_;    // the plan's copy of a device z
 };
 
 }  // namespace deco

@@ -35,6 +35,14 @@ struct Model::Layer {
   }
 };
 
+int64_t grad_unit_of(const std::string& name) {
+  if (name == "lm_head.weight" || name == "model.norm.weight") return kHeadGradUnit;
+  if (name == "model.embed_tokens.weight") return kEmbeddingGradUnit;
+  const std::string prefix = "model.layers.";
+  DECO_ASSERT(name.compare(0, prefix.size(), prefix) == 0, "no gradient unit for parameter ", name);
+  return std::stoll(name.substr(prefix.size()));
+}
+
 int64_t StepResult::active_pairs() const {
   int64_t n = 0;
   for (const DecoLayerStats& s : deco_layers) n += s.active_pairs;
@@ -233,6 +241,10 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
   ops::zero(dresidual_);
   ops::rmsnorm_backward(dresidual_, final_norm_.grad, dnormed_, residual_final_, final_norm_.value,
                         rstd_final_);
+  auto ready = [&](int64_t unit) {
+    if (opt.on_grads_ready) opt.on_grads_ready(unit);
+  };
+  ready(kHeadGradUnit);
   const double reg_grad_coef = opt.reg_coef * opt.grad_scale /
                                (static_cast<double>(config_.num_layers) * static_cast<double>(N));
   for (size_t i = layers_.size(); i-- > 0;) {
@@ -242,8 +254,10 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
       if (config_.recompute == Recompute::Selective) recompute_layer(i);
     }
     backward_layer(i, opt.reg, reg_grad_coef);
+    ready(static_cast<int64_t>(i));
   }
   ops::embedding_backward(embed_.grad, dresidual_, inputs_);
+  ready(kEmbeddingGradUnit);
   return result;
 }
 

@@ -3,7 +3,9 @@
 // untied LM head and cross-entropy, with an explicit backward pass.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "model/attention.h"
@@ -14,11 +16,22 @@
 
 namespace deco {
 
+// The backward pass finishes parameter gradients in groups ("grad units"):
+// the head (lm_head and the final norm) first, then each decoder layer from
+// the last, then the embedding. A unit is a layer index, or one of these.
+constexpr int64_t kHeadGradUnit = -1;
+constexpr int64_t kEmbeddingGradUnit = -2;
+// The unit a parameter's gradient belongs to (deco-model.md section 6 names).
+int64_t grad_unit_of(const std::string& param_name);
+
 struct StepOptions {
   RegType reg = RegType::Entropy;
   double reg_coef = 0.0;    // lambda, the sparsity coefficient
   double grad_scale = 1.0;  // multiplies every gradient (1 / micro-batches per optimizer step)
   bool backward = true;     // false: loss and statistics only
+  // Called by the backward pass as each unit's gradients are complete (their
+  // kernels queued, on a GPU): where data-parallel reductions start early.
+  std::function<void(int64_t unit)> on_grads_ready;
 };
 
 struct StepResult {

@@ -20,6 +20,20 @@ namespace deco {
 
 enum class ReduceOp { Sum, Max };
 
+// A collective started by an *_async call. Its tensor must stay untouched
+// (and alive) until wait() has returned. Requests of one communicator
+// complete in the order they were started.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  // Blocks until the collective has completed on this rank (under the same
+  // timeout and error handling as the blocking calls).
+  virtual void wait() = 0;
+  // Lets it progress without blocking (MPI advances non-blocking
+  // collectives only inside MPI calls); true once it has completed.
+  virtual bool test() { return false; }
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -44,6 +58,11 @@ class Communicator {
   // x on every rank = x of `root`.
   virtual void broadcast(const Tensor& x, int64_t root) = 0;
   virtual void barrier() = 0;
+  // all_reduce started without waiting for it: on MPI a non-blocking
+  // collective, on NCCL one enqueued on a stream of its own after the work
+  // queued so far, so it overlaps what the caller launches next. The
+  // default completes it before returning.
+  virtual std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op);
 
   // Conveniences over the above, for host values.
   void all_reduce_sum(const Tensor& x) { all_reduce(x, ReduceOp::Sum); }
@@ -53,6 +72,35 @@ class Communicator {
   // send[p] = how many elements this rank sends to rank p; returns recv,
   // recv[p] = how many rank p sends to this rank.
   std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send);
+};
+
+// Host tensors to one communicator, device tensors to another, over the
+// same ranks: MpiComm and NcclComm of one group, so that the trainer and the
+// model call one Communicator for GPU gradients and host metrics alike.
+// Collectives on host values (the conveniences above, all_to_all_counts)
+// take the host side.
+class ByDeviceComm final : public Communicator {
+ public:
+  ByDeviceComm(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> device);
+  int64_t rank() const override { return host_->rank(); }
+  int64_t size() const override { return host_->size(); }
+  std::string name() const override { return host_->name(); }
+  void all_reduce(const Tensor& x, ReduceOp op) override { pick(x).all_reduce(x, op); }
+  void reduce_scatter(const Tensor& out, const Tensor& in) override { pick(in).reduce_scatter(out, in); }
+  void all_gather(const Tensor& out, const Tensor& in) override { pick(in).all_gather(out, in); }
+  void all_to_all(const Tensor& out, const std::vector<int64_t>& recv_counts, const Tensor& in,
+                  const std::vector<int64_t>& send_counts) override {
+    pick(in).all_to_all(out, recv_counts, in, send_counts);
+  }
+  void broadcast(const Tensor& x, int64_t root) override { pick(x).broadcast(x, root); }
+  void barrier() override { host_->barrier(); }
+  std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override {
+    return pick(x).all_reduce_async(x, op);
+  }
+
+ private:
+  Communicator& pick(const Tensor& t) { return t.device() == Device::CPU ? *host_ : *device_; }
+  std::unique_ptr<Communicator> host_, device_;
 };
 
 class SelfComm final : public Communicator {

@@ -3,6 +3,9 @@
 #include "core/error.h"
 #include "parallel/mpi_comm.h"
 #include "parallel/mpi_runtime.h"
+#ifdef DECO_WITH_NCCL
+#include "parallel/nccl_comm.h"
+#endif
 
 namespace deco {
 namespace {
@@ -82,6 +85,23 @@ ParallelLayout make_parallel_layout(const LaunchInfo& launch, int64_t ep_size, i
   L.dp_size = L.world_size;
   L.dp_rank = L.rank;
   return L;
+}
+
+void enable_device_collectives(ProcessGroups& groups) {
+  if (groups.layout.world_size == 1) return;
+#ifdef DECO_WITH_NCCL
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess)
+    fail("rank ", groups.layout.rank, " has no usable GPU for NCCL; check nvidia-smi and CUDA_VISIBLE_DEVICES.");
+  for (std::unique_ptr<Communicator>* group :
+       {&groups.world, &groups.data_parallel, &groups.expert_parallel, &groups.expert_data_parallel}) {
+    std::unique_ptr<Communicator> nccl = make_nccl_comm(**group, device, nullptr);  // legacy default stream
+    *group = std::make_unique<ByDeviceComm>(std::move(*group), std::move(nccl));
+  }
+#else
+  fail("GPU training over ", groups.layout.world_size, " processes needs NCCL, and this deco was built without it; "
+       "rebuild where nccl.h and libnccl are found (see CMakeLists.txt), or train on one GPU.");
+#endif
 }
 
 ProcessGroups make_process_groups(const LaunchInfo& launch, int64_t ep_size, int64_t num_experts) {

@@ -57,4 +57,12 @@ struct ProcessGroups {
 // group; a single process gets SelfComm groups and never touches MPI.
 ProcessGroups make_process_groups(const LaunchInfo& launch, int64_t ep_size, int64_t num_experts);
 
+// GPU training over several processes: each group becomes a ByDeviceComm,
+// device tensors through a NcclComm over the group's ranks on this
+// process's current GPU (its unique id broadcast over the group's MpiComm),
+// host values still through MPI. Collective over the world, in the same
+// group order on every rank; a single process keeps its SelfComm groups.
+// Fails in a build without NCCL.
+void enable_device_collectives(ProcessGroups& groups);
+
 }  // namespace deco

@@ -105,6 +105,52 @@ void MpiComm::all_reduce(const Tensor& x, ReduceOp op) {
   }
 }
 
+namespace {
+
+class MpiPending final : public PendingCollective {
+ public:
+  MpiPending(std::vector<MPI_Request> requests, const char* group, std::string name)
+      : requests_(std::move(requests)), group_(group), name_(std::move(name)) {}
+  ~MpiPending() override {
+    // An abandoned request (an exception unwinding the step) must not be
+    // left for MPI to write into freed memory: complete it first.
+    if (!done_) MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+  }
+  void wait() override {
+    if (done_) return;
+    CollectiveWait wait("all_reduce", group_);
+    DECO_MPI_CHECK(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE));
+    done_ = true;
+  }
+  bool test() override {
+    if (done_) return true;
+    int flag = 0;
+    DECO_MPI_CHECK(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &flag, MPI_STATUSES_IGNORE));
+    done_ = flag != 0;
+    return done_;
+  }
+
+ private:
+  std::vector<MPI_Request> requests_;
+  const char* group_;
+  std::string name_;  // for DECO_MPI_CHECK's message
+  bool done_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<PendingCollective> MpiComm::all_reduce_async(const Tensor& x, ReduceOp op) {
+  require_host(x, "all_reduce_async");
+  const MPI_Datatype type = mpi_type(x.dtype());
+  std::vector<MPI_Request> requests;
+  for (int64_t begin = 0; begin < x.numel(); begin += kMaxChunk) {
+    const int count = static_cast<int>(std::min(kMaxChunk, x.numel() - begin));
+    requests.push_back(MPI_REQUEST_NULL);
+    DECO_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, byte_ptr(x, begin), count, type, mpi_op(op), comm_, &requests.back()));
+  }
+  return std::make_unique<MpiPending>(std::move(requests), watchdog_name_, name_);
+}
+
 void MpiComm::reduce_scatter(const Tensor& out, const Tensor& in) {
   require_host(out, "reduce_scatter");
   require_host(in, "reduce_scatter");

@@ -46,6 +46,8 @@ class MpiComm final : public Communicator {
                   const std::vector<int64_t>& send_counts) override;
   void broadcast(const Tensor& x, int64_t root) override;
   void barrier() override;
+  // MPI_Iallreduce (in chunks below MPI's count limit); wait() runs under the watchdog.
+  std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override;
 
  private:
   MPI_Comm comm_;

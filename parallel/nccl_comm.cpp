@@ -59,7 +59,7 @@ char* byte_ptr(const Tensor& t, int64_t element) {
 
 class NcclComm final : public Communicator {
  public:
-  NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t stream);
+  NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t compute_stream);
   ~NcclComm() override;
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -75,8 +75,15 @@ class NcclComm final : public Communicator {
                   const std::vector<int64_t>& send_counts) override;
   void broadcast(const Tensor& x, int64_t root) override;
   void barrier() override;
+  std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override;
+
+  // Polls `event` (recorded on the stream after `collective`) until it has
+  // completed, checking NCCL's asynchronous errors and the timeout.
+  void poll(cudaEvent_t event, const char* collective);
 
  private:
+  // The communicator's stream waits for the work queued so far on the compute stream.
+  void after_compute();
   // Host tensors pass through device buffers: `stage` returns the device
   // view of `t` (copying host data in when `copy_in`), `unstage` copies a
   // staged result back after the collective has completed.
@@ -89,24 +96,36 @@ class NcclComm final : public Communicator {
   ncclComm_t comm_;
   int64_t rank_, size_;
   std::string name_;
-  cudaStream_t stream_;
-  cudaEvent_t done_ = nullptr;
+  cudaStream_t compute_;           // where the inputs are produced
+  cudaStream_t stream_ = nullptr;  // the communicator's own (non-blocking) stream
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;
   Buffer staging_in_, staging_out_;  // device memory for host tensors
 };
 
 #define DECO_NCCL_CALL(call) nccl_check((call), #call, __FILE__, __LINE__, comm_, name_)
 #define DECO_CUDA_CALL(call) cuda_check((call), #call, __FILE__, __LINE__, comm_, name_)
 
-NcclComm::NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t stream)
-    : comm_(comm), rank_(rank), size_(size), name_(std::move(name)), stream_(stream) {
+NcclComm::NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t compute_stream)
+    : comm_(comm), rank_(rank), size_(size), name_(std::move(name)), compute_(compute_stream) {
+  // Non-blocking: a blocking stream would synchronize with the legacy
+  // default stream and serialize every collective with the compute kernels.
+  DECO_CUDA_CALL(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   // Timing is not needed, and an event without it is cheaper to record.
+  DECO_CUDA_CALL(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   DECO_CUDA_CALL(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
 }
 
 NcclComm::~NcclComm() {
   // Destructors do not end the job: errors here would surface at the next call.
   if (done_ != nullptr) cudaEventDestroy(done_);
+  if (ready_ != nullptr) cudaEventDestroy(ready_);
   ncclCommDestroy(comm_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+void NcclComm::after_compute() {
+  DECO_CUDA_CALL(cudaEventRecord(ready_, compute_));
+  DECO_CUDA_CALL(cudaStreamWaitEvent(stream_, ready_, 0));
 }
 
 Tensor NcclComm::stage(const Tensor& t, Buffer& staging, bool copy_in) {
@@ -126,11 +145,15 @@ void NcclComm::unstage(const Tensor& host, const Tensor& staged) {
 
 void NcclComm::wait(const char* collective) {
   DECO_CUDA_CALL(cudaEventRecord(done_, stream_));
+  poll(done_, collective);
+}
+
+void NcclComm::poll(cudaEvent_t event, const char* collective) {
   const auto start = std::chrono::steady_clock::now();
   for (int64_t polls = 0;; ++polls) {
-    const cudaError_t state = cudaEventQuery(done_);
+    const cudaError_t state = cudaEventQuery(event);
     if (state == cudaSuccess) return;
-    if (state != cudaErrorNotReady) cuda_check(state, "cudaEventQuery(done_)", __FILE__, __LINE__, comm_, name_);
+    if (state != cudaErrorNotReady) cuda_check(state, "cudaEventQuery(event)", __FILE__, __LINE__, comm_, name_);
     ncclResult_t async_error = ncclSuccess;
     DECO_NCCL_CALL(ncclCommGetAsyncError(comm_, &async_error));
     if (async_error != ncclSuccess && async_error != ncclInProgress)
@@ -148,6 +171,7 @@ void NcclComm::wait(const char* collective) {
 }
 
 void NcclComm::all_reduce(const Tensor& x, ReduceOp op) {
+  after_compute();
   const Tensor dx = stage(x, staging_in_, true);
   DECO_NCCL_CALL(ncclAllReduce(dx.raw(), dx.raw(), static_cast<size_t>(dx.numel()), nccl_type(dx.dtype()),
                                nccl_op(op), comm_, stream_));
@@ -155,7 +179,39 @@ void NcclComm::all_reduce(const Tensor& x, ReduceOp op) {
   unstage(x, dx);
 }
 
+// An all_reduce_async in flight: the event after it on the communicator's stream.
+class NcclPending final : public PendingCollective {
+ public:
+  NcclPending(NcclComm* comm, cudaEvent_t done) : comm_(comm), done_(done) {}
+  ~NcclPending() override {
+    if (!waited_) cudaEventSynchronize(done_);  // never leave NCCL writing into memory that may be reused
+    cudaEventDestroy(done_);
+  }
+  void wait() override {
+    if (!waited_) comm_->poll(done_, "all_reduce");
+    waited_ = true;
+  }
+  bool test() override { return waited_ || cudaEventQuery(done_) == cudaSuccess; }
+
+ private:
+  NcclComm* comm_;
+  cudaEvent_t done_;
+  bool waited_ = false;
+};
+
+std::unique_ptr<PendingCollective> NcclComm::all_reduce_async(const Tensor& x, ReduceOp op) {
+  if (x.device() != Device::CUDA) return Communicator::all_reduce_async(x, op);  // staged: blocking
+  after_compute();
+  DECO_NCCL_CALL(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), nccl_op(op),
+                               comm_, stream_));
+  cudaEvent_t done = nullptr;
+  DECO_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  DECO_CUDA_CALL(cudaEventRecord(done, stream_));
+  return std::make_unique<NcclPending>(this, done);
+}
+
 void NcclComm::reduce_scatter(const Tensor& out, const Tensor& in) {
+  after_compute();
   check_chunked_args(*this, "reduce_scatter", in, out);
   const Tensor din = stage(in, staging_in_, true);
   const Tensor dout = stage(out, staging_out_, false);
@@ -166,6 +222,7 @@ void NcclComm::reduce_scatter(const Tensor& out, const Tensor& in) {
 }
 
 void NcclComm::all_gather(const Tensor& out, const Tensor& in) {
+  after_compute();
   check_chunked_args(*this, "all_gather", out, in);
   const Tensor din = stage(in, staging_in_, true);
   const Tensor dout = stage(out, staging_out_, false);
@@ -177,6 +234,7 @@ void NcclComm::all_gather(const Tensor& out, const Tensor& in) {
 
 void NcclComm::all_to_all(const Tensor& out, const std::vector<int64_t>& recv_counts, const Tensor& in,
                           const std::vector<int64_t>& send_counts) {
+  after_compute();
   check_all_to_all_args(*this, out, recv_counts, in, send_counts);
   const Tensor din = stage(in, staging_in_, true);
   const Tensor dout = stage(out, staging_out_, false);
@@ -202,6 +260,7 @@ void NcclComm::all_to_all(const Tensor& out, const std::vector<int64_t>& recv_co
 }
 
 void NcclComm::broadcast(const Tensor& x, int64_t root) {
+  after_compute();
   check_root_arg(*this, root);
   const Tensor dx = stage(x, staging_in_, true);
   DECO_NCCL_CALL(ncclBroadcast(dx.raw(), dx.raw(), static_cast<size_t>(dx.numel()), nccl_type(dx.dtype()),
@@ -213,6 +272,7 @@ void NcclComm::broadcast(const Tensor& x, int64_t root) {
 void NcclComm::barrier() {
   // NCCL has no barrier: an all-reduce of one element that every rank must
   // join, waited for.
+  after_compute();
   staging_out_.ensure(DType::I32, Device::CUDA, Shape{1});
   DECO_NCCL_CALL(ncclAllReduce(staging_out_.tensor().raw(), staging_out_.tensor().raw(), 1, ncclInt32, ncclSum,
                                comm_, stream_));
@@ -221,7 +281,7 @@ void NcclComm::barrier() {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device, cudaStream_t stream) {
+std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device, cudaStream_t compute_stream) {
   const std::string group = bootstrap.name();
   cuda_check(cudaSetDevice(device), "cudaSetDevice(device)", __FILE__, __LINE__, nullptr, group);
   // The unique id is 128 opaque bytes; they travel as int32 words because
@@ -240,7 +300,7 @@ std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device
   ncclComm_t comm = nullptr;
   nccl_check(ncclCommInitRank(&comm, static_cast<int>(bootstrap.size()), id, static_cast<int>(bootstrap.rank())),
              "ncclCommInitRank(&comm, size, id, rank)", __FILE__, __LINE__, nullptr, group);
-  return std::make_unique<NcclComm>(comm, bootstrap.rank(), bootstrap.size(), group, stream);
+  return std::make_unique<NcclComm>(comm, bootstrap.rank(), bootstrap.size(), group, compute_stream);
 }
 
 }  // namespace deco

@@ -415,6 +415,8 @@ const std::vector<Section>& schema() {
       {"parallel",
        {DECO_FIELD(parallel, expert_model_parallel_size),
         DECO_FIELD(parallel, use_distributed_optimizer),
+        DECO_FIELD(parallel, overlap_grad_reduce),
+        DECO_FIELD(parallel, ddp_bucket_size),
         DECO_FIELD(parallel, distributed_timeout_minutes)}},
       {"checkpoint",
        {DECO_FIELD(checkpoint, save),
@@ -895,6 +897,12 @@ class Validator {
           str("parallel.expert_model_parallel_size (", ep, ") must divide the world size, the "
               "number of processes (", world_size_, "); change it or the number of processes."));
     non_negative("parallel.distributed_timeout_minutes", c_.parallel.distributed_timeout_minutes);
+    non_negative("parallel.ddp_bucket_size", c_.parallel.ddp_bucket_size);
+    check(!(c_.parallel.overlap_grad_reduce && c_.parallel.use_distributed_optimizer),
+          {"parallel.overlap_grad_reduce", "parallel.use_distributed_optimizer"},
+          "parallel.overlap_grad_reduce overlaps the all-reduce of plain data parallelism; with "
+          "parallel.use_distributed_optimizer the gradients are reduce-scattered after the backward pass, so "
+          "set one of the two to false.");
     const int64_t experts = c_.model.num_experts;
     check(experts == 0 || experts % ep == 0,
           {"parallel.expert_model_parallel_size", "model.num_experts"},

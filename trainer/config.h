@@ -89,6 +89,12 @@ struct DataConfig {
 struct ParallelConfig {
   int64_t expert_model_parallel_size = 1;
   bool use_distributed_optimizer = false;
+  // Megatron-LM's names: reduce the gradients in buckets of ddp_bucket_size
+  // elements (0: max(40M, 1M x data-parallel size)) that start during the
+  // backward pass (trainer/grad_reducer.h). Plain data parallelism only:
+  // the distributed optimizer reduce-scatters after the backward pass.
+  bool overlap_grad_reduce = false;
+  int64_t ddp_bucket_size = 0;
   // How long one collective may wait for the other ranks before the job is
   // ended with a message (Megatron's --distributed-timeout-minutes); 0: forever.
   double distributed_timeout_minutes = 10;

@@ -41,6 +41,8 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
             groups.layout.dp_size, groups.layout.dp_rank) {
   set_cpu_threads(config_.training.threads);
   device_ = select_device();
+  // Several GPUs: device tensors (gradients, exchanged tokens) through NCCL, host values through MPI.
+  if (device_ == Device::CUDA) enable_device_collectives(groups_);
   check_memory();
   const ParallelLayout& L = groups_.layout;
   zero_ = config_.parallel.use_distributed_optimizer;
@@ -56,6 +58,13 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   optimizer_ = std::make_unique<AdamW>(config_.optimizer, model_->layout(), DType::F32, device_,
                                        shard_context(L.rank).owned);
   sharded_ = L.ep_size > 1 || zero_;
+  if (config_.parallel.overlap_grad_reduce &&
+      (groups_.data_parallel->size() > 1 || groups_.expert_data_parallel->size() > 1)) {
+    const int64_t bucket = config_.parallel.ddp_bucket_size > 0 ? config_.parallel.ddp_bucket_size
+                                                                : default_bucket_elements(L.dp_size);
+    reducer_ = std::make_unique<GradReducer>(model_->layout(), model_->grads().flat(), *groups_.data_parallel,
+                                             *groups_.expert_data_parallel, bucket);
+  }
   restore();
   setup_expert_compute();
   monitor_ = std::make_unique<Monitor>(config_.logging, config_.sparsity.target_ratio, config_.model.num_deco_layers(),
@@ -250,9 +259,6 @@ Device Trainer::select_device() const {
   if (cuda_device_count() == 0)
     fail(where, "no GPU is visible to this process; check nvidia-smi and CUDA_VISIBLE_DEVICES, or set "
          "training.device: cpu.");
-  if (groups_.layout.world_size > 1)
-    fail(where, "GPU training runs as one process for now (gradients of several GPUs are reduced over NCCL in "
-         "a later version); launch without mpirun, or set training.device: cpu for multi-process runs.");
   return Device::CUDA;
 }
 
@@ -298,6 +304,12 @@ void Trainer::print_banner() {
                         groups_.layout.expert_dp_size, " of the experts)")
                   : std::string())
         << "\n";
+  }
+  if (reducer_) {
+    int64_t largest = 0;
+    for (const GradReducer::BucketInfo& b : reducer_->buckets()) largest = std::max(largest, b.end - b.begin);
+    out << "gradient reduction: " << reducer_->buckets().size() << " buckets of up to " << largest
+        << " elements, started during the backward pass (parallel.overlap_grad_reduce)\n";
   }
   if (!resumed_from_.empty()) out << "resumed from " << resumed_from_ << "\n";
   out << "cpu: " << cpu_threads() << " threads, " << cpu_blas_name() << "; memory " << memory_note_ << "\n";
@@ -345,6 +357,11 @@ void Trainer::reduce_gradients() {
   const double inv_world = 1.0 / static_cast<double>(groups_.layout.world_size);
   Communicator& dense = *groups_.data_parallel;
   Communicator& expert = *groups_.expert_data_parallel;
+  if (reducer_) {  // the buckets started during the last micro-batch's backward pass
+    reducer_->finish();
+    ops::scale(grads.flat(), inv_world);
+    return;
+  }
   if (!zero_) {
     if (dense.size() > 1) dense.all_reduce_sum(grads.dense_region());
     if (expert.size() > 1) expert.all_reduce_sum(grads.expert_region());
@@ -443,6 +460,9 @@ StepMetrics Trainer::train_step() {
 
   const double wait_before = loader_->wait_seconds();
   for (int64_t micro = 0; micro < micro_batches; ++micro) {
+    // The gradients are complete in the last micro-batch's backward pass: its units start the reduction.
+    if (reducer_ && micro + 1 == micro_batches)
+      opt.on_grads_ready = [this](int64_t unit) { reducer_->on_grads_ready(unit); };
     const std::vector<int32_t>& batch = loader_->next();
     const Tensor tokens(const_cast<int32_t*>(batch.data()), DType::I32, Device::CPU,
                         Shape{plan_.micro_batch(), seq + 1});

@@ -10,6 +10,7 @@
 
 #include "data/loader.h"
 #include "trainer/data_sources.h"
+#include "trainer/grad_reducer.h"
 #include "model/model.h"
 #include "parallel/layout.h"
 #include "trainer/checkpoint.h"
@@ -100,6 +101,7 @@ class Trainer {
   ShardContext shard_context(int64_t rank) const;  // what rank `rank` holds and writes
   FlatRange dense_shard_, expert_shard_;
   Buffer shard_scratch_;
+  std::unique_ptr<GradReducer> reducer_;  // parallel.overlap_grad_reduce
 };
 
 }  // namespace deco

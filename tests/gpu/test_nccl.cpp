@@ -47,6 +47,7 @@ int main() {
         record(check_all_gather(*nccl, Device::CUDA, dtype, n));
         record(check_broadcast(*nccl, Device::CUDA, dtype, n));
         record(check_all_to_all(*nccl, Device::CUDA, dtype, n == 1 ? 0 : n));
+        record(check_all_reduce_async(*nccl, Device::CUDA, dtype, n));
       }
     // Host tensors, staged through device memory.
     record(check_all_reduce(*nccl, Device::CPU, DType::F32, ReduceOp::Sum, 5));

@@ -107,6 +107,29 @@ std::vector<std::string> check_all_reduce(Communicator& comm, Device device, DTy
   return compare(op == ReduceOp::Sum ? "all_reduce(sum)" : "all_reduce(max)", comm, dtype, read_values(x), expected);
 }
 
+std::vector<std::string> check_all_reduce_async(Communicator& comm, Device device, DType dtype, int64_t n) {
+  const int64_t sizes[] = {n, 2 * n + 1, 3};
+  std::vector<Buffer> buffers;
+  std::vector<std::unique_ptr<PendingCollective>> pending;
+  for (int64_t k = 0; k < 3; ++k) buffers.push_back(make_tensor(dtype, device, values_of(comm.rank(), sizes[k], 7 * k)));
+  for (int64_t k = 0; k < 3; ++k) pending.push_back(comm.all_reduce_async(buffers[static_cast<size_t>(k)], ReduceOp::Sum));
+  pending[0]->wait();
+  pending[1]->wait();
+  while (!pending[2]->test()) {
+  }
+  pending[2]->wait();  // after test() said done: returns at once
+  std::vector<std::string> failures;
+  for (int64_t k = 0; k < 3; ++k) {
+    std::vector<double> expected(static_cast<size_t>(sizes[k]), 0.0);
+    for (int64_t r = 0; r < comm.size(); ++r)
+      for (int64_t i = 0; i < sizes[k]; ++i) expected[static_cast<size_t>(i)] += value(r, 7 * k + i);
+    const auto more = compare(str("all_reduce_async #", k), comm, dtype, read_values(buffers[static_cast<size_t>(k)]),
+                              expected);
+    failures.insert(failures.end(), more.begin(), more.end());
+  }
+  return failures;
+}
+
 std::vector<std::string> check_reduce_scatter(Communicator& comm, Device device, DType dtype, int64_t n) {
   Buffer in = make_tensor(dtype, device, values_of(comm.rank(), comm.size() * n));
   Buffer out = make_tensor(dtype, device, std::vector<double>(static_cast<size_t>(n), -1.0));

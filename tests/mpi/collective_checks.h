@@ -23,6 +23,9 @@ std::vector<DType> collective_dtypes(Device device);
 
 // `n` is the per-rank chunk length.
 std::vector<std::string> check_all_reduce(Communicator& comm, Device device, DType dtype, ReduceOp op, int64_t n);
+// Three all_reduce_async sums in flight at once (the sizes n, 2n + 1 and
+// 3), waited for in start order, and a test() loop on the last.
+std::vector<std::string> check_all_reduce_async(Communicator& comm, Device device, DType dtype, int64_t n);
 std::vector<std::string> check_reduce_scatter(Communicator& comm, Device device, DType dtype, int64_t n);
 std::vector<std::string> check_all_gather(Communicator& comm, Device device, DType dtype, int64_t n);
 // Uneven counts, zeros among them (rank r sends (r + 2p + scale) % 4 * scale

@@ -5,6 +5,7 @@
 
 #include "core/tensor.h"
 #include "parallel/layout.h"
+#include "parallel/mpi_comm.h"
 #include "tests/mpi/collective_checks.h"
 
 using namespace deco;
@@ -29,6 +30,38 @@ TEST_CASE("all_reduce sums and maxima over the world", "[collectives]") {
       CHECK(join(check_all_reduce(world(), Device::CPU, dtype, ReduceOp::Sum, n)) == "");
       CHECK(join(check_all_reduce(world(), Device::CPU, dtype, ReduceOp::Max, n)) == "");
     }
+}
+
+TEST_CASE("all_reduce_async: several in flight, each waited for", "[collectives]") {
+  for (DType dtype : collective_dtypes(Device::CPU))
+    for (int64_t n : kLengths) CHECK(join(check_all_reduce_async(world(), Device::CPU, dtype, n)) == "");
+}
+
+TEST_CASE("ByDeviceComm sends host tensors to its host communicator", "[collectives]") {
+  // The device side must never see a host tensor: it fails the test if called.
+  struct DeviceSide final : Communicator {
+    int64_t r, n;
+    DeviceSide(int64_t rank, int64_t size) : r(rank), n(size) {}
+    int64_t rank() const override { return r; }
+    int64_t size() const override { return n; }
+    std::string name() const override { return "device side"; }
+    void all_reduce(const Tensor&, ReduceOp) override { FAIL("host tensor routed to the device side"); }
+    void reduce_scatter(const Tensor&, const Tensor&) override { FAIL("host tensor routed to the device side"); }
+    void all_gather(const Tensor&, const Tensor&) override { FAIL("host tensor routed to the device side"); }
+    void all_to_all(const Tensor&, const std::vector<int64_t>&, const Tensor&, const std::vector<int64_t>&) override {
+      FAIL("host tensor routed to the device side");
+    }
+    void broadcast(const Tensor&, int64_t) override { FAIL("host tensor routed to the device side"); }
+    void barrier() override { FAIL("barrier routed to the device side"); }
+  };
+  if (world().size() == 1) return;
+  ByDeviceComm by_device(MpiComm::world("by-device"), std::make_unique<DeviceSide>(world().rank(), world().size()));
+  for (int64_t n : kLengths) {
+    CHECK(join(check_all_reduce(by_device, Device::CPU, DType::F32, ReduceOp::Sum, n)) == "");
+    CHECK(join(check_all_reduce_async(by_device, Device::CPU, DType::F64, n)) == "");
+    CHECK(join(check_all_to_all(by_device, Device::CPU, DType::I64, n)) == "");
+  }
+  CHECK(join(check_host_conveniences(by_device)) == "");
 }
 
 TEST_CASE("reduce_scatter and all_gather move each rank's chunk", "[collectives]") {
@@ -81,6 +114,7 @@ TEST_CASE("SelfComm: a group of one copies and keeps", "[self]") {
       CHECK(join(check_all_gather(self, Device::CPU, dtype, n)) == "");
       CHECK(join(check_broadcast(self, Device::CPU, dtype, n)) == "");
       CHECK(join(check_all_to_all(self, Device::CPU, dtype, n)) == "");
+      CHECK(join(check_all_reduce_async(self, Device::CPU, dtype, n)) == "");
     }
   CHECK(join(check_host_conveniences(self)) == "");
 }

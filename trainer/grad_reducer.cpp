@@ -1,0 +1,95 @@
+#include "trainer/grad_reducer.h"
+
+#include <algorithm>
+
+#include "model/model.h"
+
+namespace deco {
+
+int64_t default_bucket_elements(int64_t data_parallel_size) {
+  return std::max<int64_t>(40'000'000, 1'000'000 * data_parallel_size);
+}
+
+GradReducer::GradReducer(const ParamLayout& layout, const Tensor& grads, Communicator& dense_group,
+                         Communicator& expert_group, int64_t bucket_elements)
+    : grads_(grads) {
+  DECO_ASSERT(bucket_elements > 0, "bucket size ", bucket_elements);
+  DECO_ASSERT(grads.numel() == layout.total_numel(), "GradReducer: the gradient buffer and the layout differ");
+  struct Region {
+    int64_t begin, end;
+    Communicator* group;
+  };
+  const Region regions[] = {{0, layout.dense_numel(), &dense_group},
+                            {layout.dense_numel(), layout.total_numel(), &expert_group}};
+  for (const Region& r : regions) {
+    if (r.group->size() == 1 || r.begin == r.end) continue;
+    for (int64_t b = r.begin; b < r.end; b += bucket_elements) {
+      Bucket bucket;
+      bucket.begin = b;
+      bucket.end = std::min(r.end, b + bucket_elements);
+      bucket.group = r.group;
+      buckets_.push_back(std::move(bucket));
+    }
+  }
+  // Which units each bucket waits for: those of the parameters it overlaps.
+  for (const ParamSpec& spec : layout.specs()) {
+    const int64_t begin = spec.offset, end = spec.offset + spec.shape.numel();
+    const int64_t unit = grad_unit_of(spec.name);
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      Bucket& b = buckets_[i];
+      if (b.end <= begin || end <= b.begin) continue;
+      if (std::find(b.units.begin(), b.units.end(), unit) != b.units.end()) continue;
+      b.units.push_back(unit);
+      auto it = std::find_if(by_unit_.begin(), by_unit_.end(), [&](const auto& e) { return e.first == unit; });
+      if (it == by_unit_.end()) {
+        by_unit_.push_back({unit, {}});
+        it = by_unit_.end() - 1;
+      }
+      it->second.push_back(i);
+    }
+  }
+  for (Bucket& b : buckets_) b.waiting = static_cast<int64_t>(b.units.size());
+}
+
+GradReducer::~GradReducer() = default;  // a request in flight completes in its destructor
+
+std::vector<GradReducer::BucketInfo> GradReducer::buckets() const {
+  std::vector<BucketInfo> out;
+  for (const Bucket& b : buckets_) out.push_back({b.begin, b.end, b.group->name()});
+  return out;
+}
+
+void GradReducer::start(size_t i) {
+  Bucket& b = buckets_[i];
+  b.request = b.group->all_reduce_async(grads_.slice(b.begin, b.end), ReduceOp::Sum);
+  start_order_.push_back(i);
+}
+
+void GradReducer::on_grads_ready(int64_t unit) {
+  if (start_order_.empty() && started_at_units_.empty())  // the step's first report: buckets of padding only
+    for (size_t i = 0; i < buckets_.size(); ++i)
+      if (buckets_[i].units.empty()) start(i);
+  const auto it = std::find_if(by_unit_.begin(), by_unit_.end(), [&](const auto& e) { return e.first == unit; });
+  if (it != by_unit_.end())
+    for (size_t i : it->second)
+      if (--buckets_[i].waiting == 0) start(i);
+  for (const Bucket& b : buckets_)
+    if (b.request) b.request->test();
+  started_at_units_.push_back(start_order_.size());
+}
+
+void GradReducer::finish() {
+  for (size_t i = 0; i < buckets_.size(); ++i)
+    if (!buckets_[i].request) start(i);
+  for (Bucket& b : buckets_) {
+    b.request->wait();
+    b.request.reset();
+    b.waiting = static_cast<int64_t>(b.units.size());
+  }
+  last_order_ = start_order_;
+  last_started_at_units_ = started_at_units_;
+  start_order_.clear();
+  started_at_units_.clear();
+}
+
+}  // namespace deco
