@@ -19,6 +19,11 @@ enum class DType : uint8_t { F32, F64, BF16, I32, I64 };
 enum class Device : uint8_t { CPU, CUDA };
 
 size_t dtype_size(DType dtype);
+// What accompanies activations of `activation` dtype in an op: parameter
+// gradients, saved statistics (norms' rstd, attention's log-sum-exp), the
+// router's values and the rope table. float32 for bfloat16 (mixed
+// precision), the dtype itself otherwise.
+inline DType accumulate_dtype(DType activation) { return activation == DType::BF16 ? DType::F32 : activation; }
 const char* dtype_name(DType dtype);
 const char* device_name(Device device);
 

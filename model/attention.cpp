@@ -31,7 +31,7 @@ void Attention::forward(const Tensor& y, const Tensor& x, const Tensor& rope, in
   s.k.ensure(dt, dev, Shape{N, shape_.groups * hd});
   s.v.ensure(dt, dev, Shape{N, shape_.groups * hd});
   s.att.ensure(dt, dev, Shape{N, shape_.heads * hd});
-  s.lse.ensure(dt, dev, ops::attention_saved_shape(dev, shape_));
+  s.lse.ensure(accumulate_dtype(dt), dev, ops::attention_saved_shape(dev, shape_));
 
   ops::linear_forward(s.q, x, q_proj_.value);
   ops::linear_forward(s.k, x, k_proj_.value);

@@ -12,7 +12,7 @@ Param optional_param(const ParamStore& values, const ParamStore& grads, const st
 }  // namespace
 
 DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStore& grads, int64_t layer,
-                 Communicator* expert_parallel)
+                 Communicator* expert_parallel, const ParamStore* master)
     : E_(values.layout().local_experts()),
       E_total_(c.num_experts),
       D_(c.moe_ffn_hidden_size),
@@ -22,8 +22,8 @@ DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStor
       gated_(c.expert_gated),
       compute_(c.expert_compute),
       eps_(c.norm_epsilon),
-      router_(bind_param(values, grads, layer_param(layer, "mlp.moe_router.weight"))),
-      scale_(bind_param(values, grads, layer_param(layer, "mlp.router_norm.weight"))),
+      router_(bind_param(master ? *master : values, grads, layer_param(layer, "mlp.moe_router.weight"))),
+      scale_(bind_param(master ? *master : values, grads, layer_param(layer, "mlp.router_norm.weight"))),
       act_proj_(bind_param(values, grads,
                            layer_param(layer, c.expert_gated ? "mlp.expert_gate_proj.weight"
                                                              : "mlp.expert_up_proj.weight"))),
@@ -35,7 +35,11 @@ DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStor
                   ? std::make_unique<SwigluFfn>(values, grads, layer_param(layer, "mlp.shared_experts."))
                   : nullptr) {
   const Tensor& w = act_proj_.value;
-  w_bar_.ensure(w.dtype(), w.device(), Shape{1, w.size(1)});
+  act_proj_master_ = master ? master->get(layer_param(layer, c.expert_gated ? "mlp.expert_gate_proj.weight"
+                                                                            : "mlp.expert_up_proj.weight"))
+                            : w;
+  w_bar_.ensure(router_.value.dtype(), w.device(), Shape{1, w.size(1)});
+  if (w.dtype() != router_.value.dtype()) w_bar_compute_.ensure(w.dtype(), w.device(), Shape{1, w.size(1)});
   DECO_ASSERT((ep_ ? ep_->size() : 1) == values.layout().ep_size(),
               "the parameter layout's expert-parallel size differs from the group's");
 }
@@ -48,11 +52,12 @@ void DecoFfn::use_memory(Saved* saved, Recomputable* recomputable, Scratch* scra
 }
 
 void DecoFfn::refresh_derived() {
-  ops::col_mean(w_bar_, act_proj_.value);
+  ops::col_mean(w_bar_, act_proj_master_);
   if (ep_) {  // the mean over all E*D rows: the mean of the ranks' equal-sized shares
     ep_->all_reduce_sum(w_bar_);
     ops::scale(w_bar_, 1.0 / static_cast<double>(ep_->size()));
   }
+  if (w_bar_compute_.numel()) ops::copy(w_bar_compute_, w_bar_);
 }
 
 DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, bool statistics) {
@@ -65,13 +70,14 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   const Device dev = x.device();
   Saved& s = *saved_;
   Scratch& w = *scratch_;
-  s.z.ensure(dt, dev, Shape{N, E_total_});
-  w.g.ensure(dt, dev, Shape{N, E_total_});
+  const DType rt = router_.value.dtype();  // float32 under mixed precision, the activations' dtype otherwise
+  s.z.ensure(rt, dev, Shape{N, E_total_});
+  w.g.ensure(rt, dev, Shape{N, E_total_});
   w.counts.ensure(DType::I64, dev, Shape{E_total_});
   ops::zero(w.counts);
 
   // Router in full precision (the spec keeps it fp32 even under bf16 training).
-  ops::linear_forward(s.z, x, router_.value);
+  ops::linear_forward(s.z, router_input(x), router_.value);
   ops::relu_route_forward(w.g, w.counts, s.z, scale_.value);
 
   DecoLayerStats stats;
@@ -112,8 +118,8 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   if (statistics) stats.sent_per_rank = s.exchange.sent_per_peer();
   const int64_t R = s.exchange.received(), H = x.size(1);
   s.xr.ensure(dt, dev, Shape{R, H});
-  w.zr.ensure(dt, dev, Shape{R, E_});
-  w.gr.ensure(dt, dev, Shape{R, E_});
+  w.zr.ensure(rt, dev, Shape{R, E_});
+  w.gr.ensure(rt, dev, Shape{R, E_});
   w.yr.ensure(dt, dev, Shape{R, H});
   s.exchange.dispatch(s.xr, x);
   s.exchange.dispatch_blocks(w.zr, s.z);
@@ -142,6 +148,14 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
 void DecoFfn::recompute(const Tensor& x) {
   if (shared_) shared_->recompute();
   experts_recompute(ep_ ? saved_->xr.tensor() : x);
+}
+
+const Tensor& DecoFfn::router_input(const Tensor& x) {
+  if (x.dtype() == router_.value.dtype()) return x;
+  Buffer& wide = scratch_->x_router;
+  wide.ensure(router_.value.dtype(), x.device(), x.shape());
+  ops::copy(wide, x);
+  return wide.tensor();
 }
 
 ExpertCompute DecoFfn::choose_path(int64_t active, int64_t slots) const {
@@ -181,7 +195,7 @@ void DecoFfn::activation_forward() {
   const DType dt = pre.dtype();
   const Device dev = pre.device();
   r.xhat.ensure(dt, dev, Shape{rows, D_});
-  r.rs.ensure(dt, dev, Shape{rows});
+  r.rs.ensure(accumulate_dtype(dt), dev, Shape{rows});
   r.actn.ensure(dt, dev, Shape{rows, D_});
   r.ga.ensure(dt, dev, Shape{rows, D_});
   // Block b belongs to the pair's token (sparse) or to token b / E (the dense [N, E*D] layout).
@@ -211,13 +225,13 @@ void DecoFfn::experts_forward_dense(const Tensor& y, const Tensor& x) {
   if (ops::expert_act_has_mean(act_kind_)) {
     if (ep_) {  // this rank's rows are not all E*D: the mean comes from w_bar
       s.mean.ensure(dt, dev, Shape{N, 1});
-      ops::linear_forward(s.mean, x, w_bar_);
+      ops::linear_forward(s.mean, x, w_bar());
     } else {
       s.mean.ensure(dt, dev, Shape{N});
       ops::row_mean(s.mean, s.pre);
     }
   }
-  s.gscale.ensure(dt, dev, Shape{N * E_});
+  s.gscale.ensure(gx_.dtype(), dev, Shape{N * E_});
   ops::copy(s.gscale, gx_.view(Shape{N * E_}));
   activation_forward();
   ops::linear_forward(y, recomp_->ga.tensor().view(Shape{N, ED}), down_.value, /*accumulate=*/true);
@@ -250,9 +264,9 @@ void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
   }
   if (ops::expert_act_has_mean(act_kind_)) {
     s.mean.ensure(dt, dev, Shape{N, 1});
-    ops::linear_forward(s.mean, x, w_bar_);  // mean(u) = h . w_bar, no expert computed
+    ops::linear_forward(s.mean, x, w_bar());  // mean(u) = h . w_bar, no expert computed
   }
-  s.gscale.ensure(dt, dev, Shape{P, 1});
+  s.gscale.ensure(gx_.dtype(), dev, Shape{P, 1});
   ops::gather_rows(s.gscale, gx_.view(Shape{N * E_, 1}), s.pair_flat);
   activation_forward();
 
@@ -275,7 +289,8 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
   else
     ops::zero(dx);
 
-  w.dg.ensure(dt, dev, Shape{N, E_total_});
+  const DType rt = router_.value.dtype();
+  w.dg.ensure(rt, dev, Shape{N, E_total_});
   if (!ep_) {
     dgx_ = w.dg;
     experts_backward(dx, dy, x);
@@ -284,7 +299,7 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
     const int64_t R = s.exchange.received(), H = x.size(1);
     w.dyr.ensure(dt, dev, Shape{R, H});
     w.dxr.ensure(dt, dev, Shape{R, H});
-    w.dgr.ensure(dt, dev, Shape{R, E_});
+    w.dgr.ensure(rt, dev, Shape{R, E_});
     s.exchange.dispatch(w.dyr, dy);
     ops::zero(w.dxr);
     dgx_ = w.dgr;
@@ -302,16 +317,22 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
   // Router: g = relu(z) * s, z = x W_r^T, plus the regularizer's gradient on r.
   Tensor dr;
   if (reg != RegType::None) {
-    w.dr.ensure(dt, dev, Shape{N, E_total_});
+    w.dr.ensure(rt, dev, Shape{N, E_total_});
     ops::zero(w.dr);
     if (reg == RegType::Entropy) ops::entropy_reg_backward(w.dr, s.z, reg_grad_coef);
     if (reg == RegType::L1) ops::l1_reg_backward(w.dr, s.z, reg_grad_coef);
     dr = w.dr;
   }
-  w.dz.ensure(dt, dev, Shape{N, E_total_});
+  w.dz.ensure(rt, dev, Shape{N, E_total_});
   ops::relu_route_backward(w.dz, scale_.grad, w.dg, dr, s.z, scale_.value);
-  ops::linear_backward_weight(router_.grad, w.dz, x);
-  ops::linear_backward_input(dx, w.dz, router_.value, true);
+  ops::linear_backward_weight(router_.grad, w.dz, router_input(x));
+  if (dt == rt) {
+    ops::linear_backward_input(dx, w.dz, router_.value, true);
+  } else {  // the fp32 router's input gradient, added into the bf16 one
+    w.dx_router.ensure(rt, dev, x.shape());
+    ops::linear_backward_input(w.dx_router, w.dz, router_.value, false);
+    ops::axpy(dx, w.dx_router);
+  }
 }
 
 void DecoFfn::activation_backward() {
@@ -323,7 +344,7 @@ void DecoFfn::activation_backward() {
   const DType dt = act.dtype();
   const Device dev = act.device();
   // q holds d(ga); ga = act * gscale: d(gscale) = rowdot(q, act), dact = q * gscale
-  w.dgs.ensure(dt, dev, Shape{rows});
+  w.dgs.ensure(accumulate_dtype(dt), dev, Shape{rows});
   w.dact.ensure(dt, dev, Shape{rows, D_});
   const Tensor q = w.q.tensor().view(Shape{rows, D_});
   ops::row_dot(w.dgs, q, act);
@@ -422,11 +443,11 @@ void DecoFfn::mean_backward(const Tensor& dx, const Tensor& x, const Tensor& kap
   // parallelism the tokens of every rank of the group contribute to it.
   const int64_t H = x.size(1);
   Buffer& kvec = scratch_->kvec;
-  kvec.ensure(x.dtype(), x.device(), Shape{1, H});
+  kvec.ensure(accumulate_dtype(x.dtype()), x.device(), Shape{1, H});  // a gradient, and all-reduced
   ops::gemm(kvec.tensor().matrix(), kappa.matrix(), true, x.matrix(), false);
   if (ep_) ep_->all_reduce_sum(kvec);
   ops::add_to_rows(act_proj_.grad, kvec, -1.0);
-  ops::gemm(dx.matrix(), kappa.matrix(), false, w_bar_.tensor().matrix(), false,
+  ops::gemm(dx.matrix(), kappa.matrix(), false, w_bar().matrix(), false,
             -static_cast<double>(E_total_ * D_), 1.0);
 }
 

@@ -68,6 +68,7 @@ class DecoFfn {
     SwigluFfn::Recomputable shared;
   };
   struct Scratch {  // temporaries of one forward or backward call
+    Buffer x_router, dx_router;  // mixed precision: the input widened for the fp32 router, its gradient [N, H]
     Buffer g, counts;            // router scores [N, E], active tokens per expert
     Buffer zr, gr, yr;           // expert parallelism: router values and outputs of the received rows
     Buffer yg;                   // sparse: per-pair rows [P, H] (outputs, then dy, then dx by pair)
@@ -78,9 +79,12 @@ class DecoFfn {
 
   // `expert_parallel` is the group the routed experts are split over (null,
   // or a group of one, for all experts on this rank); `values` holds this
-  // rank's experts (ParamLayout with the group's size and rank).
+  // rank's experts (ParamLayout with the group's size and rank). Under mixed
+  // precision `values` is the bf16 copy and `master` the float32 weights,
+  // which the router and its scales use (deco-model.md: the router in fp32)
+  // along with NormSiLU's mean row; null: `values` for everything.
   DecoFfn(const ModelConfig& config, const ParamStore& values, const ParamStore& grads, int64_t layer,
-          Communicator* expert_parallel = nullptr);
+          Communicator* expert_parallel = nullptr, const ParamStore* master = nullptr);
   // Where this layer keeps its activations (set once, before the first
   // forward). A DecoFfn used on its own (tests) owns one set instead.
   void use_memory(Saved* saved, Recomputable* recomputable, Scratch* scratch);
@@ -104,6 +108,8 @@ class DecoFfn {
   void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg, double reg_grad_coef);
 
  private:
+  // x as the router takes it: x itself, or widened to float32 into scratch (mixed precision).
+  const Tensor& router_input(const Tensor& x);
   // The path for rows whose router counted `active` (token, expert) pairs of `slots`.
   ExpertCompute choose_path(int64_t active, int64_t slots) const;
   // The routed experts this rank holds, on rows x (this rank's tokens, or
@@ -139,7 +145,10 @@ class DecoFfn {
   Param router_, scale_, act_proj_, lin_proj_, down_, gamma_;  // act_proj_ feeds NormSiLU:
   // the up-projection, or the gate projection in the gated variant (lin_proj_ is then the up one)
   std::unique_ptr<SwigluFfn> shared_;  // absent when moe_shared_expert_intermediate_size is 0
-  Buffer w_bar_;  // [1, H] mean row of act_proj_
+  Tensor act_proj_master_;  // act_proj_'s float32 master values (mixed precision), else act_proj_.value
+  Buffer w_bar_;          // [1, H] mean row of act_proj_, in the router's dtype (summed over expert-parallel ranks)
+  Buffer w_bar_compute_;  // mixed precision: w_bar_ rounded to the activations' dtype for the mean GEMMs
+  const Tensor& w_bar() const { return w_bar_compute_.numel() ? w_bar_compute_.tensor() : w_bar_.tensor(); }
 
   Saved* saved_ = nullptr;
   Recomputable* recomp_ = nullptr;

@@ -15,13 +15,14 @@ struct Model::Layer {
   LayerSaved* saved = nullptr;
   LayerRecomputable* recomputable = nullptr;
 
-  Layer(const ModelConfig& c, const ParamStore& values, const ParamStore& grads, int64_t l,
+  // values: what the layer computes with; master: the float32 weights (the router's, under mixed precision).
+  Layer(const ModelConfig& c, const ParamStore& values, const ParamStore& master, const ParamStore& grads, int64_t l,
         Communicator* expert_parallel)
       : ln1(bind_param(values, grads, layer_param(l, "input_layernorm.weight"))),
         ln2(bind_param(values, grads, layer_param(l, "post_attention_layernorm.weight"))),
         attention(c, values, grads, l) {
     if (c.is_deco_layer(l))
-      deco_ffn = std::make_unique<DecoFfn>(c, values, grads, l, expert_parallel);
+      deco_ffn = std::make_unique<DecoFfn>(c, values, grads, l, expert_parallel, &master);
     else
       dense_ffn = std::make_unique<SwigluFfn>(values, grads, layer_param(l, "mlp."));
   }
@@ -65,17 +66,24 @@ Model::Model(const ModelConfig& config, DType dtype, Device device, Communicator
       // Built inside scopes, so the device-memory report tells them apart (C++17 elides the move).
       params_([&] {
         MemoryCategoryScope scope(MemoryCategory::Parameters);
-        return ParamStore(layout_, dtype, device);
+        return ParamStore(layout_, accumulate_dtype(dtype), device);
       }()),
       grads_([&] {
         MemoryCategoryScope scope(MemoryCategory::Gradients);
-        return ParamStore(layout_, dtype, device);
+        return ParamStore(layout_, accumulate_dtype(dtype), device);
       }()),
-      embed_(bind_param(params_, grads_, "model.embed_tokens.weight")),
-      final_norm_(bind_param(params_, grads_, "model.norm.weight")),
-      lm_head_(bind_param(params_, grads_, "lm_head.weight")) {
+      compute_([&]() -> std::unique_ptr<ParamStore> {
+        if (accumulate_dtype(dtype) == dtype) return nullptr;
+        MemoryCategoryScope scope(MemoryCategory::Parameters);
+        return std::make_unique<ParamStore>(layout_, dtype, device);
+      }()),
+      embed_(bind_param(compute_ ? *compute_ : params_, grads_, "model.embed_tokens.weight")),
+      final_norm_(bind_param(compute_ ? *compute_ : params_, grads_, "model.norm.weight")),
+      lm_head_(bind_param(compute_ ? *compute_ : params_, grads_, "lm_head.weight")) {
+  DECO_ASSERT(dtype == DType::F32 || dtype == DType::F64 || dtype == DType::BF16, "model dtype ", dtype_name(dtype));
+  const ParamStore& values = compute_ ? *compute_ : params_;
   for (int64_t l = 0; l < config_.num_layers; ++l)
-    layers_.push_back(std::make_unique<Layer>(config_, params_, grads_, l, expert_parallel));
+    layers_.push_back(std::make_unique<Layer>(config_, values, params_, grads_, l, expert_parallel));
   // Who owns the activations (model/memory.h): per layer, or one set shared by all layers.
   const size_t layers = layers_.size();
   const size_t saved_sets = config_.recompute == Recompute::Full ? 1 : layers;
@@ -86,7 +94,7 @@ Model::Model(const ModelConfig& config, DType dtype, Device device, Communicator
   for (size_t l = 0; l < layers; ++l)
     layers_[l]->use_memory(saved_[saved_sets == 1 ? 0 : l].get(),
                            recomputable_[recomputable_sets == 1 ? 0 : l].get(), &scratch_);
-  rope_.ensure(dtype, device, Shape{config_.seq_length, config_.head_dim() / 2, 2});
+  rope_.ensure(accumulate_dtype(dtype), device, Shape{config_.seq_length, config_.head_dim() / 2, 2});
   ops::rope_table(rope_, config_.rotary_base);
 }
 
@@ -103,6 +111,7 @@ void Model::set_expert_crossover(double ratio) {
 }
 
 void Model::refresh_derived() {
+  if (compute_) ops::copy(compute_->flat(), params_.flat());  // the bf16 weights, rounded from the master ones
   for (auto& layer : layers_)
     if (layer->deco_ffn) layer->deco_ffn->refresh_derived();
 }
@@ -114,10 +123,11 @@ void Model::forward_layer(size_t l, int64_t batch, int64_t seq, RegType reg, Ste
   const int64_t N = batch * seq;
   const Shape hs{N, config_.hidden_size};
   const double eps = config_.norm_epsilon;
+  const DType stat = accumulate_dtype(dtype_);
   r.normed1.ensure(dtype_, device_, hs);
   r.normed2.ensure(dtype_, device_, hs);
-  s.rstd1.ensure(dtype_, device_, Shape{N});
-  s.rstd2.ensure(dtype_, device_, Shape{N});
+  s.rstd1.ensure(stat, device_, Shape{N});
+  s.rstd2.ensure(stat, device_, Shape{N});
   s.residual_mid.ensure(dtype_, device_, hs);
 
   const bool recomputing = result == nullptr;
@@ -206,11 +216,11 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
     Layer& L = *layers_[l];
     L.residual_in.ensure(dtype_, device_, hs);
     L.recomputable->normed1.ensure(dtype_, device_, hs);  // written by the layer before (forward_layer)
-    L.saved->rstd1.ensure(dtype_, device_, Shape{N});
+    L.saved->rstd1.ensure(accumulate_dtype(dtype_), device_, Shape{N});
   }
   residual_final_.ensure(dtype_, device_, hs);
   normed_final_.ensure(dtype_, device_, hs);
-  rstd_final_.ensure(dtype_, device_, Shape{N});
+  rstd_final_.ensure(accumulate_dtype(dtype_), device_, Shape{N});
   if (layers_.empty()) {
     ops::embedding_forward(residual_final_, inputs_, embed_.value);
     ops::rmsnorm_forward(normed_final_, rstd_final_, residual_final_, final_norm_.value, config_.norm_epsilon);

@@ -47,6 +47,12 @@ struct StepResult {
 
 class Model {
  public:
+  // dtype: the activations' dtype. F32 or F64: everything in it. BF16:
+  // mixed precision (deco-model.md section 4): float32 master weights
+  // (params()), float32 gradients and optimizer state, a bfloat16 copy of
+  // the weights for compute (refreshed by refresh_derived()), bfloat16
+  // activations, and the router, its scales, the norms' statistics and
+  // every reduction in float32 (accumulate_dtype).
   // expert_parallel: the group the DECO layers' routed experts are split
   // over (null or a group of one: every expert on this rank).
   // region_multiple: see ParamLayout (the distributed optimizer's shards).
@@ -56,10 +62,13 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
-  ParamStore& params() { return params_; }
+  ParamStore& params() { return params_; }  // the master weights (what the optimizer updates and checkpoints hold)
   const ParamStore& params() const { return params_; }
   ParamStore& grads() { return grads_; }
   DType dtype() const { return dtype_; }
+  bool mixed_precision() const { return compute_ != nullptr; }
+  // The weights the layers compute with: the bf16 copy under mixed precision, params() otherwise.
+  const ParamStore& compute_params() const { return compute_ ? *compute_ : params_; }
   Device device() const { return device_; }
 
   // Initializes every parameter (deco-model.md section 4) and derived state.
@@ -92,6 +101,7 @@ class Model {
   Device device_;
   ParamLayout layout_;
   ParamStore params_, grads_;
+  std::unique_ptr<ParamStore> compute_;  // mixed precision: the bf16 copy the layers compute with
   Param embed_, final_norm_, lm_head_;
   std::vector<std::unique_ptr<Layer>> layers_;
   Buffer rope_;  // [seq_length, head_dim/2, 2]

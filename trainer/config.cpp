@@ -382,6 +382,7 @@ const std::vector<Section>& schema() {
         DECO_FIELD(training, eval_iters),
         DECO_FIELD(training, threads),
         DECO_FIELD(training, device),
+        DECO_FIELD(training, bf16),
         DECO_FIELD(training, recompute),
         DECO_FIELD(training, max_nonfinite_skips)}},
       {"optimizer",

@@ -26,6 +26,11 @@ struct TrainingConfig {
   // Where the model trains: "cpu", or "cuda" (the process's GPU, float32 on
   // the CUDA kernels; one process for now).
   std::string device = "cpu";
+  // Megatron's --bf16: mixed precision (model/model.h): bf16 weights copy
+  // and activations for compute, float32 master weights, gradients,
+  // optimizer state and router. On the CPU a reference path (bf16 values,
+  // float32 math), slower than float32; on the GPU the fast one.
+  bool bf16 = false;
   // Activation recomputation (model/memory.h): none, selective (rebuild the
   // cheap elementwise activations before each layer's backward) or full
   // (keep only each layer's input and run its forward again). Same results,

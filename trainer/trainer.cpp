@@ -47,8 +47,8 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   const ParallelLayout& L = groups_.layout;
   zero_ = config_.parallel.use_distributed_optimizer;
   // ZeRO-1 splits each region into equal shards of whole 64-element blocks.
-  model_ = std::make_unique<Model>(config_.model, DType::F32, device_, groups_.expert_parallel.get(),
-                                   zero_ ? 64 * L.world_size : 1);
+  model_ = std::make_unique<Model>(config_.model, config_.training.bf16 ? DType::BF16 : DType::F32, device_,
+                                   groups_.expert_parallel.get(), zero_ ? 64 * L.world_size : 1);
   model_->init(config_.training.seed);
   if (zero_) {
     const std::vector<FlatRange> owned = shard_context(L.rank).owned;
@@ -272,9 +272,11 @@ void Trainer::check_memory() {
   // OOM killer without a word. Refuse it here instead, with the numbers.
   const ModelConfig& m = config_.model;
   const double gib = 1024.0 * 1024.0 * 1024.0;
-  const double state = 16.0 * static_cast<double>(count_params(m).total);  // fp32 weights, grads, AdamW m and v
+  // fp32 weights, grads, AdamW m and v (and the bf16 copy under mixed precision)
+  const double state = (config_.training.bf16 ? 18.0 : 16.0) * static_cast<double>(count_params(m).total);
   // The sparse path's pairs at an activation ratio of 0.5, about where training starts.
-  const double activations = activation_bytes(m, config_.training.micro_batch_size, sizeof(float), Device::CPU, 0.5);
+  const double activations = activation_bytes(m, config_.training.micro_batch_size, config_.training.bf16 ? 2 : 4,
+                                              Device::CPU, 0.5);
   memory_note_ = str("about ", std::round((state + activations) / gib * 10) / 10, " GiB (",
                      std::round(state / gib * 10) / 10, " GiB weights, gradients and AdamW state; ",
                      std::round(activations / gib * 10) / 10, " GiB activations)");
@@ -316,7 +318,8 @@ void Trainer::print_banner() {
   if (device_ == Device::CUDA) {
     size_t free_bytes = 0, total_bytes = 0;
     cuda_memory_info(free_bytes, total_bytes);
-    out << "gpu: " << cuda_device_description() << ", float32; device memory after set-up:\n"
+    out << "gpu: " << cuda_device_description() << (config_.training.bf16 ? ", bf16 mixed precision" : ", float32")
+        << "; device memory after set-up:\n"
         << memory_report(cuda_caching_allocator()->stats(), total_bytes);
   }
   out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
@@ -328,7 +331,11 @@ void Trainer::print_banner() {
   if (m.expert_compute == ExpertCompute::Auto && m.num_experts > 0)
     out << "\nexpert compute auto: the sparse path at activation ratios up to "
         << std::round(expert_crossover_ * 1000) / 1000 << ", dense above (" << crossover_note_ << ")";
-  out << "\ndata: " << data_.description << "\n";
+  out << "\nprecision: "
+      << (config_.training.bf16 ? "bf16 mixed (bf16 weights copy and activations; float32 master weights, gradients, "
+                                  "AdamW state, router and statistics)"
+                                : "float32")
+      << "\ndata: " << data_.description << "\n";
   out << "---- resolved config (saved to " << options_.run_dir << "/config.yaml) ----\n"
       << config_to_yaml(config_) << "----\n";
   out.flush();

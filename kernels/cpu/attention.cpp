@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/widen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
@@ -183,6 +184,11 @@ void rope_forward(const Tensor& x, const Tensor& table, int64_t seq) {
   DECO_ASSERT(x.ndim() == 3 && table.size(1) * 2 == x.size(2) && seq <= table.size(0) &&
                   x.size(0) % seq == 0, "rope_forward shapes");
   DECO_CUDA_DISPATCH(x, cuda::rope_forward(x, table, seq));
+  if (cpu::any_bf16({&x, &table})) {
+    cpu::Widen w;
+    rope_forward(w.out(x, true), w.in(table), seq);
+    return;
+  }
   dispatch_float(x.dtype(), [&](auto tag) { rope_apply(x, table, seq, decltype(tag)(1)); });
 }
 
@@ -190,6 +196,11 @@ void rope_backward(const Tensor& dx, const Tensor& table, int64_t seq) {
   DECO_ASSERT(dx.ndim() == 3 && table.size(1) * 2 == dx.size(2) && seq <= table.size(0) &&
                   dx.size(0) % seq == 0, "rope_backward shapes");
   DECO_CUDA_DISPATCH(dx, cuda::rope_backward(dx, table, seq));
+  if (cpu::any_bf16({&dx, &table})) {
+    cpu::Widen w;
+    rope_backward(w.out(dx, true), w.in(table), seq);
+    return;
+  }
   dispatch_float(dx.dtype(), [&](auto tag) { rope_apply(dx, table, seq, decltype(tag)(-1)); });
 }
 
@@ -204,6 +215,11 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
   DECO_ASSERT(saved.shape() == attention_saved_shape(q.device(), shape), "attention saved shape ",
               saved.shape().to_string(), ", expected ", attention_saved_shape(q.device(), shape).to_string());
   DECO_CUDA_DISPATCH(q, cuda::attention_forward(out, saved, q, k, v, shape));
+  if (cpu::any_bf16({&out, &saved, &q, &k, &v})) {
+    cpu::Widen w;
+    attention_forward(w.out(out), w.out(saved), w.in(q), w.in(k), w.in(v), shape);
+    return;
+  }
   dispatch_float(q.dtype(), [&](auto tag) {
     attention_forward_cpu<decltype(tag)>(out, saved, q, k, v, shape);
   });
@@ -219,6 +235,11 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
                 attention_saved_shape(Device::CUDA, shape).to_string());
   }
   DECO_CUDA_DISPATCH(q, cuda::attention_backward(dq, dk, dv, dout, saved, q, k, v, shape));
+  if (cpu::any_bf16({&dq, &dk, &dv, &dout, &saved, &q, &k, &v})) {
+    cpu::Widen w;
+    attention_backward(w.out(dq), w.out(dk), w.out(dv), w.in(dout), w.in(saved), w.in(q), w.in(k), w.in(v), shape);
+    return;
+  }
   dispatch_float(q.dtype(), [&](auto tag) {
     attention_backward_cpu<decltype(tag)>(dq, dk, dv, dout, saved, q, k, v, shape);
   });

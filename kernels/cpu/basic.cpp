@@ -10,6 +10,8 @@
 #include <omp.h>
 #endif
 
+#include "core/bf16.h"
+#include "kernels/cpu/widen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
@@ -75,6 +77,14 @@ void copy(const Tensor& dst, const Tensor& src) {
     fail("copy from ", device_name(src.device()), " ", dtype_name(src.dtype()), " to ", device_name(dst.device()), " ",
          dtype_name(dst.dtype()), " changes both device and dtype; copy first, then convert on one device.");
   const int64_t n = dst.numel();
+  if (dst.dtype() == DType::BF16 || src.dtype() == DType::BF16) {  // through float32, rounding to nearest even
+    cpu::Widen w;
+    const Tensor wide_src = w.in(src);
+    const Tensor wide_dst = w.out(dst);
+    if (wide_dst.dtype() != wide_src.dtype()) copy(wide_dst, wide_src);
+    else if (wide_dst.raw() != wide_src.raw()) device_copy(Device::CPU, wide_dst.raw(), Device::CPU, wide_src.raw(), wide_src.nbytes());
+    return;
+  }
   dispatch_float(dst.dtype(), [&](auto dst_tag) {
     dispatch_float(src.dtype(), [&](auto src_tag) {
       using TD = decltype(dst_tag);
@@ -89,6 +99,11 @@ void copy(const Tensor& dst, const Tensor& src) {
 void axpy(const Tensor& y, const Tensor& x, double alpha) {
   check_same_numel(y, x, "axpy");
   DECO_CUDA_DISPATCH(y, cuda::axpy(y, x, alpha));
+  if (cpu::any_bf16({&y, &x})) {
+    cpu::Widen w;
+    axpy(w.out(y, true), w.in(x), alpha);
+    return;
+  }
   const int64_t n = y.numel();
   dispatch_float(y.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -102,6 +117,11 @@ void axpy(const Tensor& y, const Tensor& x, double alpha) {
 
 void scale(const Tensor& x, double alpha) {
   DECO_CUDA_DISPATCH(x, cuda::scale(x, alpha));
+  if (cpu::any_bf16({&x})) {
+    cpu::Widen w;
+    scale(w.out(x, true), alpha);
+    return;
+  }
   const int64_t n = x.numel();
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -132,6 +152,11 @@ void row_mean(const Tensor& out, const Tensor& x) {
   const Matrix m = x.matrix();
   DECO_ASSERT(out.numel() == m.rows, "row_mean output size");
   DECO_CUDA_DISPATCH(x, cuda::row_mean(out, x));
+  if (cpu::any_bf16({&out, &x})) {
+    cpu::Widen w;
+    row_mean(w.out(out), w.in(x));
+    return;
+  }
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -149,6 +174,11 @@ void col_mean(const Tensor& out, const Tensor& x) {
   const Matrix m = x.matrix();
   DECO_ASSERT(out.numel() == m.cols, "col_mean output size");
   DECO_CUDA_DISPATCH(x, cuda::col_mean(out, x));
+  if (cpu::any_bf16({&out, &x})) {
+    cpu::Widen w;
+    col_mean(w.out(out), w.in(x));
+    return;
+  }
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -167,6 +197,11 @@ void row_dot(const Tensor& out, const Tensor& a, const Tensor& b) {
   const Matrix m = a.matrix();
   DECO_ASSERT(out.numel() == m.rows, "row_dot output size");
   DECO_CUDA_DISPATCH(a, cuda::row_dot(out, a, b));
+  if (cpu::any_bf16({&out, &a, &b})) {
+    cpu::Widen w;
+    row_dot(w.out(out), w.in(a), w.in(b));
+    return;
+  }
   dispatch_float(a.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* pa = a.data<T>();
@@ -186,6 +221,11 @@ void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s) {
   const Matrix m = x.matrix();
   DECO_ASSERT(s.numel() == m.rows, "scale_rows: one scale per row");
   DECO_CUDA_DISPATCH(x, cuda::scale_rows(out, x, s));
+  if (cpu::any_bf16({&out, &x, &s})) {
+    cpu::Widen w;
+    scale_rows(w.out(out), w.in(x), w.in(s));
+    return;
+  }
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -201,6 +241,11 @@ void add_to_rows(const Tensor& m, const Tensor& v, double alpha) {
   const Matrix mm = m.matrix();
   DECO_ASSERT(v.numel() == mm.cols, "add_to_rows: vector length");
   DECO_CUDA_DISPATCH(m, cuda::add_to_rows(m, v, alpha));
+  if (cpu::any_bf16({&m, &v})) {
+    cpu::Widen w;
+    add_to_rows(w.out(m, true), w.in(v), alpha);
+    return;
+  }
   dispatch_float(m.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     T* pm = m.data<T>();
@@ -217,6 +262,11 @@ void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s) {
   const Matrix m = x.matrix();
   DECO_ASSERT(s.numel() == m.rows, "sub_row_scalar: one scalar per row");
   DECO_CUDA_DISPATCH(x, cuda::sub_row_scalar(y, x, s));
+  if (cpu::any_bf16({&y, &x, &s})) {
+    cpu::Widen w;
+    sub_row_scalar(w.out(y), w.in(x), w.in(s));
+    return;
+  }
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -232,6 +282,11 @@ void mul(const Tensor& out, const Tensor& a, const Tensor& b) {
   check_same_numel(out, a, "mul");
   check_same_numel(a, b, "mul");
   DECO_CUDA_DISPATCH(a, cuda::mul(out, a, b));
+  if (cpu::any_bf16({&out, &a, &b})) {
+    cpu::Widen w;
+    mul(w.out(out), w.in(a), w.in(b));
+    return;
+  }
   const int64_t n = a.numel();
   dispatch_float(a.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -259,6 +314,11 @@ void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool 
 #else
     detail::no_cuda_kernel(__func__);
 #endif
+  }
+  if (cpu::any_bf16({&C, &A, &B})) {
+    cpu::Widen w;
+    gemm(w.out(C, beta != 0.0), w.in(A), trans_a, w.in(B), trans_b, alpha, beta);
+    return;
   }
   if (k == 0) {  // BLAS leaves C untouched for k = 0 only when beta = 1; make it exact
     dispatch_float(C.dtype, [&](auto T_tag) {
@@ -293,6 +353,11 @@ void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index) {
   const Matrix mx = x.matrix();
   DECO_ASSERT(mo.cols == mx.cols && index.numel() >= mo.rows, "gather_rows shapes");
   DECO_CUDA_DISPATCH(x, cuda::gather_rows(out, x, index));
+  if (cpu::any_bf16({&out, &x})) {
+    cpu::Widen w;
+    gather_rows(w.out(out), w.in(x), index);
+    return;
+  }
   const int32_t* idx = index.data<int32_t>();
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -309,6 +374,11 @@ void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index) {
   const Matrix ms = src.matrix();
   DECO_ASSERT(my.cols == ms.cols && index.numel() >= ms.rows, "scatter_add_rows shapes");
   DECO_CUDA_DISPATCH(y, cuda::scatter_add_rows(y, src, index));
+  if (cpu::any_bf16({&y, &src})) {  // the sums in float32, y rounded once
+    cpu::Widen w;
+    scatter_add_rows(w.out(y, true), w.in(src), index);
+    return;
+  }
   const int32_t* idx = index.data<int32_t>();
   const int64_t cols = my.cols;
   dispatch_float(y.dtype(), [&](auto T_tag) {

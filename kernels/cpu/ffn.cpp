@@ -1,4 +1,5 @@
 // CPU reference: SwiGLU.
+#include "kernels/cpu/widen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
@@ -8,6 +9,11 @@ namespace deco::ops {
 
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
   DECO_CUDA_DISPATCH(out, cuda::swiglu_forward(out, gate, up));
+  if (cpu::any_bf16({&out, &gate, &up})) {
+    cpu::Widen w;
+    swiglu_forward(w.out(out), w.in(gate), w.in(up));
+    return;
+  }
   DECO_ASSERT(out.numel() == gate.numel() && gate.numel() == up.numel(), "swiglu_forward shapes");
   const int64_t n = out.numel();
   dispatch_float(out.dtype(), [&](auto T_tag) {
@@ -23,6 +29,11 @@ void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
 void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                      const Tensor& up) {
   DECO_CUDA_DISPATCH(dout, cuda::swiglu_backward(dgate, dup, dout, gate, up));
+  if (cpu::any_bf16({&dgate, &dup, &dout, &gate, &up})) {
+    cpu::Widen w;
+    swiglu_backward(w.out(dgate), w.out(dup), w.in(dout), w.in(gate), w.in(up));
+    return;
+  }
   const int64_t n = dout.numel();
   dispatch_float(dout.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);

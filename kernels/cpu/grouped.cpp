@@ -2,6 +2,7 @@
 // single thread (the OpenMP build of OpenBLAS runs serially inside a
 // parallel region); every expert writes its own block of C, so the result
 // does not depend on the schedule.
+#include "kernels/cpu/widen.h"
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
 
@@ -31,6 +32,12 @@ void grouped_gemm(const Grouped& C, const Grouped& A, bool trans_a, const Groupe
     DECO_ASSERT(c.rows == (trans_a ? a.cols : a.rows) && c.cols == (trans_b ? b.rows : b.cols) &&
                     (trans_a ? a.rows : a.cols) == (trans_b ? b.cols : b.rows),
                 "grouped_gemm shapes of expert ", e);
+  }
+  if (C.m.device == Device::CPU && cpu::any_bf16({&C.m, &A.m, &B.m})) {
+    cpu::Widen w;
+    grouped_gemm({w.out(C.m, beta != 0.0), C.split}, {w.in(A.m), A.split}, trans_a, {w.in(B.m), B.split}, trans_b,
+                 alpha, beta, offsets, block);
+    return;
   }
   if (C.m.device == Device::CUDA) {
     // One cuBLASLt GEMM per expert with pairs, in order on the stream (a

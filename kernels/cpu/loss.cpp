@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/widen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
@@ -19,6 +20,11 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
 #else
   DECO_REQUIRE_CPU(x);
 #endif
+  if (cpu::any_bf16({&dx, &dw, &logits, &x, &w})) {
+    cpu::Widen wide;
+    return lm_head_cross_entropy(wide.out(dx), wide.out(dw, true), wide.out(logits), wide.in(x), wide.in(w), targets,
+                                 grad_scale);
+  }
   const bool backward = dx.defined();
   const int32_t* tgt = targets.data<int32_t>();
   double loss = 0.0;

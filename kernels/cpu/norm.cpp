@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/widen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/cpu/parallel.h"
@@ -13,6 +14,11 @@ namespace deco::ops {
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
                      double eps) {
   DECO_CUDA_DISPATCH(x, cuda::rmsnorm_forward(out, rstd, x, weight, eps));
+  if (cpu::any_bf16({&out, &rstd, &x, &weight})) {
+    cpu::Widen w;
+    rmsnorm_forward(w.out(out), w.out(rstd), w.in(x), w.in(weight), eps);
+    return;
+  }
   const Matrix m = x.matrix();
   DECO_ASSERT(weight.numel() == m.cols && rstd.numel() == m.rows && out.numel() == x.numel(),
               "rmsnorm_forward shapes");
@@ -37,6 +43,17 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
 void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd, const Tensor& residual,
                               const Tensor& branch, const Tensor& weight, double eps) {
   DECO_CUDA_DISPATCH(sum, cuda::residual_rmsnorm_forward(sum, out, rstd, residual, branch, weight, eps));
+  if (cpu::any_bf16({&sum, &out, &rstd, &residual, &branch, &weight})) {
+    // The norm reads the rounded sum, as the stream holds it.
+    {
+      cpu::Widen w;
+      const Tensor s = w.out(sum), a = w.in(residual), b = w.in(branch);
+      copy(s, a);
+      axpy(s, b);
+    }
+    rmsnorm_forward(out, rstd, sum, weight, eps);
+    return;
+  }
   const Matrix m = sum.matrix();
   DECO_ASSERT(residual.numel() == sum.numel() && branch.numel() == sum.numel() && out.numel() == sum.numel() &&
                   weight.numel() == m.cols && rstd.numel() == m.rows,
@@ -67,6 +84,11 @@ void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
                       const Tensor& weight, const Tensor& rstd) {
   DECO_CUDA_DISPATCH(x, cuda::rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
+  if (cpu::any_bf16({&dx, &dweight, &dout, &x, &weight, &rstd})) {
+    cpu::Widen w;
+    rmsnorm_backward(w.out(dx, true), w.out(dweight, true), w.in(dout), w.in(x), w.in(weight), w.in(rstd));
+    return;
+  }
   const Matrix m = x.matrix();
   const int64_t cols = m.cols;
   dispatch_float(x.dtype(), [&](auto T_tag) {
@@ -104,6 +126,12 @@ void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, c
                       const Tensor& gamma, ExpertAct variant, double eps) {
   DECO_CUDA_DISPATCH(u, cuda::normsilu_forward(act, xhat, rs, u, mean, block_token, blocks_per_token, gamma,
                                                variant, eps));
+  if (cpu::any_bf16({&act, &xhat, &rs, &u, &mean, &gamma})) {
+    cpu::Widen w;
+    normsilu_forward(w.out(act), w.out(xhat), w.out(rs), w.in(u), w.in(mean), block_token, blocks_per_token,
+                     w.in(gamma), variant, eps);
+    return;
+  }
   const Matrix m = u.matrix();  // [P, D]
   const int64_t D = m.cols;
   const bool has_mean = expert_act_has_mean(variant), has_rms = expert_act_has_rms(variant);
@@ -143,6 +171,11 @@ void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dac
                        const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
                        ExpertAct variant) {
   DECO_CUDA_DISPATCH(dact, cuda::normsilu_backward(dc, dgamma, dact, xhat, rs, gamma, variant));
+  if (cpu::any_bf16({&dc, &dgamma, &dact, &xhat, &rs, &gamma})) {
+    cpu::Widen w;
+    normsilu_backward(w.out(dc), w.out(dgamma, true), w.in(dact), w.in(xhat), w.in(rs), w.in(gamma), variant);
+    return;
+  }
   const Matrix m = dact.matrix();  // [P, D]
   const int64_t D = m.cols;
   const bool has_rms = expert_act_has_rms(variant);

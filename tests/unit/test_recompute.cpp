@@ -29,6 +29,7 @@ struct Variant {
   ModelConfig config;
   RegType reg;
   double crossover = 1.0;  // expert_compute auto
+  DType dtype = DType::F32;
 };
 
 std::vector<Variant> variants() {
@@ -39,6 +40,8 @@ std::vector<Variant> variants() {
   v.push_back({"dense experts", c, RegType::Entropy});
   c.expert_compute = ExpertCompute::Auto;  // near the ratios at init: paths differ by layer and shape
   v.push_back({"auto", c, RegType::Entropy, 0.5});
+  c = recompute_config();
+  v.push_back({"bf16 mixed precision", c, RegType::Entropy, 1.0, DType::BF16});
   c = recompute_config();
   c.expert_gated = true;
   v.push_back({"gated", c, RegType::L1});
@@ -64,9 +67,9 @@ struct Outcome {
 
 // Three steps of different shapes (buffers shared between layers must be
 // re-sized, not reused stale), gradients accumulating across them.
-Outcome run(ModelConfig c, Recompute mode, RegType reg, double crossover) {
+Outcome run(ModelConfig c, Recompute mode, RegType reg, double crossover, DType dtype) {
   c.recompute = mode;
-  Model m(c, DType::F32, Device::CPU);
+  Model m(c, dtype, Device::CPU);
   m.init(17);
   m.set_expert_crossover(crossover);
   ops::zero(m.grads().flat());
@@ -98,10 +101,10 @@ TEST_CASE("recompute: none, selective and full give bit-identical losses, statis
           "[model][recompute]") {
   for (const Variant& v : variants()) {
     INFO(v.name);
-    const Outcome none = run(v.config, Recompute::None, v.reg, v.crossover);
+    const Outcome none = run(v.config, Recompute::None, v.reg, v.crossover, v.dtype);
     for (Recompute mode : {Recompute::Selective, Recompute::Full}) {
       INFO("recompute " << recompute_name(mode));
-      const Outcome other = run(v.config, mode, v.reg, v.crossover);
+      const Outcome other = run(v.config, mode, v.reg, v.crossover, v.dtype);
       CHECK(other.losses == none.losses);
       CHECK(other.counts == none.counts);
       REQUIRE(other.grads.size() == none.grads.size());

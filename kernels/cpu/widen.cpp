@@ -1,0 +1,79 @@
+#include "kernels/cpu/widen.h"
+
+#include "core/bf16.h"
+#include "core/error.h"
+
+namespace deco::cpu {
+namespace {
+
+void widen_values(float* dst, const uint16_t* src, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_float(src[i]);
+}
+
+void round_values(uint16_t* dst, const float* src, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16_bits(src[i]);
+}
+
+}  // namespace
+
+bool any_bf16(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors)
+    if (t->defined() && t->dtype() == DType::BF16) return true;
+  return false;
+}
+
+bool any_bf16(std::initializer_list<const Matrix*> matrices) {
+  for (const Matrix* m : matrices)
+    if (m->dtype == DType::BF16) return true;
+  return false;
+}
+
+Widen::~Widen() {
+  for (auto& [target, scratch] : tensor_back_)
+    round_values(static_cast<uint16_t*>(target.raw()), scratch.data<float>(), target.numel());
+  for (auto& [target, scratch] : matrix_back_)
+    for (int64_t r = 0; r < target.rows; ++r)
+      round_values(static_cast<uint16_t*>(target.ptr) + r * target.ld, scratch.data<float>() + r * scratch.ld,
+                   target.cols);
+}
+
+Tensor Widen::in(const Tensor& t) {
+  if (!t.defined() || t.dtype() != DType::BF16) return t;
+  DECO_ASSERT(t.device() == Device::CPU, "Widen: a host tensor");
+  scratch_.emplace_back(DType::F32, Device::CPU, t.shape());
+  widen_values(scratch_.back().data<float>(), static_cast<const uint16_t*>(t.raw()), t.numel());
+  return scratch_.back().tensor();
+}
+
+Tensor Widen::out(const Tensor& t, bool keep) {
+  if (!t.defined() || t.dtype() != DType::BF16) return t;
+  const Tensor wide = keep ? in(t) : (scratch_.emplace_back(DType::F32, Device::CPU, t.shape()), scratch_.back().tensor());
+  tensor_back_.push_back({t, wide});
+  return wide;
+}
+
+Matrix Widen::widened(const Matrix& m, bool copy_values) {
+  DECO_ASSERT(m.device == Device::CPU, "Widen: a host matrix");
+  scratch_.emplace_back(DType::F32, Device::CPU, Shape{m.rows, m.cols});
+  Matrix wide = scratch_.back().tensor().matrix();
+  wide.rows = m.rows;  // a [0, cols] buffer's matrix() has no rows either way
+  wide.cols = m.cols;
+  wide.ld = m.cols;
+  if (copy_values)
+    for (int64_t r = 0; r < m.rows; ++r)
+      widen_values(wide.data<float>() + r * wide.ld, static_cast<const uint16_t*>(m.ptr) + r * m.ld, m.cols);
+  return wide;
+}
+
+Matrix Widen::in(const Matrix& m) { return m.dtype == DType::BF16 ? widened(m, true) : m; }
+
+Matrix Widen::out(const Matrix& m, bool keep) {
+  if (m.dtype != DType::BF16) return m;
+  const Matrix wide = widened(m, keep);
+  matrix_back_.push_back({m, wide});
+  return wide;
+}
+
+}  // namespace deco::cpu
