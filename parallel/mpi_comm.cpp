@@ -26,6 +26,7 @@ void check_mpi(int status, const char* call, const char* file, int line, const s
 
 #define DECO_MPI_CHECK(call) check_mpi((call), #call, __FILE__, __LINE__, name_)
 
+// The MPI type of a reduction's elements.
 MPI_Datatype mpi_type(DType dtype) {
   switch (dtype) {
     case DType::F32: return MPI_FLOAT;
@@ -35,9 +36,12 @@ MPI_Datatype mpi_type(DType dtype) {
     case DType::BF16: break;
   }
   internal_error(__FILE__, __LINE__,
-                 "MpiComm cannot move bfloat16 host tensors (MPI has no bfloat16 type); keep host "
+                 "MpiComm cannot reduce bfloat16 host tensors (MPI has no bfloat16 type); keep host "
                  "buffers in float32, or reduce device tensors through NcclComm");
 }
+
+// The MPI type of elements a collective only moves: bfloat16 travels as its 16 bits.
+MPI_Datatype mpi_move_type(DType dtype) { return dtype == DType::BF16 ? MPI_UINT16_T : mpi_type(dtype); }
 
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX; }
 
@@ -167,7 +171,7 @@ void MpiComm::all_gather(const Tensor& out, const Tensor& in) {
   check_chunked_args(*this, "all_gather", out, in);
   const int count = int_count(in.numel(), "all_gather");
   int_count(out.numel(), "all_gather");
-  const MPI_Datatype type = mpi_type(in.dtype());
+  const MPI_Datatype type = mpi_move_type(in.dtype());
   CollectiveWait wait("all_gather", watchdog_name_);
   DECO_MPI_CHECK(MPI_Allgather(in.raw(), count, type, out.raw(), count, type, comm_));
 }
@@ -189,7 +193,7 @@ void MpiComm::all_to_all(const Tensor& out, const std::vector<int64_t>& recv_cou
     send_total += send_counts[p];
     recv_total += recv_counts[p];
   }
-  const MPI_Datatype type = mpi_type(in.dtype());
+  const MPI_Datatype type = mpi_move_type(in.dtype());
   CollectiveWait wait("all_to_all", watchdog_name_);
   DECO_MPI_CHECK(MPI_Alltoallv(in.raw(), send_n.data(), send_at.data(), type, out.raw(), recv_n.data(),
                                recv_at.data(), type, comm_));
@@ -198,7 +202,7 @@ void MpiComm::all_to_all(const Tensor& out, const std::vector<int64_t>& recv_cou
 void MpiComm::broadcast(const Tensor& x, int64_t root) {
   require_host(x, "broadcast");
   check_root_arg(*this, root);
-  const MPI_Datatype type = mpi_type(x.dtype());
+  const MPI_Datatype type = mpi_move_type(x.dtype());
   CollectiveWait wait("broadcast", watchdog_name_);
   for (int64_t begin = 0; begin < x.numel(); begin += kMaxChunk) {
     const int count = static_cast<int>(std::min(kMaxChunk, x.numel() - begin));

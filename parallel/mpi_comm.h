@@ -2,8 +2,9 @@
 // backend's gradient reductions and token exchanges, metrics, and the
 // bootstrap of NCCL. Device memory goes through NcclComm.
 //
-// dtypes: F32, F64, I32, I64 (MPI has no bfloat16 type; bf16 host tensors
-// are refused). Every call blocks until this rank's part is done, runs under
+// dtypes: F32, F64, I32, I64; bfloat16 for the collectives that only move
+// data (all-gather, all-to-all, broadcast: its 16 bits travel as they are),
+// not for reductions (MPI has no bfloat16 arithmetic). Every call blocks until this rank's part is done, runs under
 // the collective watchdog (parallel/mpi_runtime.h), and ends the job with
 // file, line and MPI's message should MPI report an error (the group cannot
 // go on after a collective failed on one rank).

@@ -1,5 +1,6 @@
-// CUDA: RoPE and causal grouped-query attention, float32 with float32
-// accumulation.
+// CUDA: RoPE and causal grouped-query attention: float32 or bfloat16
+// operands (bfloat16 widened to float32 as the tiles are loaded), float32
+// arithmetic on the CUDA cores, float32 log-sum-exp.
 //
 // Attention is flash-style: the S x S scores never exist in global memory.
 // A thread block owns a 64 x 64 tile of scores at a time and 256 threads
@@ -31,6 +32,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/storage.cuh"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
 
@@ -44,14 +46,17 @@ constexpr int kThreads = 256;
 // One thread per (token, head, pair i): consecutive threads touch
 // consecutive elements of both halves of a head vector.
 template <typename T>
-__global__ void rope_kernel(T* x, const T* table, int64_t pairs, int64_t heads, int64_t half,
-                            int64_t seq, T sign) {
+__global__ void rope_kernel(T* x, const acc_t<T>* table, int64_t pairs, int64_t heads, int64_t half,
+                            int64_t seq, acc_t<T> sign) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= pairs) return;
   const int64_t i = idx % half, vec = idx / half, n = vec / heads;
-  const T* row = table + (n % seq) * half * 2;
+  const acc_t<T>* row = table + (n % seq) * half * 2;
   T* v = x + vec * half * 2;
-  math::rope_rotate(v[i], v[i + half], row[2 * i], sign * row[2 * i + 1]);
+  acc_t<T> a = ld(v[i]), b = ld(v[i + half]);
+  math::rope_rotate(a, b, row[2 * i], sign * row[2 * i + 1]);
+  v[i] = st<T>(a);
+  v[i + half] = st<T>(b);
 }
 
 // ---------------------------------------------------------------- attention tiles
@@ -93,21 +98,23 @@ struct AttnDims {
 // Rows [0, 64) of a row-major block src (row stride ld) into dst[r * stride + d]
 // for d < w; zero past head_dim and past the `rows` valid rows (tails of the
 // sequence), so padded lanes contribute exact zeros.
-__device__ __forceinline__ void load_rows(float* dst, int stride, const float* src, int64_t ld,
+template <typename T>
+__device__ __forceinline__ void load_rows(float* dst, int stride, const T* src, int64_t ld_src,
                                           int rows, int hd, int w) {
   for (int e = static_cast<int>(threadIdx.x); e < kTile * w; e += kThreads) {
     const int r = e / w, d = e % w;
-    dst[r * stride + d] = r < rows && d < hd ? src[r * ld + d] : 0.0f;
+    dst[r * stride + d] = r < rows && d < hd ? static_cast<float>(ld(src[r * ld_src + d])) : 0.0f;
   }
 }
 
 // The same block transposed: dst[d * kTileStride + r]. Global reads stay
 // coalesced along d; the stride of 65 keeps the shared stores conflict-free.
-__device__ __forceinline__ void load_cols(float* dst, const float* src, int64_t ld, int rows, int hd,
+template <typename T>
+__device__ __forceinline__ void load_cols(float* dst, const T* src, int64_t ld_src, int rows, int hd,
                                           int w) {
   for (int e = static_cast<int>(threadIdx.x); e < kTile * w; e += kThreads) {
     const int r = e / w, d = e % w;
-    dst[d * kTileStride + r] = r < rows && d < hd ? src[r * ld + d] : 0.0f;
+    dst[d * kTileStride + r] = r < rows && d < hd ? static_cast<float>(ld(src[r * ld_src + d])) : 0.0f;
   }
 }
 
@@ -171,10 +178,9 @@ __device__ __forceinline__ int query_tile_of_block(int tiles, int64_t per_tile) 
 // out = softmax(scale q k^T, causal) v and lse = log sum_j exp(scale q.k_j)
 // for one (batch, head, query tile), streaming over key tiles with a running
 // max and sum per row.
-template <int CH>
+template <int CH, typename T>
 __global__ void __launch_bounds__(kThreads)
-    attention_forward_kernel(float* out, float* lse, const float* q, const float* k, const float* v,
-                             AttnDims a) {
+    attention_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v, AttnDims a) {
   extern __shared__ float smem[];
   float* Qs = smem;                                  // [64][W + 1]
   float* Kt = Qs + kTile * row_stride<CH>();         // [W][65]
@@ -245,20 +251,20 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kPer; ++r) {
     const int i = i0 + ty + kSub * r;
     if (i >= a.seq) continue;
-    float* o = out + (row0 + i) * a.ldq + h * a.hd;
+    T* o = out + (row0 + i) * a.ldq + h * a.hd;
 #pragma unroll
     for (int c = 0; c < CH; ++c)
-      if (tx + kSub * c < a.hd) o[tx + kSub * c] = acc[r][c] / l[r];
+      if (tx + kSub * c < a.hd) o[tx + kSub * c] = st<T>(acc[r][c] / l[r]);
     if (tx == 0) lse[bh * a.seq + i] = m[r] + logf(l[r]);
   }
 }
 
 // delta[b, h, i] = sum_{j <= i} P_ij (dO_i . v_j), the row term of
 // dS = P (dP - delta).
-template <int CH>
+template <int CH, typename T>
 __global__ void __launch_bounds__(kThreads)
-    attention_delta_kernel(float* delta, const float* dout, const float* lse, const float* q,
-                           const float* k, const float* v, AttnDims a) {
+    attention_delta_kernel(float* delta, const T* dout, const float* lse, const T* q, const T* k, const T* v,
+                           AttnDims a) {
   extern __shared__ float smem[];
   float* Qs = smem;                                  // [64][W + 1]
   float* dOs = Qs + kTile * row_stride<CH>();        // [64][W + 1]
@@ -306,10 +312,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // dQ_i = scale sum_{j <= i} dS_ij k_j for one (batch, head, query tile).
-template <int CH>
+template <int CH, typename T>
 __global__ void __launch_bounds__(kThreads)
-    attention_dq_kernel(float* dq, const float* dout, const float* lse, const float* delta,
-                        const float* q, const float* k, const float* v, AttnDims a) {
+    attention_dq_kernel(T* dq, const T* dout, const float* lse, const float* delta, const T* q, const T* k,
+                        const T* v, AttnDims a) {
   extern __shared__ float smem[];
   float* Qs = smem;                                  // [64][W + 1]
   float* dOs = Qs + kTile * row_stride<CH>();        // [64][W + 1]
@@ -364,10 +370,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kPer; ++r) {
     const int i = i0 + ty + kSub * r;
     if (i >= a.seq) continue;
-    float* o = dq + (row0 + i) * a.ldq + h * a.hd;
+    T* o = dq + (row0 + i) * a.ldq + h * a.hd;
 #pragma unroll
     for (int c = 0; c < CH; ++c)
-      if (tx + kSub * c < a.hd) o[tx + kSub * c] = acc[r][c] * a.scale;
+      if (tx + kSub * c < a.hd) o[tx + kSub * c] = st<T>(acc[r][c] * a.scale);
   }
 }
 
@@ -375,10 +381,10 @@ __global__ void __launch_bounds__(kThreads)
 // group, key tile): the block walks the heads of its group, and for each the
 // query tiles at or after its key tile, in order, so the group's sum over
 // heads is a plain register accumulation.
-template <int CH>
+template <int CH, typename T>
 __global__ void __launch_bounds__(kThreads)
-    attention_dkdv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* delta,
-                          const float* q, const float* k, const float* v, AttnDims a) {
+    attention_dkdv_kernel(T* dk, T* dv, const T* dout, const float* lse, const float* delta, const T* q,
+                          const T* k, const T* v, AttnDims a) {
   extern __shared__ float smem[];
   float* Ks = smem;                                  // [64][W + 1]
   float* Vs = Ks + kTile * row_stride<CH>();         // [64][W + 1]
@@ -437,13 +443,13 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kPer; ++r) {
     const int j = j0 + ty + kSub * r;
     if (j >= a.seq) continue;
-    float* ok = dk + (row0 + j) * a.ldk + g * a.hd;
-    float* ov = dv + (row0 + j) * a.ldk + g * a.hd;
+    T* ok = dk + (row0 + j) * a.ldk + g * a.hd;
+    T* ov = dv + (row0 + j) * a.ldk + g * a.hd;
 #pragma unroll
     for (int c = 0; c < CH; ++c)
       if (tx + kSub * c < a.hd) {
-        ok[tx + kSub * c] = acc_k[r][c] * a.scale;
-        ov[tx + kSub * c] = acc_v[r][c];
+        ok[tx + kSub * c] = st<T>(acc_k[r][c] * a.scale);
+        ov[tx + kSub * c] = st<T>(acc_v[r][c]);
       }
   }
 }
@@ -452,10 +458,25 @@ __global__ void __launch_bounds__(kThreads)
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-void check_f32(const Tensor& t, const char* what) {
+// Operands in one dtype, float32 or bfloat16, on the device.
+void check_operand(const Tensor& t, DType dtype, const char* what) {
   DECO_ASSERT(t.device() == Device::CUDA, "attention on the GPU: ", what, " is not a device tensor");
-  DECO_ASSERT(t.dtype() == DType::F32, "the CUDA attention kernels run float32; ", what, " holds ",
-              dtype_name(t.dtype()));
+  DECO_ASSERT(t.dtype() == dtype && (dtype == DType::F32 || dtype == DType::BF16),
+              "the CUDA attention kernels take float32 or bfloat16 operands in one dtype; ", what, " holds ",
+              dtype_name(t.dtype()), " next to ", dtype_name(dtype));
+}
+
+void check_lse(const Tensor& t) {
+  DECO_ASSERT(t.device() == Device::CUDA && t.dtype() == DType::F32,
+              "attention on the GPU keeps its log-sum-exp in float32 device memory; got ", dtype_name(t.dtype()));
+}
+
+// Calls f(T{}) for the operands' storage: float or bf16.
+template <typename F> void dispatch_operands(DType dtype, F&& f) {
+  if (dtype == DType::BF16)
+    f(bf16{});
+  else
+    f(float{});
 }
 
 AttnDims dims_of(const ops::AttentionShape& s) {
@@ -507,14 +528,14 @@ void launch(void (*kernel)(KArgs...), int64_t blocks, int floats, Args... args) 
 void rope_apply(const Tensor& x, const Tensor& table, int64_t seq, double sign) {
   DECO_ASSERT(table.device() == Device::CUDA,
               "rope on the GPU needs the table on the device (ops::rope_table fills one)");
-  DECO_ASSERT(table.dtype() == x.dtype(), "rope table holds ", dtype_name(table.dtype()), ", x ",
-              dtype_name(x.dtype()));
+  DECO_ASSERT(table.dtype() == accumulate_dtype(x.dtype()), "rope table holds ", dtype_name(table.dtype()), ", x ",
+              dtype_name(x.dtype()), " (the table is in x's accumulate dtype)");
   const int64_t half = x.size(2) / 2, pairs = x.size(0) * x.size(1) * half;
   if (pairs == 0) return;
-  dispatch_float(x.dtype(), [&](auto T_tag) {
+  dispatch_activation(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    rope_kernel<T><<<blocks_for(pairs), kThreads>>>(x.data<T>(), table.data<T>(), pairs, x.size(1), half, seq,
-                                                    static_cast<T>(sign));
+    rope_kernel<T><<<blocks_for(pairs), kThreads>>>(ptr<T>(x), acc_data<T>(table, "rope", "table"), pairs,
+                                                    x.size(1), half, seq, static_cast<acc_t<T>>(sign));
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -527,52 +548,53 @@ void rope_backward(const Tensor& dx, const Tensor& table, int64_t seq) { rope_ap
 
 void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
                        const Tensor& v, const ops::AttentionShape& shape) {
-  check_f32(out, "out");
-  check_f32(saved, "saved");
-  check_f32(q, "q");
-  check_f32(k, "k");
-  check_f32(v, "v");
+  for (const auto& [t, what] : {std::pair{&out, "out"}, {&q, "q"}, {&k, "k"}, {&v, "v"}})
+    check_operand(*t, q.dtype(), what);
+  check_lse(saved);
   DECO_ASSERT(out.numel() == q.numel(), "attention out shape ", out.shape().to_string());
   const AttnDims a = dims_of(shape);
   if (a.batch * a.heads * a.seq == 0) return;
-  with_width(a.hd, [&](auto ch) {
-    constexpr int CH = decltype(ch)::value;
-    launch(attention_forward_kernel<CH>, a.tiles * a.batch * a.heads, forward_smem_floats<CH>(),
-           out.data<float>(), saved.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), a);
+  dispatch_operands(q.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    with_width(a.hd, [&](auto ch) {
+      constexpr int CH = decltype(ch)::value;
+      launch(attention_forward_kernel<CH, T>, a.tiles * a.batch * a.heads, forward_smem_floats<CH>(), ptr<T>(out),
+             saved.data<float>(), static_cast<const T*>(ptr<T>(q)), static_cast<const T*>(ptr<T>(k)),
+             static_cast<const T*>(ptr<T>(v)), a);
+    });
   });
 }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
                         const ops::AttentionShape& shape) {
-  check_f32(dq, "dq");
-  check_f32(dk, "dk");
-  check_f32(dv, "dv");
-  check_f32(dout, "dout");
-  check_f32(saved, "saved");
-  check_f32(q, "q");
-  check_f32(k, "k");
-  check_f32(v, "v");
+  for (const auto& [t, what] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}, {&q, "q"}, {&k, "k"},
+                                {&v, "v"}})
+    check_operand(*t, q.dtype(), what);
+  check_lse(saved);
   DECO_ASSERT(dq.numel() == q.numel() && dout.numel() == q.numel() && dk.numel() == k.numel() &&
                   dv.numel() == k.numel(),
               "attention gradient shapes");
   const AttnDims a = dims_of(shape);
   if (a.batch * a.heads * a.seq == 0) return;
   Buffer delta(DType::F32, Device::CUDA, Shape{a.batch, a.heads, a.seq});
-  with_width(a.hd, [&](auto ch) {
-    constexpr int CH = decltype(ch)::value;
-    const float* pq = q.data<float>();
-    const float* pk = k.data<float>();
-    const float* pv = v.data<float>();
-    const float* pdo = dout.data<float>();
-    const float* lse = saved.data<float>();
-    float* pdelta = delta.data<float>();
-    launch(attention_delta_kernel<CH>, a.tiles * a.batch * a.heads, query_side_smem_floats<CH>(), pdelta, pdo,
-           lse, pq, pk, pv, a);
-    launch(attention_dkdv_kernel<CH>, a.tiles * a.batch * a.groups, key_side_smem_floats<CH>(),
-           dk.data<float>(), dv.data<float>(), pdo, lse, pdelta, pq, pk, pv, a);
-    launch(attention_dq_kernel<CH>, a.tiles * a.batch * a.heads, query_side_smem_floats<CH>(), dq.data<float>(),
-           pdo, lse, pdelta, pq, pk, pv, a);
+  dispatch_operands(q.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    with_width(a.hd, [&](auto ch) {
+      constexpr int CH = decltype(ch)::value;
+      const T* pq = ptr<T>(q);
+      const T* pk = ptr<T>(k);
+      const T* pv = ptr<T>(v);
+      const T* pdo = ptr<T>(dout);
+      const float* lse = saved.data<float>();
+      float* pdelta = delta.data<float>();
+      launch(attention_delta_kernel<CH, T>, a.tiles * a.batch * a.heads, query_side_smem_floats<CH>(), pdelta, pdo,
+             lse, pq, pk, pv, a);
+      launch(attention_dkdv_kernel<CH, T>, a.tiles * a.batch * a.groups, key_side_smem_floats<CH>(), ptr<T>(dk),
+             ptr<T>(dv), pdo, lse, pdelta, pq, pk, pv, a);
+      launch(attention_dq_kernel<CH, T>, a.tiles * a.batch * a.heads, query_side_smem_floats<CH>(), ptr<T>(dq), pdo,
+             lse, pdelta, pq, pk, pv, a);
+    });
   });
 }
 

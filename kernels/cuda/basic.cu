@@ -9,6 +9,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/storage.cuh"
 #include "kernels/dispatch.h"
 
 namespace deco::cuda {
@@ -25,9 +26,10 @@ cublasHandle_t blas_handle() {
   return handle;
 }
 
-template <typename T> __global__ void axpy_kernel(T* y, const T* x, T alpha, int64_t n) {
+// y (T) += alpha * x, x in T or in acc_t<T> (a float32 gradient added into a bf16 one).
+template <typename T, typename X> __global__ void axpy_kernel(T* y, const X* x, acc_t<T> alpha, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) y[i] += alpha * x[i];
+  if (i < n) y[i] = st<T>(ld(y[i]) + alpha * static_cast<acc_t<T>>(ld(x[i])));
 }
 
 template <typename T>
@@ -44,9 +46,10 @@ unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + 
 void axpy(const Tensor& y, const Tensor& x, double alpha) {
   const int64_t n = y.numel();
   if (n == 0) return;
-  dispatch_float(y.dtype(), [&](auto T_tag) {
+  dispatch_with_acc(y.dtype(), x.dtype(), "axpy", [&](auto T_tag, auto X_tag) {
     using T = decltype(T_tag);
-    axpy_kernel<T><<<blocks_for(n, 256), 256>>>(y.data<T>(), x.data<T>(), static_cast<T>(alpha), n);
+    using X = decltype(X_tag);
+    axpy_kernel<T, X><<<blocks_for(n, 256), 256>>>(ptr<T>(y), ptr<X>(x), static_cast<acc_t<T>>(alpha), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -72,10 +75,10 @@ void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool 
 void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) {
   const int64_t n = tokens.numel(), hidden = table.size(1);
   if (n == 0) return;
-  dispatch_float(out.dtype(), [&](auto T_tag) {
+  dispatch_activation(out.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     embedding_forward_kernel<T><<<blocks_for(n * hidden, 256), 256>>>(
-        out.data<T>(), tokens.data<int32_t>(), table.data<T>(), n, hidden);
+        ptr<T>(out), tokens.data<int32_t>(), ptr<T>(table), n, hidden);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -84,34 +87,37 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& ta
 
 // ==================================================================== elementwise, rows, columns,
 // reductions, conversions, gather/scatter: the CPU reference's semantics
-// (kernels/cpu/basic.cpp), float32 and float64.
+// (kernels/cpu/basic.cpp), float32 and float64, and bfloat16 storage with
+// the arithmetic in float32 (kernels/cuda/storage.cuh).
 namespace deco::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> __global__ void scale_kernel(T* x, T alpha, int64_t n) {
+template <typename T> __global__ void scale_kernel(T* x, acc_t<T> alpha, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) x[i] *= alpha;
+  if (i < n) x[i] = st<T>(ld(x[i]) * alpha);
 }
 
 template <typename T> __global__ void mul_kernel(T* out, const T* a, const T* b, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) out[i] = a[i] * b[i];
+  if (i < n) out[i] = st<T>(ld(a[i]) * ld(b[i]));
 }
 
-// out[r, c] = x[r, c] * s[r]  (mode 0), x[r, c] - s[r] (mode 1); out may alias x.
-template <typename T, int Mode>
-__global__ void row_scalar_kernel(T* out, const T* x, const T* s, int64_t rows, int64_t cols) {
+// out[r, c] = x[r, c] * s[r]  (mode 0), x[r, c] - s[r] (mode 1); out may
+// alias x; s in T or acc_t<T> (the experts' float32 scores).
+template <typename T, typename S, int Mode>
+__global__ void row_scalar_kernel(T* out, const T* x, const S* s, int64_t rows, int64_t cols) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= rows * cols) return;
-  const T v = s[i / cols];
-  out[i] = Mode == 0 ? x[i] * v : x[i] - v;
+  const acc_t<T> v = static_cast<acc_t<T>>(ld(s[i / cols]));
+  out[i] = st<T>(Mode == 0 ? ld(x[i]) * v : ld(x[i]) - v);
 }
 
-template <typename T> __global__ void add_to_rows_kernel(T* m, const T* v, T alpha, int64_t rows, int64_t cols) {
+template <typename T>
+__global__ void add_to_rows_kernel(T* m, const T* v, acc_t<T> alpha, int64_t rows, int64_t cols) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < rows * cols) m[i] += alpha * v[i % cols];
+  if (i < rows * cols) m[i] = st<T>(ld(m[i]) + alpha * ld(v[i % cols]));
 }
 
 // One warp per row: out[r] = mean (in double, as the CPU) or the dot product
@@ -122,20 +128,21 @@ __global__ void row_mean_kernel(T* out, const T* x, int64_t rows, int64_t cols) 
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
   double acc = 0.0;
-  for (int64_t c = lane; c < cols; c += 32) acc += static_cast<double>(x[r * cols + c]);
+  for (int64_t c = lane; c < cols; c += 32) acc += static_cast<double>(ld(x[r * cols + c]));
   acc = warp_sum(acc);
-  if (lane == 0) out[r] = static_cast<T>(acc / static_cast<double>(cols));
+  if (lane == 0) out[r] = st<T>(static_cast<acc_t<T>>(acc / static_cast<double>(cols)));
 }
 
-template <typename T>
-__global__ void row_dot_kernel(T* out, const T* a, const T* b, int64_t rows, int64_t cols) {
+// out in T or acc_t<T> (the experts' float32 score gradients under bf16).
+template <typename T, typename O>
+__global__ void row_dot_kernel(O* out, const T* a, const T* b, int64_t rows, int64_t cols) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
-  T acc = 0;
-  for (int64_t c = lane; c < cols; c += 32) acc += a[r * cols + c] * b[r * cols + c];
+  acc_t<T> acc = 0;
+  for (int64_t c = lane; c < cols; c += 32) acc += ld(a[r * cols + c]) * ld(b[r * cols + c]);
   acc = warp_sum(acc);
-  if (lane == 0) out[r] = acc;
+  if (lane == 0) out[r] = st<O>(static_cast<acc_t<O>>(acc));
 }
 
 // One thread per column walking the rows in order, in double: deterministic.
@@ -144,8 +151,8 @@ __global__ void col_mean_kernel(T* out, const T* x, int64_t rows, int64_t cols) 
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= cols) return;
   double acc = 0.0;
-  for (int64_t r = 0; r < rows; ++r) acc += static_cast<double>(x[r * cols + c]);
-  out[c] = static_cast<T>(acc / static_cast<double>(rows));
+  for (int64_t r = 0; r < rows; ++r) acc += static_cast<double>(ld(x[r * cols + c]));
+  out[c] = st<T>(static_cast<acc_t<T>>(acc / static_cast<double>(rows)));
 }
 
 // Sum of squares in double, in two passes with a fixed partition (a fixed
@@ -158,7 +165,7 @@ template <typename T> __global__ void sum_squares_partial_kernel(double* partial
   double acc = 0.0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    acc += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    acc += static_cast<double>(ld(x[i])) * static_cast<double>(ld(x[i]));
   acc = block_sum(acc, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
@@ -208,17 +215,20 @@ __global__ void iota_kernel(int32_t* v, int64_t n) {
 // One block per run of equal destinations: y[dest, :] += src[p, :] for the
 // run's source rows p in increasing order (the radix sort is stable), the
 // order the CPU adds them in, so the result is the CPU's bit for bit.
-template <typename T>
-__global__ void scatter_runs_kernel(T* y, const T* src, const int32_t* run_dest, const int32_t* run_length,
+// y in T (or acc_t<T>: the embedding's float32 gradient from bf16 rows);
+// the sum in float32 for bfloat16, y rounded once.
+template <typename Y, typename T>
+__global__ void scatter_runs_kernel(Y* y, const T* src, const int32_t* run_dest, const int32_t* run_length,
                                     const int32_t* run_start, const int32_t* sorted_rows, const int32_t* num_runs,
                                     int64_t cols) {
   if (static_cast<int>(blockIdx.x) >= *num_runs) return;
   const int64_t dest = run_dest[blockIdx.x];
   const int32_t begin = run_start[blockIdx.x], end = begin + run_length[blockIdx.x];
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    T acc = y[dest * cols + c];
-    for (int32_t j = begin; j < end; ++j) acc += src[static_cast<int64_t>(sorted_rows[j]) * cols + c];
-    y[dest * cols + c] = acc;
+    acc_t<Y> acc = ld(y[dest * cols + c]);
+    for (int32_t j = begin; j < end; ++j)
+      acc += static_cast<acc_t<Y>>(ld(src[static_cast<int64_t>(sorted_rows[j]) * cols + c]));
+    y[dest * cols + c] = st<Y>(acc);
   }
 }
 
@@ -238,9 +248,9 @@ void zero(const Tensor& x) {
 void scale(const Tensor& x, double alpha) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    scale_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(x.data<T>(), static_cast<T>(alpha), n);
+    scale_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(x), static_cast<acc_t<T>>(alpha), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -250,9 +260,9 @@ double sum_squares(const Tensor& x) {
   if (n == 0) return 0.0;
   Buffer partial(DType::F64, Device::CUDA, Shape{kSumBlocks + 1});
   double* p = partial.data<double>();
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    sum_squares_partial_kernel<T><<<kSumBlocks, kThreads>>>(p, x.data<T>(), n);
+    sum_squares_partial_kernel<T><<<kSumBlocks, kThreads>>>(p, ptr<T>(x), n);
   });
   sum_partials_kernel<<<1, kSumBlocks>>>(p + kSumBlocks, p, kSumBlocks);
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -264,9 +274,9 @@ double sum_squares(const Tensor& x) {
 void row_mean(const Tensor& out, const Tensor& x) {
   const Matrix m = x.matrix();
   if (m.rows == 0) return;
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    row_mean_kernel<T><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(out.data<T>(), x.data<T>(), m.rows, m.cols);
+    row_mean_kernel<T><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(x), m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -274,9 +284,9 @@ void row_mean(const Tensor& out, const Tensor& x) {
 void col_mean(const Tensor& out, const Tensor& x) {
   const Matrix m = x.matrix();
   if (m.cols == 0) return;
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    col_mean_kernel<T><<<blocks_for(m.cols, kThreads), kThreads>>>(out.data<T>(), x.data<T>(), m.rows, m.cols);
+    col_mean_kernel<T><<<blocks_for(m.cols, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(x), m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -284,10 +294,11 @@ void col_mean(const Tensor& out, const Tensor& x) {
 void row_dot(const Tensor& out, const Tensor& a, const Tensor& b) {
   const Matrix m = a.matrix();
   if (m.rows == 0) return;
-  dispatch_float(a.dtype(), [&](auto tag) {
+  dispatch_with_acc(a.dtype(), out.dtype(), "row_dot", [&](auto tag, auto out_tag) {
     using T = decltype(tag);
-    row_dot_kernel<T><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(out.data<T>(), a.data<T>(), b.data<T>(),
-                                                                         m.rows, m.cols);
+    using O = decltype(out_tag);
+    row_dot_kernel<T, O><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(ptr<O>(out), ptr<T>(a), ptr<T>(b), m.rows,
+                                                                            m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -295,10 +306,11 @@ void row_dot(const Tensor& out, const Tensor& a, const Tensor& b) {
 void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s) {
   const Matrix m = x.matrix();
   if (m.rows * m.cols == 0) return;
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_with_acc(x.dtype(), s.dtype(), "scale_rows", [&](auto tag, auto s_tag) {
     using T = decltype(tag);
-    row_scalar_kernel<T, 0><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(
-        out.data<T>(), x.data<T>(), s.data<T>(), m.rows, m.cols);
+    using S = decltype(s_tag);
+    row_scalar_kernel<T, S, 0><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(x), ptr<S>(s),
+                                                                                    m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -306,10 +318,11 @@ void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s) {
 void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s) {
   const Matrix m = x.matrix();
   if (m.rows * m.cols == 0) return;
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_with_acc(x.dtype(), s.dtype(), "sub_row_scalar", [&](auto tag, auto s_tag) {
     using T = decltype(tag);
-    row_scalar_kernel<T, 1><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(
-        y.data<T>(), x.data<T>(), s.data<T>(), m.rows, m.cols);
+    using S = decltype(s_tag);
+    row_scalar_kernel<T, S, 1><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(ptr<T>(y), ptr<T>(x), ptr<S>(s),
+                                                                                    m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -317,10 +330,10 @@ void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s) {
 void add_to_rows(const Tensor& m, const Tensor& v, double alpha) {
   const Matrix mm = m.matrix();
   if (mm.rows * mm.cols == 0) return;
-  dispatch_float(m.dtype(), [&](auto tag) {
+  dispatch_activation(m.dtype(), [&](auto tag) {
     using T = decltype(tag);
     add_to_rows_kernel<T><<<blocks_for(mm.rows * mm.cols, kThreads), kThreads>>>(
-        m.data<T>(), v.data<T>(), static_cast<T>(alpha), mm.rows, mm.cols);
+        ptr<T>(m), ptr<T>(v), static_cast<acc_t<T>>(alpha), mm.rows, mm.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -328,9 +341,9 @@ void add_to_rows(const Tensor& m, const Tensor& v, double alpha) {
 void mul(const Tensor& out, const Tensor& a, const Tensor& b) {
   const int64_t n = a.numel();
   if (n == 0) return;
-  dispatch_float(a.dtype(), [&](auto tag) {
+  dispatch_activation(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    mul_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(out.data<T>(), a.data<T>(), b.data<T>(), n);
+    mul_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(a), ptr<T>(b), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -352,10 +365,10 @@ void convert(const Tensor& dst, const Tensor& src) {
 void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index) {
   const Matrix mo = out.matrix();
   if (mo.rows * mo.cols == 0) return;
-  dispatch_float(x.dtype(), [&](auto tag) {
+  dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     gather_rows_kernel<T><<<blocks_for(mo.rows * mo.cols, kThreads), kThreads>>>(
-        out.data<T>(), x.data<T>(), index.data<int32_t>(), mo.rows, mo.cols);
+        ptr<T>(out), ptr<T>(x), index.data<int32_t>(), mo.rows, mo.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -395,10 +408,11 @@ void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index) {
   // blocks beyond num_runs return at once.
   DECO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch.ptr(), scan_bytes, run_length.data<int32_t>(),
                                                 run_start.data<int32_t>(), n));
-  dispatch_float(y.dtype(), [&](auto tag) {
+  dispatch_with_acc(src.dtype(), y.dtype(), "scatter_add_rows", [&](auto tag, auto y_tag) {
     using T = decltype(tag);
-    scatter_runs_kernel<T><<<static_cast<unsigned>(P), 128>>>(
-        y.data<T>(), src.data<T>(), run_dest.data<int32_t>(), run_length.data<int32_t>(), run_start.data<int32_t>(),
+    using Y = decltype(y_tag);
+    scatter_runs_kernel<Y, T><<<static_cast<unsigned>(P), 128>>>(
+        ptr<Y>(y), ptr<T>(src), run_dest.data<int32_t>(), run_length.data<int32_t>(), run_start.data<int32_t>(),
         rows_sorted.data<int32_t>(), num_runs.data<int32_t>(), my.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());

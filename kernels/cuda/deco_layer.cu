@@ -22,6 +22,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/storage.cuh"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
 
@@ -338,29 +339,33 @@ template <typename F> void with_values_per_lane(int64_t D, F&& f) {
 
 // One warp per block row b; lane l holds entries l, l + 32, ... in registers.
 // mean null: no mean step; has_rms false: xhat = c, act = silu(c), rs untouched.
+// Storage T (float, double or bf16), arithmetic and rs in A = acc_t<T>.
+// Under bf16, act is computed from the unrounded xhat; the backward reads
+// the rounded xhat it stored (as the CPU reference does).
 template <typename T, int K>
-__global__ void normsilu_forward_kernel(T* act, T* xhat, T* rs, const T* u, const T* mean, const int32_t* block_token,
-                                        int64_t blocks_per_token, const T* gamma, int64_t P, int64_t D, T eps,
-                                        bool has_rms) {
+__global__ void normsilu_forward_kernel(T* act, T* xhat, acc_t<T>* rs, const T* u, const T* mean,
+                                        const int32_t* block_token, int64_t blocks_per_token, const T* gamma,
+                                        int64_t P, int64_t D, acc_t<T> eps, bool has_rms) {
+  using A = acc_t<T>;
   const int64_t b = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / kWarp;
   if (b >= P) return;  // the whole warp
   const int lane = threadIdx.x % kWarp;
   const int64_t base = b * D;
-  T shift = T(0);
-  if (mean != nullptr) shift = mean[block_token != nullptr ? block_token[b] : b / blocks_per_token];
-  T c[K];
+  A shift = A(0);
+  if (mean != nullptr) shift = ld(mean[block_token != nullptr ? block_token[b] : b / blocks_per_token]);
+  A c[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t d = lane + k * kWarp;
-    c[k] = d < D ? u[base + d] - shift : T(0);
+    c[k] = d < D ? ld(u[base + d]) - shift : A(0);
   }
   if (!has_rms) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t d = lane + k * kWarp;
       if (d < D) {
-        xhat[base + d] = c[k];
-        act[base + d] = math::silu(c[k]);
+        xhat[base + d] = st<T>(c[k]);
+        act[base + d] = st<T>(math::silu(c[k]));
       }
     }
     return;
@@ -368,15 +373,15 @@ __global__ void normsilu_forward_kernel(T* act, T* xhat, T* rs, const T* u, cons
   double ss = 0.0;
 #pragma unroll
   for (int k = 0; k < K; ++k) ss += static_cast<double>(c[k] * c[k]);  // lanes past D hold 0
-  const T r = T(1) / sqrt(static_cast<T>(warp_sum(ss)) / static_cast<T>(D) + eps);
+  const A r = A(1) / sqrt(static_cast<A>(warp_sum(ss)) / static_cast<A>(D) + eps);
   if (lane == 0) rs[b] = r;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t d = lane + k * kWarp;
     if (d < D) {
-      const T x = c[k] * r;
-      xhat[base + d] = x;
-      act[base + d] = math::silu(x * gamma[d]);
+      const A x = c[k] * r;
+      xhat[base + d] = st<T>(x);
+      act[base + d] = st<T>(math::silu(x * ld(gamma[d])));
     }
   }
 }
@@ -386,45 +391,46 @@ __global__ void normsilu_forward_kernel(T* act, T* xhat, T* rs, const T* u, cons
 // dgamma for its columns in registers; the warps' sums are added in warp
 // order through shared memory into the slab's partial row.
 template <typename T, int K>
-__global__ void normsilu_backward_kernel(T* dc, double* partial, const T* dact, const T* xhat, const T* rs,
+__global__ void normsilu_backward_kernel(T* dc, double* partial, const T* dact, const T* xhat, const acc_t<T>* rs,
                                          const T* gamma, int64_t P, int64_t D, int64_t slab_rows) {
+  using A = acc_t<T>;
   extern __shared__ double warp_dgamma[];  // [kWarps][D]
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t begin = blockIdx.x * slab_rows;
   const int64_t end = begin + slab_rows < P ? begin + slab_rows : P;
-  T g[K];
+  A g[K];
   double dg[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int64_t d = lane + k * kWarp;
-    g[k] = d < D ? gamma[d] : T(0);
+    g[k] = d < D ? ld(gamma[d]) : A(0);
     dg[k] = 0.0;
   }
   for (int64_t b = begin + warp; b < end; b += kWarps) {
     const int64_t base = b * D;
-    T x[K], dx[K];
+    A x[K], dx[K];
     double dot = 0.0;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t d = lane + k * kWarp;
-      x[k] = T(0);
-      dx[k] = T(0);
+      x[k] = A(0);
+      dx[k] = A(0);
       if (d < D) {
         // n = xhat*gamma, act = silu(n): dn = dact * silu'(n), dgamma += dn * xhat, dxhat = dn * gamma
-        x[k] = xhat[base + d];
-        const T dn = dact[base + d] * math::silu_grad(x[k] * g[k]);
+        x[k] = ld(xhat[base + d]);
+        const A dn = ld(dact[base + d]) * math::silu_grad(x[k] * g[k]);
         dg[k] += static_cast<double>(dn * x[k]);
         dx[k] = dn * g[k];
         dot += static_cast<double>(dx[k] * x[k]);
       }
     }
     // dc = rs * (dxhat - xhat * mean(dxhat * xhat)), the RMSNorm backward of the block
-    const T mean_dot = static_cast<T>(warp_sum(dot)) / static_cast<T>(D);
-    const T r = rs[b];
+    const A mean_dot = static_cast<A>(warp_sum(dot)) / static_cast<A>(D);
+    const A r = rs[b];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t d = lane + k * kWarp;
-      if (d < D) dc[base + d] = r * (dx[k] - x[k] * mean_dot);
+      if (d < D) dc[base + d] = st<T>(r * (dx[k] - x[k] * mean_dot));
     }
   }
 #pragma unroll
@@ -443,7 +449,7 @@ __global__ void normsilu_backward_kernel(T* dc, double* partial, const T* dact, 
 // Without the RMS step act = silu(c): dc = dact * silu'(c), elementwise.
 template <typename T> __global__ void silu_backward_kernel(T* dc, const T* dact, const T* c, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) dc[i] = dact[i] * math::silu_grad(c[i]);
+  if (i < n) dc[i] = st<T>(ld(dact[i]) * math::silu_grad(ld(c[i])));
 }
 
 }  // namespace
@@ -643,15 +649,15 @@ void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, c
   }
   if (P == 0) return;
   const int32_t* bt = block_token.defined() ? block_token.data<int32_t>() : nullptr;
-  dispatch_float(u.dtype(), [&](auto T_tag) {
+  dispatch_activation(u.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    const T* pm = has_mean ? mean.data<T>() : nullptr;
-    const T* pg = has_rms ? gamma.data<T>() : nullptr;
-    T* pr = has_rms ? rs.data<T>() : nullptr;
+    const T* pm = has_mean ? ptr<T>(mean) : nullptr;
+    const T* pg = has_rms ? ptr<T>(gamma) : nullptr;
+    acc_t<T>* pr = has_rms ? acc_data<T>(rs, "normsilu_forward", "rs") : nullptr;
     with_values_per_lane(D, [&](auto K_tag) {
       constexpr int K = decltype(K_tag)::value;
       normsilu_forward_kernel<T, K><<<blocks_for(P, kWarps), kThreads>>>(
-          act.data<T>(), xhat.data<T>(), pr, u.data<T>(), pm, bt, blocks_per_token, pg, P, D, static_cast<T>(eps),
+          ptr<T>(act), ptr<T>(xhat), pr, ptr<T>(u), pm, bt, blocks_per_token, pg, P, D, static_cast<acc_t<T>>(eps),
           has_rms);
     });
   });
@@ -669,9 +675,9 @@ void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dac
   if (!has_rms) {
     const int64_t n = P * D;
     if (n == 0) return;
-    dispatch_float(dact.dtype(), [&](auto T_tag) {
+    dispatch_activation(dact.dtype(), [&](auto T_tag) {
       using T = decltype(T_tag);
-      silu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(dc.data<T>(), dact.data<T>(), xhat.data<T>(), n);
+      silu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(dc), ptr<T>(dact), ptr<T>(xhat), n);
     });
     DECO_CUDA_CHECK(cudaGetLastError());
     return;
@@ -685,15 +691,16 @@ void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dac
   const Slabs slabs = slabs_for(P, kMinSlabRows);
   Scratch partial(static_cast<size_t>(slabs.count * D) * sizeof(double));
   const size_t shared = static_cast<size_t>(kWarps * D) * sizeof(double);
-  dispatch_float(dact.dtype(), [&](auto T_tag) {
+  dispatch_activation(dact.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     with_values_per_lane(D, [&](auto K_tag) {
       constexpr int K = decltype(K_tag)::value;
       normsilu_backward_kernel<T, K><<<static_cast<unsigned>(slabs.count), kThreads, shared>>>(
-          dc.data<T>(), partial.as<double>(), dact.data<T>(), xhat.data<T>(), rs.data<T>(), gamma.data<T>(), P, D,
-          slabs.rows);
+          ptr<T>(dc), partial.as<double>(), ptr<T>(dact), ptr<T>(xhat), acc_data<T>(rs, "normsilu_backward", "rs"),
+          ptr<T>(gamma), P, D, slabs.rows);
     });
-    column_sum<T>(dgamma.data<T>(), partial.as<double>(), slabs.count, D, true);
+    column_sum<acc_t<T>>(acc_data<T>(dgamma, "normsilu_backward", "dgamma"), partial.as<double>(), slabs.count, D,
+                         true);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }

@@ -5,11 +5,13 @@
 // gradient over them; two GEMMs take it back to x and w. The per-token losses
 // stay on the device and are summed on the host in token order once, at the
 // end: one synchronization per call, and the same sum the CPU forms.
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/storage.cuh"
 #include "kernels/dispatch.h"
 
 namespace deco::cuda {
@@ -20,10 +22,14 @@ constexpr int kThreads = 256;
 // Row r of the chunk: loss[first + r] = max + log(sum exp(l - max)) - l[target];
 // with backward, the row becomes grad_scale * (softmax - onehot). A target
 // outside [0, V) sets *bad to 1 (checked on the host) and leaves the row.
+// bfloat16 logits: the arithmetic in float32, and the exponentials taken
+// again for the gradient rather than kept in the row (rounded, they would
+// round the gradient twice).
 template <typename T>
 __global__ void cross_entropy_rows_kernel(T* logits, double* loss, int* bad, const int32_t* targets, int64_t first,
                                           int64_t V, bool backward, double grad_scale) {
-  __shared__ T tmax[kThreads];
+  using A = acc_t<T>;
+  __shared__ A tmax[kThreads];
   __shared__ double tsum[kThreads];
   const int64_t r = blockIdx.x;
   T* row = logits + r * V;
@@ -35,24 +41,30 @@ __global__ void cross_entropy_rows_kernel(T* logits, double* loss, int* bad, con
     }
     return;
   }
-  T mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = max(mx, row[j]);
+  constexpr bool keep_exp = std::is_same_v<T, A>;  // float32 and float64: the row holds the exponentials
+  A mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = max(mx, ld(row[j]));
   mx = block_max(mx, tmax);
-  const T logit_target = row[target];
+  const A logit_target = ld(row[target]);
   __syncthreads();  // every thread has read row[target] before it is overwritten
   double sum = 0.0;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const T e = exp(row[j] - mx);
-    row[j] = e;
+    const A e = exp(ld(row[j]) - mx);
+    if constexpr (keep_exp) row[j] = e;
     sum += static_cast<double>(e);
   }
   sum = block_sum(sum, tsum);
   if (threadIdx.x == 0) loss[first + r] = static_cast<double>(mx) + log(sum) - static_cast<double>(logit_target);
   if (!backward) return;
-  const T scale = static_cast<T>(grad_scale / sum);
+  const A scale = static_cast<A>(grad_scale / sum);
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const T g = row[j] * scale;
-    row[j] = j == target ? g - static_cast<T>(grad_scale) : g;
+    A e;
+    if constexpr (keep_exp)
+      e = ld(row[j]);
+    else
+      e = exp(ld(row[j]) - mx);
+    const A g = e * scale;
+    row[j] = st<T>(j == target ? g - static_cast<A>(grad_scale) : g);
   }
 }
 
@@ -69,10 +81,10 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
     const Tensor xc = x.slice(c0, c0 + rows);
     const Tensor lc = logits.slice(0, rows);
     ops::linear_forward(lc, xc, w);
-    dispatch_float(x.dtype(), [&](auto tag) {
+    dispatch_activation(logits.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cross_entropy_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads>>>(
-          lc.data<T>(), row_loss.data<double>(), bad.data<int32_t>(), targets.data<int32_t>(), c0, V, backward,
+          ptr<T>(lc), row_loss.data<double>(), bad.data<int32_t>(), targets.data<int32_t>(), c0, V, backward,
           grad_scale);
     });
     DECO_CUDA_CHECK(cudaGetLastError());

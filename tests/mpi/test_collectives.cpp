@@ -77,6 +77,15 @@ TEST_CASE("all_to_all delivers uneven counts, zeros included", "[collectives]") 
     for (int64_t scale : {0, 1, 7, 1000}) CHECK(join(check_all_to_all(world(), Device::CPU, dtype, scale)) == "");
 }
 
+TEST_CASE("bfloat16 moves through MPI's data-moving collectives (mixed precision's token exchange)",
+          "[collectives]") {
+  for (int64_t n : kLengths) {
+    CHECK(join(check_all_gather(world(), Device::CPU, DType::BF16, n)) == "");
+    CHECK(join(check_broadcast(world(), Device::CPU, DType::BF16, n)) == "");
+    CHECK(join(check_all_to_all(world(), Device::CPU, DType::BF16, n)) == "");
+  }
+}
+
 TEST_CASE("broadcast from the last rank", "[collectives]") {
   for (DType dtype : collective_dtypes(Device::CPU))
     for (int64_t n : kLengths) CHECK(join(check_broadcast(world(), Device::CPU, dtype, n)) == "");

@@ -194,32 +194,38 @@ TEST_CASE("expert parallel: recomputation gives exactly the gradients of keeping
   if (kExperts % M != 0) return;
   ProcessGroups groups = make_process_groups(launch, M, kExperts);
   Communicator& ep = *groups.expert_parallel;
-  for (ExpertCompute compute : {ExpertCompute::Sparse, ExpertCompute::Dense}) {
-    ModelConfig c = layer_config(ops::ExpertAct::NormSilu, false, compute);
-    c.num_layers = 3;  // two DECO layers: the first is recomputed
-    std::vector<double> want_grads;
-    double want_loss = 0.0;
-    for (Recompute mode : {Recompute::None, Recompute::Selective, Recompute::Full}) {
-      INFO(expert_compute_name(compute) << ", recompute " << recompute_name(mode) << ", " << M << " ranks");
-      c.recompute = mode;
-      Model model(c, DType::F64, Device::CPU, &ep);
-      model.init(9);
-      Rng rng(stream_key(40 + static_cast<uint64_t>(ep.rank()), "tokens"));
-      std::vector<int32_t> t(2 * 9);
-      for (int32_t& v : t) v = static_cast<int32_t>(rng.below(32));
-      StepOptions opt;
-      opt.reg_coef = 0.05;
-      ops::zero(model.grads().flat());
-      const StepResult r = model.step(Tensor(t.data(), DType::I32, Device::CPU, {2, 9}), opt);
-      const Tensor g = model.grads().flat();
-      std::vector<double> grads(g.data<double>(), g.data<double>() + g.numel());
-      if (mode == Recompute::None) {
-        want_grads = grads;
-        want_loss = r.lm_loss_sum + r.reg_loss;
-        continue;
+  // bf16: mixed precision, whose exchanged rows travel through MPI as their 16 bits.
+  for (DType dtype : {DType::F64, DType::BF16}) {
+    for (ExpertCompute compute : {ExpertCompute::Sparse, ExpertCompute::Dense}) {
+      ModelConfig c = layer_config(ops::ExpertAct::NormSilu, false, compute);
+      c.num_layers = 3;  // two DECO layers: the first is recomputed
+      std::vector<double> want_grads;
+      double want_loss = 0.0;
+      for (Recompute mode : {Recompute::None, Recompute::Selective, Recompute::Full}) {
+        INFO(dtype_name(dtype) << ", " << expert_compute_name(compute) << ", recompute " << recompute_name(mode) << ", "
+                               << M << " ranks");
+        c.recompute = mode;
+        Model model(c, dtype, Device::CPU, &ep);
+        model.init(9);
+        Rng rng(stream_key(40 + static_cast<uint64_t>(ep.rank()), "tokens"));
+        std::vector<int32_t> t(2 * 9);
+        for (int32_t& v : t) v = static_cast<int32_t>(rng.below(32));
+        StepOptions opt;
+        opt.reg_coef = 0.05;
+        ops::zero(model.grads().flat());
+        const StepResult r = model.step(Tensor(t.data(), DType::I32, Device::CPU, {2, 9}), opt);
+        const Tensor g = model.grads().flat();  // float64, or float32 under mixed precision
+        std::vector<double> grads(static_cast<size_t>(g.numel()));
+        for (int64_t i = 0; i < g.numel(); ++i)
+          grads[static_cast<size_t>(i)] = g.dtype() == DType::F64 ? g.data<double>()[i] : g.data<float>()[i];
+        if (mode == Recompute::None) {
+          want_grads = grads;
+          want_loss = r.lm_loss_sum + r.reg_loss;
+          continue;
+        }
+        CHECK(r.lm_loss_sum + r.reg_loss == want_loss);
+        CHECK(grads == want_grads);
       }
-      CHECK(r.lm_loss_sum + r.reg_loss == want_loss);
-      CHECK(grads == want_grads);
     }
   }
 }

@@ -102,3 +102,39 @@ TEST_CASE("bf16 model: the sparse and dense expert paths agree to bf16 rounding"
     CHECK(test::rel_diff(sparse.grads().get(spec), dense.grads().get(spec)) < 5e-2);
   }
 }
+
+TEST_CASE("bf16 model on the GPU: loss and every gradient within bf16 rounding of the CPU float32 model",
+          "[model][bf16][gpu]") {
+  if (cuda_device_count() == 0) {  // runs in the GPU suite (scripts/gpu_suite.sh)
+    WARN("skipped: no CUDA device");
+    return;
+  }
+  // The bounds of the CPU bf16 test above, with room for the GPU's own
+  // rounding points (logits rounded to bf16 before the softmax, sums in
+  // other orders): loss 2e-3, gradients 5% (norm of the difference).
+  for (ExpertCompute compute : {ExpertCompute::Sparse, ExpertCompute::Dense}) {
+    INFO(expert_compute_name(compute));
+    ModelConfig c = bf16_config();
+    c.expert_compute = compute;
+    Model f32(c, DType::F32, Device::CPU), gpu(c, DType::BF16, Device::CUDA);
+    f32.init(3);
+    gpu.init(3);
+    std::vector<int32_t> t = test::random_tokens(2, 8, c.vocab_size, 5);
+    const Tensor tokens(t.data(), DType::I32, Device::CPU, {2, 9});
+    StepOptions opt;
+    opt.reg_coef = 0.05;
+    ops::zero(gpu.grads().flat());
+    const StepResult a = f32.step(tokens, opt), b = gpu.step(tokens, opt);
+    CHECK(b.lm_loss() == Approx(a.lm_loss()).epsilon(2e-3));
+    CHECK(b.active_pairs() == Approx(static_cast<double>(a.active_pairs())).epsilon(0.02));
+    Buffer host(DType::F32, Device::CPU, gpu.grads().flat().shape());
+    ops::copy(host, gpu.grads().flat());
+    const ParamStore& layout_store = f32.grads();
+    for (const ParamSpec& spec : f32.layout().specs()) {
+      INFO(spec.name);
+      const Tensor got = host.tensor().slice(spec.offset, spec.offset + spec.shape.numel());
+      const Tensor want = layout_store.get(spec);
+      CHECK(test::rel_diff(got.view(want.shape()), want) < 5e-2);
+    }
+  }
+}

@@ -1,0 +1,200 @@
+// bfloat16 (mixed precision) on the GPU: each CUDA kernel that takes bf16
+// activations against the CPU reference run on the same bf16 values
+// (kernels/cpu/widen.h: float32 math, outputs rounded once). Inputs are
+// drawn in float32 and rounded to bf16 once, so both sides start from the
+// same values.
+//
+// Tolerances: both sides compute in float32 and round each output to bf16,
+// so most elements are identical and the rest one bf16 ulp apart (2^-8
+// relative); where a float32 sum of many terms precedes the rounding, the
+// order differs too. 1e-2 relative (norm of the difference over the norm)
+// for bf16 outputs; float32 statistics and gradients (rstd, lse, the
+// weight gradients) 1e-4, from bf16 inputs that are equal on both sides.
+#include <cstdio>
+#include <string>
+
+#include "kernels/ops.h"
+#include "tests/gpu/gpu_test.h"
+
+using namespace deco;
+using namespace deco::gpu_test;
+
+namespace {
+
+constexpr double kBf16 = 1e-2, kF32 = 1e-4;
+
+// A bf16 host tensor and its device copy, from normals of `scale`.
+struct Pair {
+  Buffer host, device;
+};
+Pair bf16_pair(const Shape& shape, uint64_t seed, double scale = 1.0) {
+  Pair p;
+  p.host = to_bf16(random_host(shape, seed, scale));
+  p.device = to_device(p.host);
+  return p;
+}
+Pair f32_pair(const Shape& shape, uint64_t seed, double scale = 1.0) {
+  Pair p;
+  p.host = random_host(shape, seed, scale);
+  p.device = to_device(p.host);
+  return p;
+}
+Pair zeros(DType dtype, const Shape& shape) {
+  return {Buffer(dtype, Device::CPU, shape), Buffer(dtype, Device::CUDA, shape)};
+}
+
+void compare(const std::string& what, const Pair& p, double tol) {
+  const Buffer gpu = to_host(p.device);
+  if (p.host.tensor().dtype() == DType::BF16)
+    expect_close(what, bf16_values(p.host), bf16_values(gpu), tol);
+  else
+    expect_close(what, p.host, gpu, tol);
+}
+
+}  // namespace
+
+DECO_GPU_TEST(bf16_elementwise) {
+  const int64_t N = 333, K = 129;
+  Pair x = bf16_pair({N, K}, 1), y = bf16_pair({N, K}, 2), s32 = f32_pair({N}, 3), g32 = f32_pair({N, K}, 4);
+  Pair out = zeros(DType::BF16, {N, K}), dots = zeros(DType::F32, {N}), means = zeros(DType::BF16, {N});
+  ops::scale_rows(out.host, x.host, s32.host);  // bf16 rows scaled by float32 scores
+  ops::scale_rows(out.device, x.device, s32.device);
+  compare("scale_rows bf16 x f32", out, kBf16);
+  ops::row_dot(dots.host, x.host, y.host);  // float32 score gradients from bf16 rows
+  ops::row_dot(dots.device, x.device, y.device);
+  compare("row_dot bf16 -> f32", dots, kF32);
+  ops::row_mean(means.host, x.host);
+  ops::row_mean(means.device, x.device);
+  compare("row_mean bf16", means, kBf16);
+  ops::mul(out.host, x.host, y.host);
+  ops::mul(out.device, x.device, y.device);
+  compare("mul bf16", out, kBf16);
+  ops::axpy(y.host, g32.host);  // a float32 gradient into a bf16 one
+  ops::axpy(y.device, g32.device);
+  compare("axpy bf16 += f32", y, kBf16);
+  ops::scale(x.host, 0.37);
+  ops::scale(x.device, 0.37);
+  compare("scale bf16", x, kBf16);
+}
+
+DECO_GPU_TEST(bf16_gather_scatter) {
+  const int64_t V = 50, N = 300, H = 96;
+  Buffer tokens(DType::I32, Device::CPU, {N});
+  for (int64_t i = 0; i < N; ++i) tokens.data<int32_t>()[i] = static_cast<int32_t>((i * 7919) % V);
+  const Buffer tokens_d = to_device(tokens);
+  Pair table = bf16_pair({V, H}, 5), out = zeros(DType::BF16, {N, H});
+  ops::embedding_forward(out.host, tokens, table.host);
+  ops::embedding_forward(out.device, tokens_d, table.device);
+  compare("embedding_forward bf16 (exact)", out, 0.0);
+  Pair dtable = f32_pair({V, H}, 6), dout = bf16_pair({N, H}, 7);  // float32 gradient from bf16 rows
+  ops::embedding_backward(dtable.host, dout.host, tokens);
+  ops::embedding_backward(dtable.device, dout.device, tokens_d);
+  compare("embedding_backward f32 += bf16", dtable, 1e-6);
+  Pair y = bf16_pair({V, H}, 8);  // bf16 rows summed in float32, rounded once
+  ops::scatter_add_rows(y.host, dout.host, tokens);
+  ops::scatter_add_rows(y.device, dout.device, tokens_d);
+  compare("scatter_add_rows bf16", y, kBf16);
+}
+
+DECO_GPU_TEST(bf16_gemm) {
+  const int64_t M = 96, K = 256, N = 160;
+  Pair a = bf16_pair({M, K}, 9), b = bf16_pair({N, K}, 10), c = zeros(DType::BF16, {M, N});
+  Pair dw = f32_pair({N, K}, 11), dy = bf16_pair({M, N}, 12);
+  ops::linear_forward(c.host, a.host, b.host);
+  ops::linear_forward(c.device, a.device, b.device);
+  compare("linear_forward bf16", c, kBf16);
+  ops::linear_backward_weight(dw.host, dy.host, a.host);  // float32 weight gradient += bf16 x bf16
+  ops::linear_backward_weight(dw.device, dy.device, a.device);
+  compare("linear_backward_weight f32 += bf16", dw, kF32);
+}
+
+DECO_GPU_TEST(bf16_rmsnorm_swiglu) {
+  const int64_t N = 96, H = 333;
+  Pair x = bf16_pair({N, H}, 13), w = bf16_pair({H}, 14), g = bf16_pair({N, H}, 15), r = bf16_pair({N, H}, 16);
+  Pair out = zeros(DType::BF16, {N, H}), rstd = zeros(DType::F32, {N}), sum = zeros(DType::BF16, {N, H});
+  Pair dx = bf16_pair({N, H}, 17), dw = f32_pair({H}, 18);
+  ops::rmsnorm_forward(out.host, rstd.host, x.host, w.host, 1e-5);
+  ops::rmsnorm_forward(out.device, rstd.device, x.device, w.device, 1e-5);
+  compare("rmsnorm_forward bf16", out, kBf16);
+  compare("rmsnorm_forward rstd f32", rstd, kF32);
+  ops::rmsnorm_backward(dx.host, dw.host, g.host, x.host, w.host, rstd.host);
+  ops::rmsnorm_backward(dx.device, dw.device, g.device, x.device, w.device, rstd.device);
+  compare("rmsnorm_backward dx bf16", dx, kBf16);
+  compare("rmsnorm_backward dweight f32", dw, kF32);
+  ops::residual_rmsnorm_forward(sum.host, out.host, rstd.host, x.host, r.host, w.host, 1e-5);
+  ops::residual_rmsnorm_forward(sum.device, out.device, rstd.device, x.device, r.device, w.device, 1e-5);
+  compare("residual_rmsnorm_forward sum (exact)", sum, 0.0);
+  compare("residual_rmsnorm_forward out", out, kBf16);
+  Pair gate = bf16_pair({N, H}, 19), up = bf16_pair({N, H}, 20), dgate = zeros(DType::BF16, {N, H}),
+       dup = zeros(DType::BF16, {N, H});
+  ops::swiglu_forward(out.host, gate.host, up.host);
+  ops::swiglu_forward(out.device, gate.device, up.device);
+  compare("swiglu_forward bf16", out, kBf16);
+  ops::swiglu_backward(dgate.host, dup.host, g.host, gate.host, up.host);
+  ops::swiglu_backward(dgate.device, dup.device, g.device, gate.device, up.device);
+  compare("swiglu_backward dgate bf16", dgate, kBf16);
+  compare("swiglu_backward dup bf16", dup, kBf16);
+}
+
+DECO_GPU_TEST(bf16_normsilu) {
+  const int64_t N = 200, E = 16, D = 64;
+  for (ops::ExpertAct act : {ops::ExpertAct::NormSilu, ops::ExpertAct::Silu}) {
+    const char* name = act == ops::ExpertAct::NormSilu ? "norm_silu" : "silu";
+    Pair u = bf16_pair({N * E, D}, 21), mean = bf16_pair({N}, 22, 0.1), gamma = bf16_pair({D}, 23);
+    Pair out = zeros(DType::BF16, {N * E, D}), xhat = zeros(DType::BF16, {N * E, D}), rs = zeros(DType::F32, {N * E});
+    ops::normsilu_forward(out.host, xhat.host, rs.host, u.host, mean.host, Tensor(), E, gamma.host, act, 1e-5);
+    ops::normsilu_forward(out.device, xhat.device, rs.device, u.device, mean.device, Tensor(), E, gamma.device, act,
+                          1e-5);
+    compare(std::string("normsilu_forward act bf16 ") + name, out, kBf16);
+    compare(std::string("normsilu_forward xhat bf16 ") + name, xhat, kBf16);
+    Pair dact = bf16_pair({N * E, D}, 24), dc = zeros(DType::BF16, {N * E, D}), dgamma = f32_pair({D}, 25);
+    // Both sides read the xhat and rs the CPU stored, so only the backward's own rounding differs.
+    const Buffer xhat_d = to_device(xhat.host), rs_d = to_device(rs.host);
+    ops::normsilu_backward(dc.host, dgamma.host, dact.host, xhat.host, rs.host, gamma.host, act);
+    ops::normsilu_backward(dc.device, dgamma.device, dact.device, xhat_d, rs_d, gamma.device, act);
+    compare(std::string("normsilu_backward dc bf16 ") + name, dc, kBf16);
+    if (act == ops::ExpertAct::NormSilu) compare("normsilu_backward dgamma f32", dgamma, kF32);
+  }
+}
+
+DECO_GPU_TEST(bf16_rope_attention) {
+  const ops::AttentionShape s{2, 70, 4, 2, 32};
+  const int64_t N = s.batch * s.seq;
+  Pair table = zeros(DType::F32, {s.seq, s.head_dim / 2, 2});
+  ops::rope_table(table.host, 10000.0);
+  ops::copy(table.device, table.host);
+  Pair q = bf16_pair({N, s.heads * s.head_dim}, 26), k = bf16_pair({N, s.groups * s.head_dim}, 27),
+       v = bf16_pair({N, s.groups * s.head_dim}, 28), dout = bf16_pair({N, s.heads * s.head_dim}, 29);
+  ops::rope_forward(q.host.tensor().view({N, s.heads, s.head_dim}), table.host, s.seq);
+  ops::rope_forward(q.device.tensor().view({N, s.heads, s.head_dim}), table.device, s.seq);
+  compare("rope_forward bf16", q, kBf16);
+  ops::copy(q.device, q.host);  // the same rotated q on both sides
+  Pair out = zeros(DType::BF16, q.host.shape());
+  Buffer probs(DType::F32, Device::CPU, ops::attention_saved_shape(Device::CPU, s));
+  Buffer lse(DType::F32, Device::CUDA, ops::attention_saved_shape(Device::CUDA, s));
+  ops::attention_forward(out.host, probs, q.host, k.host, v.host, s);
+  ops::attention_forward(out.device, lse, q.device, k.device, v.device, s);
+  compare("attention_forward bf16", out, kBf16);
+  Pair dq = zeros(DType::BF16, q.host.shape()), dk = zeros(DType::BF16, k.host.shape()),
+       dv = zeros(DType::BF16, v.host.shape());
+  ops::attention_backward(dq.host, dk.host, dv.host, dout.host, probs, q.host, k.host, v.host, s);
+  ops::attention_backward(dq.device, dk.device, dv.device, dout.device, lse, q.device, k.device, v.device, s);
+  compare("attention_backward dq bf16", dq, kBf16);
+  compare("attention_backward dk bf16", dk, kBf16);
+  compare("attention_backward dv bf16", dv, kBf16);
+}
+
+DECO_GPU_TEST(bf16_lm_head) {
+  const int64_t N = 150, H = 64, V = 1000, chunk = 64;
+  Pair x = bf16_pair({N, H}, 30), w = bf16_pair({V, H}, 31, 0.1), dx = zeros(DType::BF16, {N, H});
+  Pair dw = f32_pair({V, H}, 32), logits = zeros(DType::BF16, {chunk, V});
+  Buffer targets(DType::I32, Device::CPU, {N});
+  for (int64_t i = 0; i < N; ++i) targets.data<int32_t>()[i] = static_cast<int32_t>((i * 31) % V);
+  const double cpu = ops::lm_head_cross_entropy(dx.host, dw.host, logits.host, x.host, w.host, targets, 1.0 / N);
+  const double gpu = ops::lm_head_cross_entropy(dx.device, dw.device, logits.device, x.device, w.device,
+                                                to_device(targets), 1.0 / N);
+  // The GPU rounds the logits to bf16 before the softmax; the CPU keeps them in float32.
+  expect_scalar("lm_head_cross_entropy loss bf16", cpu, gpu, 1e-3);
+  compare("lm_head_cross_entropy dx bf16", dx, 2e-2);
+  compare("lm_head_cross_entropy dw f32", dw, 2e-2);
+}
