@@ -40,7 +40,7 @@ int bench_layer(const BenchLayerArgs& args) {
     fail(config.source, ": training.device is cuda, but no GPU is visible to this process; check nvidia-smi, "
          "or --set training.device=cpu.");
 
-  const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 1536);
+  const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048);
   const double bandwidth = measured_bandwidth(device, int64_t{1} << (device == Device::CUDA ? 30 : 28));
   std::printf("deco bench-layer: %s | one DECO layer: hidden %lld, %lld experts x %lld%s, shared expert %lld, %s | "
               "%lld tokens | float32 on %s\n",

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Training-speed peer: trains the PyTorch reference DECO model on CPU.
+"""Training-speed peer: trains the PyTorch reference DECO model (CPU or GPU).
 
 Builds the model of a deco YAML config in float32 (deco_reference.py, routed
 experts computed densely as the authors' code does), initializes it as spec
@@ -10,12 +10,21 @@ step with gradient accumulation, and the entropy (or configured) regularizer
 with a constant small coefficient.  Token batches are consecutive rows of an
 .npy file of shape [N_samples, S+1] (wrapping around).
 
+On a GPU (--device cuda) it is the side-by-side peer of `deco bench` that
+the GPU issues ask for: --bf16 runs under torch.autocast(bfloat16) with
+float32 master weights (the router stays float32, as deco's does), --sdpa
+replaces the explicit softmax by torch's fused scaled_dot_product_attention,
+--compile wraps the model in torch.compile. --tokens random draws uniform
+token ids instead of reading an .npy file.
+
 Prints one JSON line:
     {"tokens_per_second": ..., "step_time_s": ..., "threads": ..., ...}
 timed over --steps optimizer steps after --warmup untimed ones.
 
 Usage:
     /usr/bin/python3 bench_reference.py --config F.yaml --tokens S.npy --steps 10 --threads 16 [--warmup 2]
+    python3 bench_reference.py --config configs/deco-0.1b.yaml --tokens random --steps 5 --threads 16 \
+        --device cuda --bf16 --sdpa --compile
 """
 
 from __future__ import annotations
@@ -36,11 +45,15 @@ def main():
     ap.add_argument("--config", required=True, help="deco YAML config")
     ap.add_argument("--set", action="append", default=[], metavar="section.key=value",
                     help="override a config value (as deco's --set)")
-    ap.add_argument("--tokens", required=True, help=".npy of token ids, shape [N_samples, S+1]")
+    ap.add_argument("--tokens", required=True, help=".npy of token ids, shape [N_samples, S+1], or 'random'")
     ap.add_argument("--steps", type=int, required=True, help="timed optimizer steps")
     ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads")
     ap.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     ap.add_argument("--reg-coef", type=float, default=1e-8, help="constant regularizer coefficient")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--bf16", action="store_true", help="torch.autocast(bfloat16) around forward and loss")
+    ap.add_argument("--sdpa", action="store_true", help="fused scaled_dot_product_attention")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = ap.parse_args()
 
     # Debian's torch calls OpenBLAS (pthread build), whose pool defaults to every core:
@@ -63,7 +76,11 @@ def main():
         raise SystemExit("global_batch_size must be a multiple of micro_batch_size")
     n_micro = t.global_batch_size // t.micro_batch_size
 
-    data = np.load(args.tokens, mmap_mode="r")
+    if args.tokens == "random":  # enough distinct samples for the run, drawn once
+        rng = np.random.default_rng(t.seed)
+        data = rng.integers(0, m.vocab_size, size=(4 * t.global_batch_size, m.seq_length + 1), dtype=np.int64)
+    else:
+        data = np.load(args.tokens, mmap_mode="r")
     if data.ndim != 2:
         raise SystemExit(f"{args.tokens}: expected a 2-D array [N, S+1], got shape {data.shape}")
     S = data.shape[1] - 1
@@ -73,10 +90,17 @@ def main():
         raise SystemExit(f"{args.tokens}: {data.shape[0]} samples < micro_batch_size {t.micro_batch_size}")
 
     torch.manual_seed(t.seed)
+    device = torch.device(args.device)
+    ref.Attention.use_sdpa = args.sdpa
     model = ref.DecoForCausalLM(m, dtype=torch.float32)
     model.init_weights(torch.Generator().manual_seed(t.seed))
+    model.to(device)
     model.train()
     params = [p for p in model.parameters()]
+    loss_fn = model.loss
+    if args.compile:
+        compiled = torch.compile(model)
+        loss_fn = lambda tokens, **kw: compiled.loss(tokens, **kw)  # noqa: E731
     n_params = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(ref.param_groups_for_weight_decay(model, o.weight_decay), lr=o.lr,
                             betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps)
@@ -87,7 +111,11 @@ def main():
         n = data.shape[0]
         rows = [(cursor[0] + i) % n for i in range(t.micro_batch_size)]
         cursor[0] = (cursor[0] + t.micro_batch_size) % n
-        return torch.from_numpy(np.asarray(data[rows], dtype=np.int64))
+        return torch.from_numpy(np.asarray(data[rows], dtype=np.int64)).to(device, non_blocking=True)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     reg_type = cfg.sparsity.reg_type
     last = {}
@@ -99,7 +127,8 @@ def main():
         opt.zero_grad(set_to_none=True)
         lm_sum, ratio_sum = 0.0, 0.0
         for _ in range(n_micro):
-            out = model.loss(next_micro_batch(), reg_coef=args.reg_coef, reg_type=reg_type)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                out = loss_fn(next_micro_batch(), reg_coef=args.reg_coef, reg_type=reg_type)
             (out.loss / n_micro).backward()
             lm_sum += float(out.lm_loss)
             ratio_sum += out.activation_ratio
@@ -110,9 +139,13 @@ def main():
 
     for s in range(args.warmup):
         train_step(s)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for s in range(args.warmup, args.warmup + args.steps):
         train_step(s)
+    sync()
     elapsed = time.perf_counter() - t0
 
     tokens = args.steps * t.global_batch_size * S
@@ -128,6 +161,9 @@ def main():
         "final_lm_loss": last.get("lm_loss"),
         "final_activation_ratio": last.get("activation_ratio"),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "bf16": args.bf16, "sdpa": args.sdpa, "compile": args.compile,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }))

@@ -237,6 +237,10 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
+    # The benchmark peer (bench_reference.py --sdpa) switches to PyTorch's fused
+    # scaled_dot_product_attention; the parity tests keep the explicit softmax below.
+    use_sdpa = False
+
     def __init__(self, cfg: ModelConfig, dtype):
         super().__init__()
         self.cfg = cfg
@@ -258,6 +262,9 @@ class Attention(nn.Module):
             # head h uses kv group h // (nh / ng)
             k = k.repeat_interleave(nh // ng, dim=1)
             v = v.repeat_interleave(nh // ng, dim=1)
+        if Attention.use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.o_proj(out.transpose(1, 2).reshape(B, S, nh * hd))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)   # [B, nh, S, S]
         causal = torch.ones(S, S, dtype=torch.bool, device=x.device).triu(1)
         scores = scores.masked_fill(causal, float("-inf"))
@@ -330,7 +337,9 @@ class DecoMLP(nn.Module):
 
     def forward(self, h):
         """h: [..., H]. Returns (y, r, z) with r, z: [..., E]."""
-        z = self.moe_router(h)                       # z = W_r h
+        # z = W_r h, in fp32 even under bf16 autocast (spec section 2); a no-op in fp32.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            z = self.moe_router(h.to(self.moe_router.weight.dtype))
         r = F.relu(z)                                # ReLU routing
         g = r * self.router_norm.weight              # expert-wise scaling
         if self.gated:
