@@ -192,6 +192,20 @@ void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dac
                        const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
                        ExpertAct variant);
 
+// NormSiLU with the expert scores applied, for the non-gated experts:
+// normsilu_forward into act, then ga[P, D] = act * score[P] (score in the
+// accumulate dtype; the score of block b's expert for its token). One
+// kernel on the GPU (the dense path's "NormSiLU and scaling fused between
+// the two GEMMs"); the CPU reference is the two ops.
+void normsilu_scaled_forward(const Tensor& ga, const Tensor& act, const Tensor& xhat, const Tensor& rs,
+                             const Tensor& u, const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
+                             const Tensor& gamma, const Tensor& score, ExpertAct variant, double eps);
+// Its backward from q[P, D] = d(ga): dscore[P] (=) rowdot(q, act), and dc
+// (=), dgamma (+=) as normsilu_backward of dact = q * score.
+void normsilu_scaled_backward(const Tensor& dc, const Tensor& dscore, const Tensor& dgamma, const Tensor& q,
+                              const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
+                              const Tensor& score, ExpertAct variant);
+
 // ---------------------------------------------------------------- LM head + loss
 // Cross-entropy of logits = x[N, H] @ w[V, H]^T against targets int32[N],
 // computed `logits.size(0)` tokens at a time in the workspace logits[C, V]

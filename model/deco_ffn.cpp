@@ -201,14 +201,17 @@ void DecoFfn::activation_forward() {
   // Block b belongs to the pair's token (sparse) or to token b / E (the dense [N, E*D] layout).
   const bool sparse = s.compute == ExpertCompute::Sparse;
   const Tensor block_token = sparse ? s.pair_token.tensor().slice(0, s.pairs) : Tensor();
+  // Block b of the activation is scaled by its expert's score g (0 when inactive).
+  if (!gated_) {  // one fused op (one kernel on the GPU)
+    ops::normsilu_scaled_forward(r.ga, r.actn, r.xhat, r.rs, pre, s.mean.tensor(), block_token, sparse ? 0 : E_,
+                                 gamma_.value, s.gscale, act_kind_, eps_);
+    return;
+  }
   ops::normsilu_forward(r.actn, r.xhat, r.rs, pre, s.mean.tensor(), block_token, sparse ? 0 : E_,
                         gamma_.value, act_kind_, eps_);
-  if (gated_) {
-    r.act.ensure(dt, dev, Shape{rows, D_});
-    ops::mul(r.act, r.actn, s.lin.tensor().view(Shape{rows, D_}));
-  }
-  // Block b of the activation is scaled by its expert's score g (0 when inactive).
-  ops::scale_rows(r.ga, gated_ ? r.act.tensor() : r.actn.tensor(), s.gscale);
+  r.act.ensure(dt, dev, Shape{rows, D_});
+  ops::mul(r.act, r.actn, s.lin.tensor().view(Shape{rows, D_}));
+  ops::scale_rows(r.ga, r.act, s.gscale);
 }
 
 void DecoFfn::experts_forward_dense(const Tensor& y, const Tensor& x) {
@@ -345,16 +348,18 @@ void DecoFfn::activation_backward() {
   const Device dev = act.device();
   // q holds d(ga); ga = act * gscale: d(gscale) = rowdot(q, act), dact = q * gscale
   w.dgs.ensure(accumulate_dtype(dt), dev, Shape{rows});
-  w.dact.ensure(dt, dev, Shape{rows, D_});
+  w.dc.ensure(dt, dev, Shape{rows, D_});
   const Tensor q = w.q.tensor().view(Shape{rows, D_});
+  if (!gated_) {  // one fused op (one kernel on the GPU)
+    ops::normsilu_scaled_backward(w.dc, w.dgs, gamma_.grad, q, act, r.xhat, r.rs, gamma_.value, s.gscale, act_kind_);
+    return;
+  }
+  w.dact.ensure(dt, dev, Shape{rows, D_});
   ops::row_dot(w.dgs, q, act);
   ops::scale_rows(w.dact, q, s.gscale);
-  if (gated_) {  // act = actn * lin
-    w.dlin.ensure(dt, dev, Shape{rows, D_});
-    ops::mul(w.dlin, w.dact, r.actn);
-    ops::mul(w.dact, w.dact, s.lin.tensor().view(Shape{rows, D_}));
-  }
-  w.dc.ensure(dt, dev, Shape{rows, D_});
+  w.dlin.ensure(dt, dev, Shape{rows, D_});  // act = actn * lin
+  ops::mul(w.dlin, w.dact, r.actn);
+  ops::mul(w.dact, w.dact, s.lin.tensor().view(Shape{rows, D_}));
   ops::normsilu_backward(w.dc, gamma_.grad, w.dact, r.xhat, r.rs, gamma_.value, act_kind_);
 }
 

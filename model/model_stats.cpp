@@ -88,9 +88,10 @@ double activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes,
                (sparse ? ((E + 1) + 2 * N * E) * 4 : 0);
     // Recomputable: xhat, actn, ga (and act), rs; the gathered input rows.
     deco[1] += ((3 + gated) * rows * D + rows + (sparse ? pairs * H : 0)) * fb;
-    // Scratch: g, dg, dr, dz; q, dact, dc (and dlin), dgs; kappa; the per-pair rows
-    // and their row means, kvec; counts (int64).
-    deco[2] += (4 * N * E + (3 + gated) * rows * D + rows + (mean ? N : 0) +
+    // Scratch: g, dg, dr, dz; q, dc (and dact, dlin: the gated variant's
+    // product is not fused); dgs; kappa; the per-pair rows and their row
+    // means, kvec; counts (int64).
+    deco[2] += (4 * N * E + (2 + 2 * gated) * rows * D + rows + (mean ? N : 0) +
                 (sparse ? pairs * H + (mean ? pairs + H : 0) : 0)) * fb +
                E * 8;
   }

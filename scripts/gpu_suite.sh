@@ -30,14 +30,24 @@ for device in cuda cpu; do
 done
 if [ "${1:-}" = "--bench" ]; then
   for c in deco-0.1b deco-1.2b; do
-    "$run" "$bin/deco" bench-layer --config configs/$c.yaml --set training.device=cuda \
+    "$run" "$bin/deco" bench-layer --config configs/$c.yaml --set training.device=cuda --set training.bf16=true \
       --ratio 0.05,0.2,0.5,1.0 > "$out/bench-layer-$c.log" 2>&1; rc=$?
     echo "deco bench-layer $c: exit $rc"; [ $rc -eq 0 ] || status=1
   done
+  # Whole steps: deco (float32 and bf16) and the PyTorch reference (bf16 autocast, fused attention,
+  # torch.compile; routed experts dense, as the authors compute them) on the same shapes, 2 micro-batches a step.
+  small="--set training.global_batch_size=16"
+  python3 -c "import torch, numpy, yaml; print('torch', torch.__version__)" > "$out/python.txt" 2>&1
   for c in deco-0.1b dense-0.1b; do
-    "$run" "$bin/deco" bench --config configs/$c.yaml --set training.device=cuda --steps 5 --warmup 2 \
-      > "$out/bench-$c.log" 2>&1; rc=$?
-    echo "deco bench $c: exit $rc ($(grep -m1 'tokens/s' "$out/bench-$c.log"))"; [ $rc -eq 0 ] || status=1
+    for bf16 in false true; do
+      "$run" "$bin/deco" bench --config configs/$c.yaml --set training.device=cuda --set training.bf16=$bf16 $small \
+        --steps 5 --warmup 2 > "$out/bench-$c-bf16-$bf16.log" 2>&1; rc=$?
+      echo "deco bench $c bf16=$bf16: exit $rc ($(grep -m1 'tokens/s' "$out/bench-$c-bf16-$bf16.log"))"
+      [ $rc -eq 0 ] || status=1
+    done
+    python3 tests/reference/bench_reference.py --config configs/$c.yaml --tokens random --steps 5 --warmup 2 \
+      --threads 16 --device cuda --bf16 --sdpa --compile $small > "$out/reference-$c.json" 2> "$out/reference-$c.err"
+    echo "pytorch reference $c: exit $? ($(head -c 120 "$out/reference-$c.json"))"
   done
 fi
 exit $status

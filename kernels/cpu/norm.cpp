@@ -114,6 +114,25 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
   });
 }
 
+void normsilu_scaled_forward(const Tensor& ga, const Tensor& act, const Tensor& xhat, const Tensor& rs,
+                             const Tensor& u, const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
+                             const Tensor& gamma, const Tensor& score, ExpertAct variant, double eps) {
+  DECO_CUDA_DISPATCH(u, cuda::normsilu_scaled_forward(ga, act, xhat, rs, u, mean, block_token, blocks_per_token, gamma,
+                                                      score, variant, eps));
+  normsilu_forward(act, xhat, rs, u, mean, block_token, blocks_per_token, gamma, variant, eps);
+  scale_rows(ga, act, score);
+}
+
+void normsilu_scaled_backward(const Tensor& dc, const Tensor& dscore, const Tensor& dgamma, const Tensor& q,
+                              const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
+                              const Tensor& score, ExpertAct variant) {
+  DECO_CUDA_DISPATCH(q, cuda::normsilu_scaled_backward(dc, dscore, dgamma, q, act, xhat, rs, gamma, score, variant));
+  row_dot(dscore, q, act);
+  Buffer dact(q.dtype(), Device::CPU, q.shape());  // ga = act * score: dact = q * score
+  scale_rows(dact, q, score);
+  normsilu_backward(dc, dgamma, dact, xhat, rs, gamma, variant);
+}
+
 bool expert_act_has_mean(ExpertAct act) {
   return act == ExpertAct::NormSilu || act == ExpertAct::NormSiluNorms;
 }

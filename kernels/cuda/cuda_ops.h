@@ -77,6 +77,12 @@ int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token, co
 void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u, const Tensor& mean,
                       const Tensor& block_token, int64_t blocks_per_token, const Tensor& gamma,
                       ops::ExpertAct variant, double eps);
+void normsilu_scaled_forward(const Tensor& ga, const Tensor& act, const Tensor& xhat, const Tensor& rs,
+                             const Tensor& u, const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
+                             const Tensor& gamma, const Tensor& score, ops::ExpertAct variant, double eps);
+void normsilu_scaled_backward(const Tensor& dc, const Tensor& dscore, const Tensor& dgamma, const Tensor& q,
+                              const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
+                              const Tensor& score, ops::ExpertAct variant);
 void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact, const Tensor& xhat,
                        const Tensor& rs, const Tensor& gamma, ops::ExpertAct variant);
 

@@ -342,10 +342,13 @@ template <typename F> void with_values_per_lane(int64_t D, F&& f) {
 // Storage T (float, double or bf16), arithmetic and rs in A = acc_t<T>.
 // Under bf16, act is computed from the unrounded xhat; the backward reads
 // the rounded xhat it stored (as the CPU reference does).
+// ga non-null (normsilu_scaled_forward): also ga = act * score[b], from the
+// unrounded act (under bf16 the CPU reference scales the rounded one).
 template <typename T, int K>
 __global__ void normsilu_forward_kernel(T* act, T* xhat, acc_t<T>* rs, const T* u, const T* mean,
                                         const int32_t* block_token, int64_t blocks_per_token, const T* gamma,
-                                        int64_t P, int64_t D, acc_t<T> eps, bool has_rms) {
+                                        int64_t P, int64_t D, acc_t<T> eps, bool has_rms, T* ga,
+                                        const acc_t<T>* score) {
   using A = acc_t<T>;
   const int64_t b = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / kWarp;
   if (b >= P) return;  // the whole warp
@@ -359,13 +362,16 @@ __global__ void normsilu_forward_kernel(T* act, T* xhat, acc_t<T>* rs, const T* 
     const int64_t d = lane + k * kWarp;
     c[k] = d < D ? ld(u[base + d]) - shift : A(0);
   }
+  const A g_b = ga != nullptr ? score[b] : A(0);
   if (!has_rms) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t d = lane + k * kWarp;
       if (d < D) {
         xhat[base + d] = st<T>(c[k]);
-        act[base + d] = st<T>(math::silu(c[k]));
+        const A a = math::silu(c[k]);
+        act[base + d] = st<T>(a);
+        if (ga != nullptr) ga[base + d] = st<T>(a * g_b);
       }
     }
     return;
@@ -381,7 +387,9 @@ __global__ void normsilu_forward_kernel(T* act, T* xhat, acc_t<T>* rs, const T* 
     if (d < D) {
       const A x = c[k] * r;
       xhat[base + d] = st<T>(x);
-      act[base + d] = st<T>(math::silu(x * ld(gamma[d])));
+      const A a = math::silu(x * ld(gamma[d]));
+      act[base + d] = st<T>(a);
+      if (ga != nullptr) ga[base + d] = st<T>(a * g_b);
     }
   }
 }
@@ -390,9 +398,12 @@ __global__ void normsilu_forward_kernel(T* act, T* xhat, acc_t<T>* rs, const T* 
 // over a slab of rows (warp w takes rows w, w + 8, ...). Each lane sums
 // dgamma for its columns in registers; the warps' sums are added in warp
 // order through shared memory into the slab's partial row.
+// q non-null (normsilu_scaled_backward): dact = q * score[b] is formed in
+// registers and dscore[b] = rowdot(q, act) taken on the way (dact unused).
 template <typename T, int K>
 __global__ void normsilu_backward_kernel(T* dc, double* partial, const T* dact, const T* xhat, const acc_t<T>* rs,
-                                         const T* gamma, int64_t P, int64_t D, int64_t slab_rows) {
+                                         const T* gamma, int64_t P, int64_t D, int64_t slab_rows, const T* q,
+                                         const T* act, const acc_t<T>* score, acc_t<T>* dscore) {
   using A = acc_t<T>;
   extern __shared__ double warp_dgamma[];  // [kWarps][D]
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
@@ -410,6 +421,18 @@ __global__ void normsilu_backward_kernel(T* dc, double* partial, const T* dact, 
     const int64_t base = b * D;
     A x[K], dx[K];
     double dot = 0.0;
+    A s_b = A(0);
+    if (q != nullptr) {  // the score's gradient first: every lane needs the row's q . act
+      double qa = 0.0;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int64_t d = lane + k * kWarp;
+        if (d < D) qa += static_cast<double>(ld(q[base + d]) * ld(act[base + d]));
+      }
+      qa = warp_sum(qa);
+      if (lane == 0) dscore[b] = static_cast<A>(qa);
+      s_b = score[b];
+    }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t d = lane + k * kWarp;
@@ -418,7 +441,8 @@ __global__ void normsilu_backward_kernel(T* dc, double* partial, const T* dact, 
       if (d < D) {
         // n = xhat*gamma, act = silu(n): dn = dact * silu'(n), dgamma += dn * xhat, dxhat = dn * gamma
         x[k] = ld(xhat[base + d]);
-        const A dn = ld(dact[base + d]) * math::silu_grad(x[k] * g[k]);
+        const A da = q != nullptr ? ld(q[base + d]) * s_b : ld(dact[base + d]);
+        const A dn = da * math::silu_grad(x[k] * g[k]);
         dg[k] += static_cast<double>(dn * x[k]);
         dx[k] = dn * g[k];
         dot += static_cast<double>(dx[k] * x[k]);
@@ -450,6 +474,24 @@ __global__ void normsilu_backward_kernel(T* dc, double* partial, const T* dact, 
 template <typename T> __global__ void silu_backward_kernel(T* dc, const T* dact, const T* c, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) dc[i] = st<T>(ld(dact[i]) * math::silu_grad(ld(c[i])));
+}
+
+// The same with the scores: one warp per block row b takes dscore[b] =
+// rowdot(q, act), then dc = q * score[b] * silu'(c).
+template <typename T>
+__global__ void silu_scaled_backward_kernel(T* dc, acc_t<T>* dscore, const T* q, const T* act, const T* c,
+                                            const acc_t<T>* score, int64_t P, int64_t D) {
+  using A = acc_t<T>;
+  const int64_t b = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / kWarp;
+  if (b >= P) return;  // the whole warp
+  const int lane = threadIdx.x % kWarp;
+  const int64_t base = b * D;
+  double qa = 0.0;
+  for (int64_t d = lane; d < D; d += kWarp) qa += static_cast<double>(ld(q[base + d]) * ld(act[base + d]));
+  qa = warp_sum(qa);
+  if (lane == 0) dscore[b] = static_cast<A>(qa);
+  const A s_b = score[b];
+  for (int64_t d = lane; d < D; d += kWarp) dc[base + d] = st<T>(ld(q[base + d]) * s_b * math::silu_grad(ld(c[base + d])));
 }
 
 }  // namespace
@@ -627,9 +669,13 @@ int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token, co
   return pairs;
 }
 
-void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u, const Tensor& mean,
-                      const Tensor& block_token, int64_t blocks_per_token, const Tensor& gamma, ops::ExpertAct variant,
-                      double eps) {
+namespace {
+
+// normsilu_forward, and with ga/score defined normsilu_scaled_forward.
+void launch_normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u,
+                             const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
+                             const Tensor& gamma, ops::ExpertAct variant, double eps, const Tensor& ga,
+                             const Tensor& score) {
   const Matrix m = u.matrix();  // [P, D]
   const int64_t P = m.rows, D = m.cols;
   const bool has_mean = ops::expert_act_has_mean(variant), has_rms = ops::expert_act_has_rms(variant);
@@ -639,6 +685,7 @@ void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, c
   DECO_ASSERT(act.numel() == u.numel() && xhat.numel() == u.numel(), "normsilu_forward shapes");
   DECO_ASSERT(!block_token.defined() || block_token.numel() >= P, "normsilu_forward: one token per block");
   DECO_ASSERT(!has_rms || (rs.numel() >= P && gamma.numel() == D), "normsilu_forward shapes of rs and gamma");
+  DECO_ASSERT(!ga.defined() || (ga.numel() == u.numel() && score.numel() >= P), "normsilu_scaled_forward shapes");
   require_device(act, __func__, "act");
   require_device(xhat, __func__, "xhat");
   if (block_token.defined()) require_device(block_token, __func__, "block_token");
@@ -647,6 +694,10 @@ void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, c
     require_device(rs, __func__, "rs");
     require_device(gamma, __func__, "gamma");
   }
+  if (ga.defined()) {
+    require_device(ga, __func__, "ga");
+    require_device(score, __func__, "score");
+  }
   if (P == 0) return;
   const int32_t* bt = block_token.defined() ? block_token.data<int32_t>() : nullptr;
   dispatch_activation(u.dtype(), [&](auto T_tag) {
@@ -654,30 +705,62 @@ void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, c
     const T* pm = has_mean ? ptr<T>(mean) : nullptr;
     const T* pg = has_rms ? ptr<T>(gamma) : nullptr;
     acc_t<T>* pr = has_rms ? acc_data<T>(rs, "normsilu_forward", "rs") : nullptr;
+    T* pga = ga.defined() ? ptr<T>(ga) : nullptr;
+    const acc_t<T>* ps = ga.defined() ? acc_data<T>(score, "normsilu_scaled_forward", "score") : nullptr;
     with_values_per_lane(D, [&](auto K_tag) {
       constexpr int K = decltype(K_tag)::value;
       normsilu_forward_kernel<T, K><<<blocks_for(P, kWarps), kThreads>>>(
           ptr<T>(act), ptr<T>(xhat), pr, ptr<T>(u), pm, bt, blocks_per_token, pg, P, D, static_cast<acc_t<T>>(eps),
-          has_rms);
+          has_rms, pga, ps);
     });
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact, const Tensor& xhat,
-                       const Tensor& rs, const Tensor& gamma, ops::ExpertAct variant) {
-  const Matrix m = dact.matrix();  // [P, D]
+}  // namespace
+
+void normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& u, const Tensor& mean,
+                      const Tensor& block_token, int64_t blocks_per_token, const Tensor& gamma, ops::ExpertAct variant,
+                      double eps) {
+  launch_normsilu_forward(act, xhat, rs, u, mean, block_token, blocks_per_token, gamma, variant, eps, Tensor(),
+                          Tensor());
+}
+
+void normsilu_scaled_forward(const Tensor& ga, const Tensor& act, const Tensor& xhat, const Tensor& rs,
+                             const Tensor& u, const Tensor& mean, const Tensor& block_token, int64_t blocks_per_token,
+                             const Tensor& gamma, const Tensor& score, ops::ExpertAct variant, double eps) {
+  launch_normsilu_forward(act, xhat, rs, u, mean, block_token, blocks_per_token, gamma, variant, eps, ga, score);
+}
+
+namespace {
+
+// normsilu_backward (q undefined), or normsilu_scaled_backward: dact = q * score, dscore = rowdot(q, act).
+void launch_normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact, const Tensor& xhat,
+                              const Tensor& rs, const Tensor& gamma, ops::ExpertAct variant, const Tensor& q,
+                              const Tensor& act, const Tensor& score, const Tensor& dscore) {
+  const bool scaled = q.defined();
+  const Tensor& grad = scaled ? q : dact;
+  const Matrix m = grad.matrix();  // [P, D]
   const int64_t P = m.rows, D = m.cols;
   const bool has_rms = ops::expert_act_has_rms(variant);
-  DECO_ASSERT(dc.numel() == dact.numel() && xhat.numel() == dact.numel(), "normsilu_backward shapes");
+  DECO_ASSERT(dc.numel() == grad.numel() && xhat.numel() == grad.numel(), "normsilu_backward shapes");
+  DECO_ASSERT(!scaled || (act.numel() == q.numel() && score.numel() >= P && dscore.numel() >= P),
+              "normsilu_scaled_backward shapes");
   require_device(dc, __func__, "dc");
   require_device(xhat, __func__, "xhat");
+  if (scaled)
+    for (const Tensor* t : {&act, &score, &dscore}) require_device(*t, __func__, "act, score and dscore");
   if (!has_rms) {
     const int64_t n = P * D;
     if (n == 0) return;
-    dispatch_activation(dact.dtype(), [&](auto T_tag) {
+    dispatch_activation(grad.dtype(), [&](auto T_tag) {
       using T = decltype(T_tag);
-      silu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(dc), ptr<T>(dact), ptr<T>(xhat), n);
+      if (scaled)
+        silu_scaled_backward_kernel<T><<<blocks_for(P, kWarps), kThreads>>>(
+            ptr<T>(dc), acc_data<T>(dscore, "normsilu_scaled_backward", "dscore"), ptr<T>(q), ptr<T>(act),
+            ptr<T>(xhat), acc_data<T>(score, "normsilu_scaled_backward", "score"), P, D);
+      else
+        silu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(dc), ptr<T>(dact), ptr<T>(xhat), n);
     });
     DECO_CUDA_CHECK(cudaGetLastError());
     return;
@@ -691,18 +774,35 @@ void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dac
   const Slabs slabs = slabs_for(P, kMinSlabRows);
   Scratch partial(static_cast<size_t>(slabs.count * D) * sizeof(double));
   const size_t shared = static_cast<size_t>(kWarps * D) * sizeof(double);
-  dispatch_activation(dact.dtype(), [&](auto T_tag) {
+  dispatch_activation(grad.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
+    const T* pq = scaled ? ptr<T>(q) : nullptr;
+    const T* pa = scaled ? ptr<T>(act) : nullptr;
+    const acc_t<T>* ps = scaled ? acc_data<T>(score, "normsilu_scaled_backward", "score") : nullptr;
+    acc_t<T>* pds = scaled ? acc_data<T>(dscore, "normsilu_scaled_backward", "dscore") : nullptr;
     with_values_per_lane(D, [&](auto K_tag) {
       constexpr int K = decltype(K_tag)::value;
       normsilu_backward_kernel<T, K><<<static_cast<unsigned>(slabs.count), kThreads, shared>>>(
-          ptr<T>(dc), partial.as<double>(), ptr<T>(dact), ptr<T>(xhat), acc_data<T>(rs, "normsilu_backward", "rs"),
-          ptr<T>(gamma), P, D, slabs.rows);
+          ptr<T>(dc), partial.as<double>(), scaled ? nullptr : ptr<T>(dact), ptr<T>(xhat),
+          acc_data<T>(rs, "normsilu_backward", "rs"), ptr<T>(gamma), P, D, slabs.rows, pq, pa, ps, pds);
     });
     column_sum<acc_t<T>>(acc_data<T>(dgamma, "normsilu_backward", "dgamma"), partial.as<double>(), slabs.count, D,
                          true);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dact, const Tensor& xhat,
+                       const Tensor& rs, const Tensor& gamma, ops::ExpertAct variant) {
+  launch_normsilu_backward(dc, dgamma, dact, xhat, rs, gamma, variant, Tensor(), Tensor(), Tensor(), Tensor());
+}
+
+void normsilu_scaled_backward(const Tensor& dc, const Tensor& dscore, const Tensor& dgamma, const Tensor& q,
+                              const Tensor& act, const Tensor& xhat, const Tensor& rs, const Tensor& gamma,
+                              const Tensor& score, ops::ExpertAct variant) {
+  launch_normsilu_backward(dc, dgamma, Tensor(), xhat, rs, gamma, variant, q, act, score, dscore);
 }
 
 }  // namespace deco::cuda

@@ -328,3 +328,43 @@ DECO_GPU_TEST(deco_large_normsilu) {
     check_normsilu(label, 1601, 42, 64, 1601 * 42, nullptr, variant, 800);
   }
 }
+
+// NormSiLU fused with the expert scores (one kernel each way) against the
+// CPU's two ops: ga and act, then dc, the score gradients and dgamma. Scores
+// include zeros (inactive experts on the dense path). float32: 1e-5.
+DECO_GPU_TEST(deco_normsilu_scaled) {
+  const int64_t N = 300, E = 16, D = 64, rows = N * E;
+  for (ops::ExpertAct variant : kVariants) {
+    const bool has_mean = ops::expert_act_has_mean(variant), has_rms = ops::expert_act_has_rms(variant);
+    const std::string label = std::string("normsilu_scaled ") + variant_name(variant);
+    Buffer u = random_host({rows, D}, 701), q = random_host({rows, D}, 702), score = random_host({rows}, 703, 0.1);
+    for (int64_t b = 0; b < rows; b += 3) score.data<float>()[b] = 0.0f;
+    Buffer mean, gamma, dgamma, mean_d, gamma_d, dgamma_d;
+    if (has_mean) {
+      mean = random_host({N}, 704, 0.3);
+      mean_d = to_device(mean);
+    }
+    if (has_rms) {
+      gamma = random_host({D}, 705, 0.5);
+      gamma_d = to_device(gamma);
+      dgamma = random_host({D}, 706);
+      dgamma_d = to_device(dgamma);
+    }
+    Buffer rs = host(DType::F32, {rows}), ga = host(DType::F32, {rows, D}), act = host(DType::F32, {rows, D}),
+           xhat = host(DType::F32, {rows, D});
+    Buffer rs_d = device(DType::F32, {rows}), ga_d = device(DType::F32, {rows, D}),
+           act_d = device(DType::F32, {rows, D}), xhat_d = device(DType::F32, {rows, D});
+    const Buffer u_d = to_device(u), q_d = to_device(q), score_d = to_device(score);
+    ops::normsilu_scaled_forward(ga, act, xhat, rs, u, mean, Tensor(), E, gamma, score, variant, 1e-5);
+    ops::normsilu_scaled_forward(ga_d, act_d, xhat_d, rs_d, u_d, mean_d, Tensor(), E, gamma_d, score_d, variant, 1e-5);
+    expect_close(label + " ga", ga, to_host(ga_d));
+    expect_close(label + " act", act, to_host(act_d));
+    Buffer dc = host(DType::F32, {rows, D}), dscore = host(DType::F32, {rows});
+    Buffer dc_d = device(DType::F32, {rows, D}), dscore_d = device(DType::F32, {rows});
+    ops::normsilu_scaled_backward(dc, dscore, dgamma, q, act, xhat, rs, gamma, score, variant);
+    ops::normsilu_scaled_backward(dc_d, dscore_d, dgamma_d, q_d, act_d, xhat_d, rs_d, gamma_d, score_d, variant);
+    expect_close(label + " dc", dc, to_host(dc_d));
+    expect_close(label + " dscore", dscore, to_host(dscore_d));
+    if (has_rms) expect_close(label + " dgamma", dgamma, to_host(dgamma_d));
+  }
+}
