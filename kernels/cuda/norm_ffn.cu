@@ -1,8 +1,14 @@
 // CUDA: RMSNorm and SwiGLU. One block per row for the norm (row statistics
-// reduced in shared memory); the weight gradient is reduced by one thread per
-// column walking the rows in order, which keeps it deterministic (no atomics).
+// reduced in shared memory); the weight gradient is reduced in two passes
+// with a partition that depends on the row count only: each thread sums one
+// column over a slab of rows, then one thread per column adds the slabs in
+// order. Deterministic (no atomics), and the first pass has enough blocks
+// to fill the GPU (a thread per column walking all rows had only
+// hidden / 256 of them).
 // Activations are float32, float64 or bfloat16 (storage.cuh); rstd and the
 // weight gradient are in their accumulate dtype (float32 under bfloat16).
+#include <algorithm>
+
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/reduce.cuh"
@@ -60,13 +66,28 @@ __global__ void rmsnorm_backward_dx_kernel(T* dx, const T* dout, const T* x, con
     dx[base + c] = st<T>(ld(dx[base + c]) + rs * (ld(w[c]) * ld(dout[base + c]) - ld(x[base + c]) * rs * mean_dot));
 }
 
+constexpr int64_t kDwSlabRows = 128;  // rows per slab, at least
+constexpr int64_t kDwMaxSlabs = 256;
+
+// partial[slab, c] = sum over the slab's rows of dout * x * rstd.
 template <typename T>
-__global__ void rmsnorm_backward_dw_kernel(acc_t<T>* dw, const T* dout, const T* x, const acc_t<T>* rstd, int64_t rows,
-                                           int64_t cols) {
+__global__ void rmsnorm_dw_partial_kernel(acc_t<T>* partial, const T* dout, const T* x, const acc_t<T>* rstd,
+                                          int64_t rows, int64_t cols, int64_t slab_rows) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= cols) return;
+  const int64_t begin = blockIdx.y * slab_rows, end = begin + slab_rows < rows ? begin + slab_rows : rows;
   acc_t<T> acc = 0;
-  for (int64_t r = 0; r < rows; ++r) acc += ld(dout[r * cols + c]) * ld(x[r * cols + c]) * rstd[r];
+  for (int64_t r = begin; r < end; ++r) acc += ld(dout[r * cols + c]) * ld(x[r * cols + c]) * rstd[r];
+  partial[blockIdx.y * cols + c] = acc;
+}
+
+// dw[c] += the slabs' partials, in slab order.
+template <typename A>
+__global__ void rmsnorm_dw_sum_kernel(A* dw, const A* partial, int64_t slabs, int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  A acc = 0;
+  for (int64_t s = 0; s < slabs; ++s) acc += partial[s * cols + c];
   dw[c] += acc;
 }
 
@@ -123,8 +144,13 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
     const acc_t<T>* rs = acc_data<T>(rstd, __func__, "rstd");
     rmsnorm_backward_dx_kernel<T><<<static_cast<unsigned>(m.rows), kThreads>>>(
         ptr<T>(dx), ptr<T>(dout), ptr<T>(x), ptr<T>(weight), rs, m.cols);
-    rmsnorm_backward_dw_kernel<T><<<blocks_for(m.cols), kThreads>>>(acc_data<T>(dweight, __func__, "dweight"),
-                                                                     ptr<T>(dout), ptr<T>(x), rs, m.rows, m.cols);
+    const int64_t slabs = std::min<int64_t>(kDwMaxSlabs, (m.rows + kDwSlabRows - 1) / kDwSlabRows);
+    const int64_t slab_rows = (m.rows + slabs - 1) / slabs;
+    Buffer partial(dtype_of<acc_t<T>>::value, Device::CUDA, Shape{slabs, m.cols});  // from the caching allocator
+    rmsnorm_dw_partial_kernel<T><<<dim3(blocks_for(m.cols), static_cast<unsigned>(slabs)), kThreads>>>(
+        partial.data<acc_t<T>>(), ptr<T>(dout), ptr<T>(x), rs, m.rows, m.cols, slab_rows);
+    rmsnorm_dw_sum_kernel<acc_t<T>><<<blocks_for(m.cols), kThreads>>>(acc_data<T>(dweight, __func__, "dweight"),
+                                                                       partial.data<acc_t<T>>(), slabs, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
