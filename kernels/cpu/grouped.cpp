@@ -2,7 +2,10 @@
 // single thread (the OpenMP build of OpenBLAS runs serially inside a
 // parallel region); every expert writes its own block of C, so the result
 // does not depend on the schedule.
+#include <vector>
+
 #include "kernels/cpu/widen.h"
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
 
@@ -40,8 +43,16 @@ void grouped_gemm(const Grouped& C, const Grouped& A, bool trans_a, const Groupe
     return;
   }
   if (C.m.device == Device::CUDA) {
-    // One cuBLASLt GEMM per expert with pairs, in order on the stream (a
-    // single grouped kernel is the GPU backend's next step, chosen by measurement).
+#ifdef DECO_WITH_CUDA
+    if (C.m.dtype != DType::F64) {  // one grouped cuBLAS call over the experts with pairs
+      std::vector<cuda::GroupedProblem> problems;
+      for (int64_t e = 0; e < experts; ++e)
+        if (off[e] != off[e + 1]) problems.push_back({slice(C, e, off, block), slice(A, e, off, block), slice(B, e, off, block)});
+      cuda::grouped_gemm_batched(problems, trans_a, trans_b, static_cast<float>(alpha), static_cast<float>(beta));
+      return;
+    }
+#endif
+    // float64 (the tests' dtype): a GEMM per expert with pairs, in order on the stream.
     for (int64_t e = 0; e < experts; ++e)
       if (off[e] != off[e + 1])
         gemm(slice(C, e, off, block), slice(A, e, off, block), trans_a, slice(B, e, off, block), trans_b, alpha,

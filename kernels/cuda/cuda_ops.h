@@ -2,10 +2,13 @@
 // signatures and semantics (shapes, "=" and "+=", return values on the
 // host); kernels/cpu/*.cpp dispatch device tensors here. float32 unless a
 // function says more. Files: basic.cu (elementwise, reductions, gather and
-// scatter, embedding), gemm_lt.cu (GEMMs), norm_ffn.cu (RMSNorm, SwiGLU),
+// scatter, embedding), gemm_lt.cu (GEMMs), grouped_gemm.cu (the experts'
+// grouped GEMM), norm_ffn.cu (RMSNorm, SwiGLU),
 // attention.cu (RoPE, attention), deco_layer.cu (routing, regularizers,
 // NormSiLU), loss.cu (LM head + cross-entropy), adamw.cu.
 #pragma once
+
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -25,6 +28,14 @@ void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool 
 void gemm_lt(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b, float alpha,
              float beta, cudaStream_t stream = nullptr);
 size_t gemm_lt_cached_plans();  // distinct GEMM shapes seen so far
+// One expert's GEMM of a grouped GEMM: C = alpha op(A) op(B) + beta C.
+struct GroupedProblem {
+  Matrix C, A, B;
+};
+// Every problem in one cuBLAS call (cublasGemmGroupedBatchedEx): float32 or
+// bfloat16 operands, float32 accumulation, one shared transposition pair.
+void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool trans_a, bool trans_b, float alpha,
+                          float beta);
 void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table);
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
                      double eps);

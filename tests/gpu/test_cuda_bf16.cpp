@@ -10,6 +10,7 @@
 // order differs too. 1e-2 relative (norm of the difference over the norm)
 // for bf16 outputs; float32 statistics and gradients (rstd, lse, the
 // weight gradients) 1e-4, from bf16 inputs that are equal on both sides.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -197,4 +198,29 @@ DECO_GPU_TEST(bf16_lm_head) {
   expect_scalar("lm_head_cross_entropy loss bf16", cpu, gpu, 1e-3);
   compare("lm_head_cross_entropy dx bf16", dx, 2e-2);
   compare("lm_head_cross_entropy dw f32", dw, 2e-2);
+}
+
+// The experts' grouped GEMM (one cublasGemmGroupedBatchedEx call) in bf16:
+// the up-projection into bf16, and the weight gradient accumulated into
+// float32 (beta 1), with an expert holding no pair between others.
+DECO_GPU_TEST(bf16_grouped_gemm) {
+  using ops::GroupSplit;
+  const int64_t E = 5, D = 64, H = 192;
+  Buffer offsets(DType::I32, Device::CPU, {E + 1});
+  const int32_t off[] = {0, 37, 37, 100, 101, 160};
+  std::copy(off, off + E + 1, offsets.data<int32_t>());
+  const int64_t P = off[E];
+  Pair x = bf16_pair({P, H}, 33), w = bf16_pair({E * D, H}, 34), up = zeros(DType::BF16, {P, D});
+  ops::grouped_gemm({up.host.tensor().matrix(), GroupSplit::Rows}, {x.host.tensor().matrix(), GroupSplit::Rows}, false,
+                    {w.host.tensor().matrix(), GroupSplit::ExpertRows}, true, 1.0, 0.0, offsets, D);
+  ops::grouped_gemm({up.device.tensor().matrix(), GroupSplit::Rows}, {x.device.tensor().matrix(), GroupSplit::Rows},
+                    false, {w.device.tensor().matrix(), GroupSplit::ExpertRows}, true, 1.0, 0.0, offsets, D);
+  compare("grouped_gemm up bf16", up, kBf16);
+  Pair dc = bf16_pair({P, D}, 35), dw = f32_pair({E * D, H}, 36);
+  ops::grouped_gemm({dw.host.tensor().matrix(), GroupSplit::ExpertRows}, {dc.host.tensor().matrix(), GroupSplit::Rows},
+                    true, {x.host.tensor().matrix(), GroupSplit::Rows}, false, 1.0, 1.0, offsets, D);
+  ops::grouped_gemm({dw.device.tensor().matrix(), GroupSplit::ExpertRows},
+                    {dc.device.tensor().matrix(), GroupSplit::Rows}, true,
+                    {x.device.tensor().matrix(), GroupSplit::Rows}, false, 1.0, 1.0, offsets, D);
+  compare("grouped_gemm weight gradient f32 += bf16", dw, kF32);
 }
