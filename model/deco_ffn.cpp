@@ -1,6 +1,7 @@
 #include "model/deco_ffn.h"
 
 #include <algorithm>
+#include <numeric>
 
 namespace deco {
 namespace {
@@ -8,6 +9,15 @@ namespace {
 Param optional_param(const ParamStore& values, const ParamStore& grads, const std::string& name) {
   return values.layout().find(name) ? bind_param(values, grads, name) : Param{};
 }
+
+// Per-expert counts (int64, any device) on the host: a synchronizing copy.
+std::vector<int64_t> host_counts(const Tensor& counts) {
+  std::vector<int64_t> out(static_cast<size_t>(counts.numel()), 0);
+  if (!out.empty()) device_copy(Device::CPU, out.data(), counts.device(), counts.raw(), out.size() * sizeof(int64_t));
+  return out;
+}
+
+int64_t total(const std::vector<int64_t>& counts) { return std::accumulate(counts.begin(), counts.end(), int64_t{0}); }
 
 }  // namespace
 
@@ -84,14 +94,11 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   // The counts come to the host for the statistics, and for auto's choice
   // (also when recomputing: the choice must repeat the forward's).
   std::vector<int64_t> counts;
-  if (statistics || (compute_ == ExpertCompute::Auto && !ep_)) {
-    counts.assign(static_cast<size_t>(E_total_), 0);
-    device_copy(Device::CPU, counts.data(), dev, w.counts.tensor().raw(), counts.size() * sizeof(int64_t));
-  }
+  if (statistics || (compute_ == ExpertCompute::Auto && !ep_)) counts = host_counts(w.counts);
   if (statistics) {
     stats.tokens = N;
     stats.expert_tokens = counts;
-    for (int64_t c : stats.expert_tokens) stats.active_pairs += c;
+    stats.active_pairs = total(counts);
     stats.entropy_sum = ops::entropy_reg_forward(s.z);
     if (reg == RegType::Entropy) stats.reg_sum = stats.entropy_sum;
     if (reg == RegType::L1) stats.reg_sum = ops::l1_reg_forward(s.z);
@@ -103,9 +110,7 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   else
     ops::zero(y);
   if (!ep_) {
-    int64_t active = 0;
-    for (int64_t c : counts) active += c;
-    s.compute = choose_path(active, N * E_total_);
+    s.compute = choose_path(total(counts), N * E_total_);
     stats.compute = s.compute;
     zx_ = s.z;
     gx_ = w.g;
@@ -129,13 +134,7 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   ops::zero(w.counts);
   ops::relu_route_forward(w.gr, w.counts, w.zr, scale_.value.slice(ep_first_, ep_first_ + E_));
   s.compute = compute_;
-  if (compute_ == ExpertCompute::Auto) {
-    std::vector<int64_t> received(static_cast<size_t>(E_), 0);
-    device_copy(Device::CPU, received.data(), dev, w.counts.tensor().raw(), received.size() * sizeof(int64_t));
-    int64_t active = 0;
-    for (int64_t c : received) active += c;
-    s.compute = choose_path(active, R * E_);
-  }
+  if (compute_ == ExpertCompute::Auto) s.compute = choose_path(total(host_counts(w.counts)), R * E_);
   stats.compute = s.compute;
   zx_ = w.zr;
   gx_ = w.gr;

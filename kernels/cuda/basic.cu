@@ -13,11 +13,8 @@
 #include "kernels/dispatch.h"
 
 namespace deco::cuda {
-namespace {
 
 cublasHandle_t blas_handle() {
-  // One handle per host thread, created on first use and kept for the
-  // process lifetime (creating a handle costs milliseconds).
   thread_local cublasHandle_t handle = [] {
     cublasHandle_t h = nullptr;
     DECO_CUBLAS_CHECK(cublasCreate(&h));
@@ -25,6 +22,8 @@ cublasHandle_t blas_handle() {
   }();
   return handle;
 }
+
+namespace {
 
 // y (T) += alpha * x, x in T or in acc_t<T> (a float32 gradient added into a bf16 one).
 template <typename T, typename X> __global__ void axpy_kernel(T* y, const X* x, acc_t<T> alpha, int64_t n) {

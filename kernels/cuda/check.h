@@ -7,6 +7,12 @@
 
 #include "core/error.h"
 
+namespace deco::cuda {
+// The calling thread's cuBLAS handle (created on first use, kept for the
+// process lifetime: creating one costs milliseconds). basic.cu.
+cublasHandle_t blas_handle();
+}  // namespace deco::cuda
+
 #define DECO_CUDA_CHECK(call)                                                                  \
   do {                                                                                        \
     cudaError_t status_ = (call);                                                             \

@@ -20,15 +20,6 @@
 namespace deco::cuda {
 namespace {
 
-cublasHandle_t grouped_handle() {
-  thread_local cublasHandle_t handle = [] {
-    cublasHandle_t h = nullptr;
-    DECO_CUBLAS_CHECK(cublasCreate(&h));
-    return h;
-  }();
-  return handle;
-}
-
 cudaDataType_t blas_type(DType dtype) {
   switch (dtype) {
     case DType::F32: return CUDA_R_32F;
@@ -75,7 +66,7 @@ void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool tran
                                   cudaMemcpyHostToDevice, nullptr));
   const void* const* dp = static_cast<const void* const*>(device_pointers.tensor().raw());
   DECO_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
-      grouped_handle(), ta.data(), tb.data(), m.data(), n.data(), k.data(), alphas.data(), dp, blas_type(first_b.dtype),
+      blas_handle(), ta.data(), tb.data(), m.data(), n.data(), k.data(), alphas.data(), dp, blas_type(first_b.dtype),
       lda.data(), dp + groups, blas_type(first_a.dtype), ldb.data(), betas.data(),
       const_cast<void* const*>(dp + 2 * groups), blas_type(first_c.dtype), ldc.data(), groups, size.data(),
       CUBLAS_COMPUTE_32F));
