@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/caching_allocator.h"
 #include "kernels/cpu/widen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
@@ -128,7 +129,13 @@ void normsilu_scaled_backward(const Tensor& dc, const Tensor& dscore, const Tens
                               const Tensor& score, ExpertAct variant) {
   DECO_CUDA_DISPATCH(q, cuda::normsilu_scaled_backward(dc, dscore, dgamma, q, act, xhat, rs, gamma, score, variant));
   row_dot(dscore, q, act);
-  Buffer dact(q.dtype(), Device::CPU, q.shape());  // ga = act * score: dact = q * score
+  // ga = act * score: dact = q * score, in a scratch buffer kept between
+  // calls (it grows to the largest call; workspace, not the model's activations).
+  thread_local Buffer dact;
+  {
+    MemoryCategoryScope scope(MemoryCategory::Workspace);
+    dact.ensure(q.dtype(), Device::CPU, q.shape());
+  }
   scale_rows(dact, q, score);
   normsilu_backward(dc, dgamma, dact, xhat, rs, gamma, variant);
 }
