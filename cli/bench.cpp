@@ -1,6 +1,7 @@
 // deco bench: N training steps of a config after W warm-up steps, timed, on
 // the config's training.device, with the device's peak measured in the same
-// run (a large GEMM in the training dtype), so MFU needs no table of devices.
+// run (a large GEMM in the training dtype: bfloat16 under training.bf16), so
+// MFU needs no table of devices.
 #include <unistd.h>
 
 #include <algorithm>
@@ -57,7 +58,9 @@ int bench(const BenchArgs& args) {
   std::filesystem::remove_all(dir);
 
   const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
-  const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048);
+  // MFU against the training dtype's GEMM: bfloat16 under training.bf16, float32 otherwise.
+  const DType gemm_dtype = config.training.bf16 ? DType::BF16 : DType::F32;
+  const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048, gemm_dtype);
   std::vector<double> time, tps, tflops, ratio, flops;
   int64_t memory = 0;
   for (const StepMetrics& m : steps) {
@@ -81,7 +84,8 @@ int bench(const BenchArgs& args) {
   std::printf("  %-22s %12.3f     (6 x matrix parameters per token + attention, the routed experts' share as "
               "computed: all on the dense path, the active pairs on the sparse one; %.4g FLOPs per step, median)\n",
               "executed TFLOP/s", median(tflops), median(flops));
-  std::printf("  %-22s %12.3f     (float32 GEMM, measured now)\n", "device peak TFLOP/s", peak / 1e12);
+  std::printf("  %-22s %12.3f     (%s GEMM, measured now)\n", "device peak TFLOP/s", peak / 1e12,
+              dtype_name(gemm_dtype));
   std::printf("  %-22s %11.1f%%\n", "MFU", peak > 0 ? 100.0 * median(tflops) * 1e12 / peak : 0.0);
   if (!ratio.empty()) std::printf("  %-22s %12.4f\n", "activation ratio", median(ratio));
   std::printf("  %-22s %12.3f GiB (%s)\n", "peak memory", static_cast<double>(memory) / (1024.0 * 1024.0 * 1024.0),

@@ -40,18 +40,19 @@ int bench_layer(const BenchLayerArgs& args) {
     fail(config.source, ": training.device is cuda, but no GPU is visible to this process; check nvidia-smi, "
          "or --set training.device=cpu.");
 
-  const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048);
+  const DType dtype = config.training.bf16 ? DType::BF16 : DType::F32;
+  const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048, dtype);
   const double bandwidth = measured_bandwidth(device, int64_t{1} << (device == Device::CUDA ? 30 : 28));
   std::printf("deco bench-layer: %s | one DECO layer: hidden %lld, %lld experts x %lld%s, shared expert %lld, %s | "
-              "%lld tokens | float32 on %s\n",
+              "%lld tokens | %s on %s\n",
               config.source.c_str(), static_cast<long long>(m.hidden_size), static_cast<long long>(m.num_experts),
               static_cast<long long>(m.moe_ffn_hidden_size), m.expert_gated ? " gated" : "",
               static_cast<long long>(m.moe_shared_expert_intermediate_size), expert_act_name(m.expert_act),
-              static_cast<long long>(tokens),
+              static_cast<long long>(tokens), config.training.bf16 ? "bf16 mixed precision" : "float32",
               device == Device::CUDA ? cuda_device_description().c_str()
                                      : ("cpu, " + std::to_string(cpu_threads()) + " threads").c_str());
-  std::printf("floors from peaks measured now: %.3f TFLOP/s (float32 GEMM), %.1f GB/s (device copy)\n", peak / 1e12,
-              bandwidth / 1e9);
+  std::printf("floors from peaks measured now: %.3f TFLOP/s (%s GEMM), %.1f GB/s (device copy)\n", peak / 1e12,
+              dtype_name(dtype), bandwidth / 1e9);
   std::printf("forward + backward, median of %lld after %lld warm-up; executed FLOPs (2 a multiply-add); bytes the "
               "layer must move at least (model/layer_bench.h)\n\n",
               static_cast<long long>(args.iters), static_cast<long long>(args.warmup));
@@ -61,7 +62,7 @@ int bench_layer(const BenchLayerArgs& args) {
     double dense_seconds = 0.0;
     for (ExpertCompute path : paths) {
       const LayerBench r = bench_deco_layer(m, tokens, path, ratio, device, static_cast<int>(args.warmup),
-                                            static_cast<int>(args.iters));
+                                            static_cast<int>(args.iters), dtype);
       const double flop_floor = r.flops / peak, byte_floor = r.bytes / bandwidth;
       if (path == ExpertCompute::Dense) dense_seconds = r.seconds;
       char versus[32] = "";

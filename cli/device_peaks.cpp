@@ -22,14 +22,15 @@ template <typename F> double best_seconds(F&& run) {
 
 }  // namespace
 
-double measured_peak_flops(Device device, int64_t n) {
-  Buffer a(DType::F32, device, {n, n}), b(DType::F32, device, {n, n}), c(DType::F32, device, {n, n});
+double measured_peak_flops(Device device, int64_t n, DType dtype) {
+  Buffer a(dtype, device, {n, n}), b(dtype, device, {n, n}), c(dtype, device, {n, n});
   {
-    Buffer h(DType::F32, Device::CPU, {n, n});
+    Buffer h(DType::F32, Device::CPU, {n, n}), staged(dtype, Device::CPU, {n, n});
     Rng rng(7);
     for (int64_t i = 0; i < n * n; ++i) h.data<float>()[i] = static_cast<float>(rng.normal());
-    ops::copy(a, h);
-    ops::copy(b, h);
+    ops::copy(staged, h);
+    ops::copy(a, staged);
+    ops::copy(b, staged);
   }
   device_synchronize(device);
   const double s = best_seconds([&] {

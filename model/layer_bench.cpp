@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "core/rng.h"
@@ -89,16 +90,23 @@ void force_router_ratio(const Tensor& router_weight, const Tensor& x, double rat
 }
 
 LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCompute compute, double ratio,
-                            Device device, int warmup, int iters) {
+                            Device device, int warmup, int iters, DType dtype) {
   const ModelConfig c = one_deco_layer(config, compute);
   const int64_t H = c.hidden_size;
   const ParamLayout layout(c);
-  ParamStore values(layout, DType::F32, device), grads(layout, DType::F32, device);
-  init_params(values, c, 1);
-  DecoFfn layer(c, values, grads, 0);
-  Buffer x(DType::F32, device, Shape{tokens, H}), y(DType::F32, device, Shape{tokens, H});
-  Buffer dx(DType::F32, device, Shape{tokens, H}), dy(DType::F32, device, Shape{tokens, H});
-  force_router_ratio(values.get(layer_param(0, "mlp.moe_router.weight")), x, ratio, 2);
+  const DType master_dtype = accumulate_dtype(dtype);
+  ParamStore master(layout, master_dtype, device), grads(layout, master_dtype, device);
+  init_params(master, c, 1);
+  Buffer x(dtype, device, Shape{tokens, H}), y(dtype, device, Shape{tokens, H});
+  Buffer dx(dtype, device, Shape{tokens, H}), dy(dtype, device, Shape{tokens, H});
+  force_router_ratio(master.get(layer_param(0, "mlp.moe_router.weight")), x, ratio, 2);
+  // Mixed precision: the layer computes with a bf16 copy, the router with the master weights.
+  std::unique_ptr<ParamStore> copy;
+  if (dtype != master_dtype) {
+    copy = std::make_unique<ParamStore>(layout, dtype, device);
+    ops::copy(copy->flat(), master.flat());
+  }
+  DecoFfn layer(c, copy ? *copy : master, grads, 0, nullptr, copy ? &master : nullptr);
   {
     Rng rng(stream_key(3, "bench-layer-dy"));
     std::vector<double> g(static_cast<size_t>(tokens * H));
@@ -131,16 +139,17 @@ LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCom
   const double N = static_cast<double>(tokens), E = static_cast<double>(c.num_experts);
   const double rows = compute == ExpertCompute::Dense ? N * E : r.ratio * N * E;
   r.flops = deco_layer_flops(c, N, rows, compute);
-  r.bytes = deco_layer_bytes(c, N, rows, compute, sizeof(float));
+  r.bytes = deco_layer_bytes(c, N, rows, compute, dtype_size(dtype));
   return r;
 }
 
-ExpertCrossover measure_expert_crossover(const ModelConfig& config, int64_t tokens, Device device) {
+ExpertCrossover measure_expert_crossover(const ModelConfig& config, int64_t tokens, Device device, DType dtype) {
   ExpertCrossover x;
   const int warmup = 1, iters = 3;
-  x.dense_s = bench_deco_layer(config, tokens, ExpertCompute::Dense, 0.5, device, warmup, iters).seconds;
-  const LayerBench low = bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kLow, device, warmup, iters);
-  const LayerBench high = bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kHigh, device, warmup, iters);
+  x.dense_s = bench_deco_layer(config, tokens, ExpertCompute::Dense, 0.5, device, warmup, iters, dtype).seconds;
+  const LayerBench low = bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kLow, device, warmup, iters, dtype);
+  const LayerBench high =
+      bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kHigh, device, warmup, iters, dtype);
   x.sparse_low_s = low.seconds;
   x.sparse_high_s = high.seconds;
   const double slope = (high.seconds - low.seconds) / (high.ratio - low.ratio);

@@ -44,10 +44,12 @@ struct LayerBench {
 // Times `iters` forward + backward passes (after `warmup` untimed ones) of
 // one DECO layer with config's layer shapes (hidden size, experts, widths,
 // activation, gating; the other layers do not matter) over `tokens` tokens
-// in float32 on `device`, on the given expert path, with the entropy
-// regularizer's gradient included, as in training.
+// on `device`, on the given expert path, with the entropy regularizer's
+// gradient included, as in training. dtype: F32, or BF16 for mixed
+// precision as the model runs it (bf16 weights copy and activations,
+// float32 master weights for the router, float32 gradients).
 LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCompute compute, double ratio,
-                            Device device, int warmup, int iters);
+                            Device device, int warmup, int iters, DType dtype = DType::F32);
 
 // model.expert_compute auto's crossover for this config's DECO layer on
 // `device` at `tokens` tokens per micro-batch: the activation ratio below
@@ -61,6 +63,7 @@ struct ExpertCrossover {
   double dense_s = 0, sparse_low_s = 0, sparse_high_s = 0;  // the three medians
   static constexpr double kLow = 0.1, kHigh = 0.6;
 };
-ExpertCrossover measure_expert_crossover(const ModelConfig& config, int64_t tokens, Device device);
+ExpertCrossover measure_expert_crossover(const ModelConfig& config, int64_t tokens, Device device,
+                                         DType dtype = DType::F32);
 
 }  // namespace deco

@@ -157,8 +157,9 @@ void Trainer::setup_expert_compute() {
     // Rank 0 measures, every rank takes its value: the ranks' choices must not depend on their timings.
     std::vector<double> measured(4, 0.0);
     if (groups_.layout.rank == 0) {
-      const ExpertCrossover x = measure_expert_crossover(
-          config_.model, config_.training.micro_batch_size * config_.model.seq_length, device_);
+      const ExpertCrossover x =
+          measure_expert_crossover(config_.model, config_.training.micro_batch_size * config_.model.seq_length,
+                                   device_, config_.training.bf16 ? DType::BF16 : DType::F32);
       measured = {x.ratio, x.dense_s, x.sparse_low_s, x.sparse_high_s};
     }
     groups_.world->all_reduce_sum(measured);
