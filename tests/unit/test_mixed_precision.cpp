@@ -12,6 +12,8 @@
 
 #include "core/bf16.h"
 #include "kernels/ops.h"
+#include "model/deco_ffn.h"
+#include "model/layer_bench.h"
 #include "model/model.h"
 #include "model_fixtures.h"
 #include "test_util.h"
@@ -19,6 +21,15 @@
 using namespace deco;
 
 namespace {
+
+// A tensor of any float dtype and device as float32 on the host.
+Buffer to_f32_host(const Tensor& t) {
+  Buffer host(t.dtype(), Device::CPU, t.shape());
+  ops::copy(host, t);
+  Buffer out(DType::F32, Device::CPU, t.shape());
+  ops::copy(out, host);
+  return out;
+}
 
 ModelConfig bf16_config() {
   ModelConfig c = test::small_model_config();
@@ -137,4 +148,92 @@ TEST_CASE("bf16 model on the GPU: loss and every gradient within bf16 rounding o
       CHECK(test::rel_diff(got.view(want.shape()), want) < 5e-2);
     }
   }
+}
+
+namespace {
+
+// One DECO layer (deco-0.1b's widths at a smaller hidden size) in bf16
+// mixed precision on `device`, the router forced to `ratio`, expert 3 given
+// no token and every 11th token no expert; returns y, dx and the float32
+// parameter gradients on the host.
+struct LayerRun {
+  Buffer y, dx, grads;
+  int64_t idle = 0, expert3 = -1;
+};
+LayerRun run_layer(ExpertCompute compute, double ratio, Device device) {
+  ModelConfig c;
+  c.num_layers = 1;
+  c.dense_layers = 0;
+  c.hidden_size = 96;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 4;
+  c.vocab_size = 8;
+  c.seq_length = 8;
+  c.num_experts = 12;
+  c.moe_ffn_hidden_size = 64;
+  c.moe_shared_expert_intermediate_size = 32;
+  c.expert_compute = compute;
+  const int64_t N = 300, H = c.hidden_size, E = c.num_experts;
+  const ParamLayout layout(c);
+  ParamStore master(layout, DType::F32, device), grads(layout, DType::F32, device), copy(layout, DType::BF16, device);
+  init_params(master, c, 11);
+  Buffer x(DType::BF16, device, {N, H}), y(DType::BF16, device, {N, H}), dx(DType::BF16, device, {N, H});
+  const Tensor router = master.get(layer_param(0, "mlp.moe_router.weight"));
+  force_router_ratio(router, x, ratio, 5);
+  // Expert 3 gets no token: its router row is only a negative bias (z = -50
+  // or, for the zero rows below, 0, and z > 0 is what activates). Every 11th
+  // token gets no expert: its input row is zero, so all its z are 0.
+  Buffer rh(DType::F32, Device::CPU, router.shape());
+  ops::copy(rh, router);
+  for (int64_t h = 0; h < H; ++h) rh.data<float>()[3 * H + h] = h == 0 ? -50.0f : 0.0f;
+  ops::copy(router, rh);
+  Buffer xh = to_f32_host(x);
+  for (int64_t t = 0; t < N; t += 11)
+    for (int64_t h = 0; h < H; ++h) xh.data<float>()[t * H + h] = 0.0f;
+  Buffer xb(DType::BF16, Device::CPU, {N, H});
+  ops::copy(xb, xh);
+  ops::copy(x, xb);
+  ops::copy(copy.flat(), master.flat());
+  DecoFfn layer(c, copy, grads, 0, nullptr, &master);
+  layer.refresh_derived();
+  const DecoLayerStats stats = layer.forward(y, x, RegType::Entropy);
+  Buffer dyh = test::random_buffer({N, H}, 17);  // float64 normals
+  Buffer dyb(DType::BF16, Device::CPU, {N, H}), dy(DType::BF16, device, {N, H});
+  ops::copy(dyb, dyh);
+  ops::copy(dy, dyb);
+  layer.backward(dx, dy, x, RegType::Entropy, 1e-3);
+  LayerRun r;
+  r.y = to_f32_host(y);
+  r.dx = to_f32_host(dx);
+  r.grads = Buffer(DType::F32, Device::CPU, grads.flat().shape());
+  ops::copy(r.grads, grads.flat());
+  r.idle = stats.idle_tokens;
+  r.expert3 = stats.expert_tokens[3];
+  (void)E;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("bf16 DECO layer: sparse against dense at forced ratios, idle experts and tokens with no expert",
+          "[model][bf16][deco]") {
+  // On the CPU always (the bf16 reference), and on the GPU when there is one
+  // (issue 7's check: both paths on the device to bf16 rounding). The two
+  // paths round at different points (per pair against per token x expert
+  // block, the NormSiLU mean from w_bar against the row mean). Measured on
+  // the CPU: 0.13%-0.32% (norm of the difference over the norm); the bound,
+  // 3%, leaves room for the GPU's own rounding points.
+  std::vector<Device> devices{Device::CPU};
+  if (cuda_device_count() > 0) devices.push_back(Device::CUDA);
+  for (Device device : devices)
+    for (double ratio : {0.05, 0.2, 0.5, 1.0}) {
+      INFO(device_name(device) << ", ratio " << ratio);
+      const LayerRun dense = run_layer(ExpertCompute::Dense, ratio, device);
+      const LayerRun sparse = run_layer(ExpertCompute::Sparse, ratio, device);
+      CHECK(dense.expert3 == 0);
+      CHECK(dense.idle >= (300 + 10) / 11);
+      CHECK(test::rel_diff(sparse.y, dense.y) < 3e-2);
+      CHECK(test::rel_diff(sparse.dx, dense.dx) < 3e-2);
+      CHECK(test::rel_diff(sparse.grads, dense.grads) < 3e-2);
+    }
 }
