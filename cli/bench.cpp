@@ -59,7 +59,7 @@ int bench(const BenchArgs& args) {
 
   const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
   // MFU against the training dtype's GEMM: bfloat16 under training.bf16, float32 otherwise.
-  const DType gemm_dtype = config.training.bf16 ? DType::BF16 : DType::F32;
+  const DType gemm_dtype = config.training.activation_dtype();
   const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048, gemm_dtype);
   std::vector<double> time, tps, tflops, ratio, flops;
   int64_t memory = 0;

@@ -40,7 +40,7 @@ int bench_layer(const BenchLayerArgs& args) {
     fail(config.source, ": training.device is cuda, but no GPU is visible to this process; check nvidia-smi, "
          "or --set training.device=cpu.");
 
-  const DType dtype = config.training.bf16 ? DType::BF16 : DType::F32;
+  const DType dtype = config.training.activation_dtype();
   const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048, dtype);
   const double bandwidth = measured_bandwidth(device, int64_t{1} << (device == Device::CUDA ? 30 : 28));
   std::printf("deco bench-layer: %s | one DECO layer: hidden %lld, %lld experts x %lld%s, shared expert %lld, %s | "

@@ -103,14 +103,14 @@ int info(const ConfigArgs& args) {
   // Memory of one rank (no expert or optimizer sharding).
   const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
   const bool bf16 = config.training.bf16;
-  const size_t act_bytes = bf16 ? 2 : 4;
+  const size_t act_bytes = dtype_size(config.training.activation_dtype());
   const int64_t micro = config.training.micro_batch_size;
   const double gib = 1024.0 * 1024.0 * 1024.0;
   std::printf("\nmemory of one rank at micro-batch %lld x %lld on the %s (%s; model/memory.h)\n",
               static_cast<long long>(micro), static_cast<long long>(m.seq_length),
               device == Device::CUDA ? "GPU" : "CPU", bf16 ? "bf16 mixed precision" : "float32");
   std::printf("  %-40s %8.2f GiB\n", bf16 ? "weights (fp32 + bf16), gradients, AdamW" : "weights, gradients, AdamW moments",
-              (bf16 ? 18.0 : 16.0) * static_cast<double>(c.total) / gib);
+              config.training.state_bytes_per_parameter() * static_cast<double>(c.total) / gib);
   const bool sparse = m.num_experts > 0 && m.expert_compute != ExpertCompute::Dense;
   if (sparse) std::printf("  activations (%s path: pairs at activation ratio 0.5, where training starts / %.2f, the target)\n",
                           expert_compute_name(m.expert_compute), config.sparsity.target_ratio);

@@ -128,13 +128,16 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   w.yr.ensure(dt, dev, Shape{R, H});
   s.exchange.dispatch(s.xr, x);
   s.exchange.dispatch_blocks(w.zr, s.z);
-  // The source ranks counted these tokens for the statistics; these counts
-  // (of the received rows, on this rank's experts) are what auto decides by.
-  w.counts.ensure(DType::I64, dev, Shape{E_});
-  ops::zero(w.counts);
-  ops::relu_route_forward(w.gr, w.counts, w.zr, scale_.value.slice(ep_first_, ep_first_ + E_));
-  s.compute = compute_;
-  if (compute_ == ExpertCompute::Auto) s.compute = choose_path(total(host_counts(w.counts)), R * E_);
+  // The source ranks counted these tokens for the statistics; auto decides
+  // by the received rows' counts on this rank's experts, so only auto counts.
+  const bool count = compute_ == ExpertCompute::Auto;
+  if (count) {
+    w.counts.ensure(DType::I64, dev, Shape{E_});
+    ops::zero(w.counts);
+  }
+  ops::relu_route_forward(w.gr, count ? w.counts.tensor() : Tensor(), w.zr,
+                          scale_.value.slice(ep_first_, ep_first_ + E_));
+  s.compute = count ? choose_path(total(host_counts(w.counts)), R * E_) : compute_;
   stats.compute = s.compute;
   zx_ = w.zr;
   gx_ = w.gr;

@@ -59,9 +59,8 @@ double deco_layer_flops(const ModelConfig& c, double tokens, double rows, Expert
   return 3 * forward;
 }
 
-double deco_layer_bytes(const ModelConfig& c, double tokens, double rows, ExpertCompute compute,
-                        size_t dtype_bytes) {
-  (void)compute;  // both paths keep [rows, D] projections; rows says how many
+double deco_layer_bytes(const ModelConfig& c, double tokens, double rows, size_t dtype_bytes) {
+  // Both paths keep [rows, D] projections; rows says how many.
   const double H = static_cast<double>(c.hidden_size), E = static_cast<double>(c.num_experts);
   const double D = static_cast<double>(c.moe_ffn_hidden_size);
   const double S = static_cast<double>(c.moe_shared_expert_intermediate_size);
@@ -139,7 +138,7 @@ LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCom
   const double N = static_cast<double>(tokens), E = static_cast<double>(c.num_experts);
   const double rows = compute == ExpertCompute::Dense ? N * E : r.ratio * N * E;
   r.flops = deco_layer_flops(c, N, rows, compute);
-  r.bytes = deco_layer_bytes(c, N, rows, compute, dtype_size(dtype));
+  r.bytes = deco_layer_bytes(c, N, rows, dtype_size(dtype));
   return r;
 }
 

@@ -23,8 +23,7 @@ double deco_layer_flops(const ModelConfig& config, double tokens, double rows, E
 // activations it keeps from forward to backward (router pre-activations and
 // the [rows, D] projections), written once and read once. Elements of
 // `dtype_bytes` each.
-double deco_layer_bytes(const ModelConfig& config, double tokens, double rows, ExpertCompute compute,
-                        size_t dtype_bytes);
+double deco_layer_bytes(const ModelConfig& config, double tokens, double rows, size_t dtype_bytes);
 
 // Makes about `ratio` of the layer's (token, expert) pairs active, for
 // inputs x [N, H] and router weight [E, H] on any device: feature 0 of every

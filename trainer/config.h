@@ -31,6 +31,11 @@ struct TrainingConfig {
   // optimizer state and router. On the CPU a reference path (bf16 values,
   // float32 math), slower than float32; on the GPU the fast one.
   bool bf16 = false;
+  // What bf16 decides: the model's activation dtype, and the bytes each
+  // parameter costs in weights, gradients and AdamW state (fp32 master
+  // weights, gradients and two moments; the bf16 copy under mixed precision).
+  DType activation_dtype() const { return bf16 ? DType::BF16 : DType::F32; }
+  double state_bytes_per_parameter() const { return bf16 ? 18.0 : 16.0; }
   // Activation recomputation (model/memory.h): none, selective (rebuild the
   // cheap elementwise activations before each layer's backward) or full
   // (keep only each layer's input and run its forward again). Same results,

@@ -40,12 +40,7 @@ GradReducer::GradReducer(const ParamLayout& layout, const Tensor& grads, Communi
       if (b.end <= begin || end <= b.begin) continue;
       if (std::find(b.units.begin(), b.units.end(), unit) != b.units.end()) continue;
       b.units.push_back(unit);
-      auto it = std::find_if(by_unit_.begin(), by_unit_.end(), [&](const auto& e) { return e.first == unit; });
-      if (it == by_unit_.end()) {
-        by_unit_.push_back({unit, {}});
-        it = by_unit_.end() - 1;
-      }
-      it->second.push_back(i);
+      by_unit_[unit].push_back(i);
     }
   }
   for (Bucket& b : buckets_) b.waiting = static_cast<int64_t>(b.units.size());
@@ -66,10 +61,8 @@ void GradReducer::start(size_t i) {
 }
 
 void GradReducer::on_grads_ready(int64_t unit) {
-  if (start_order_.empty() && started_at_units_.empty())  // the step's first report: buckets of padding only
-    for (size_t i = 0; i < buckets_.size(); ++i)
-      if (buckets_[i].units.empty()) start(i);
-  const auto it = std::find_if(by_unit_.begin(), by_unit_.end(), [&](const auto& e) { return e.first == unit; });
+  // (A bucket holding only padding waits for no unit: finish() starts it.)
+  const auto it = by_unit_.find(unit);
   if (it != by_unit_.end())
     for (size_t i : it->second)
       if (--buckets_[i].waiting == 0) start(i);

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -62,7 +63,7 @@ class GradReducer {
 
   Tensor grads_;
   std::vector<Bucket> buckets_;
-  std::vector<std::pair<int64_t, std::vector<size_t>>> by_unit_;  // unit -> the buckets it feeds
+  std::map<int64_t, std::vector<size_t>> by_unit_;  // unit -> the buckets it feeds
   std::vector<size_t> start_order_, started_at_units_;  // this step so far
   std::vector<size_t> last_order_, last_started_at_units_;
 };

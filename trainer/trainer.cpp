@@ -47,7 +47,7 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
   const ParallelLayout& L = groups_.layout;
   zero_ = config_.parallel.use_distributed_optimizer;
   // ZeRO-1 splits each region into equal shards of whole 64-element blocks.
-  model_ = std::make_unique<Model>(config_.model, config_.training.bf16 ? DType::BF16 : DType::F32, device_,
+  model_ = std::make_unique<Model>(config_.model, config_.training.activation_dtype(), device_,
                                    groups_.expert_parallel.get(), zero_ ? 64 * L.world_size : 1);
   model_->init(config_.training.seed);
   if (zero_) {
@@ -159,7 +159,7 @@ void Trainer::setup_expert_compute() {
     if (groups_.layout.rank == 0) {
       const ExpertCrossover x =
           measure_expert_crossover(config_.model, config_.training.micro_batch_size * config_.model.seq_length,
-                                   device_, config_.training.bf16 ? DType::BF16 : DType::F32);
+                                   device_, config_.training.activation_dtype());
       measured = {x.ratio, x.dense_s, x.sparse_low_s, x.sparse_high_s};
     }
     groups_.world->all_reduce_sum(measured);
@@ -273,11 +273,10 @@ void Trainer::check_memory() {
   // OOM killer without a word. Refuse it here instead, with the numbers.
   const ModelConfig& m = config_.model;
   const double gib = 1024.0 * 1024.0 * 1024.0;
-  // fp32 weights, grads, AdamW m and v (and the bf16 copy under mixed precision)
-  const double state = (config_.training.bf16 ? 18.0 : 16.0) * static_cast<double>(count_params(m).total);
+  const double state = config_.training.state_bytes_per_parameter() * static_cast<double>(count_params(m).total);
   // The sparse path's pairs at an activation ratio of 0.5, about where training starts.
-  const double activations = activation_bytes(m, config_.training.micro_batch_size, config_.training.bf16 ? 2 : 4,
-                                              Device::CPU, 0.5);
+  const double activations = activation_bytes(m, config_.training.micro_batch_size,
+                                              dtype_size(config_.training.activation_dtype()), Device::CPU, 0.5);
   memory_note_ = str("about ", std::round((state + activations) / gib * 10) / 10, " GiB (",
                      std::round(state / gib * 10) / 10, " GiB weights, gradients and AdamW state; ",
                      std::round(activations / gib * 10) / 10, " GiB activations)");

@@ -49,7 +49,13 @@ Tensor Widen::in(const Tensor& t) {
 
 Tensor Widen::out(const Tensor& t, bool keep) {
   if (!t.defined() || t.dtype() != DType::BF16) return t;
-  const Tensor wide = keep ? in(t) : (scratch_.emplace_back(DType::F32, Device::CPU, t.shape()), scratch_.back().tensor());
+  Tensor wide;
+  if (keep) {
+    wide = in(t);
+  } else {
+    scratch_.emplace_back(DType::F32, Device::CPU, t.shape());
+    wide = scratch_.back().tensor();
+  }
   tensor_back_.push_back({t, wide});
   return wide;
 }

@@ -558,9 +558,11 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
     using T = decltype(tag);
     with_width(a.hd, [&](auto ch) {
       constexpr int CH = decltype(ch)::value;
+      const T* pq = ptr<T>(q);
+      const T* pk = ptr<T>(k);
+      const T* pv = ptr<T>(v);
       launch(attention_forward_kernel<CH, T>, a.tiles * a.batch * a.heads, forward_smem_floats<CH>(), ptr<T>(out),
-             saved.data<float>(), static_cast<const T*>(ptr<T>(q)), static_cast<const T*>(ptr<T>(k)),
-             static_cast<const T*>(ptr<T>(v)), a);
+             saved.data<float>(), pq, pk, pv, a);
     });
   });
 }
