@@ -103,7 +103,7 @@ int info(const ConfigArgs& args) {
   // Memory of one rank (no expert or optimizer sharding).
   const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
   const bool bf16 = config.training.bf16;
-  const size_t act_bytes = dtype_size(config.training.activation_dtype());
+  const DType dtype = config.training.activation_dtype();
   const int64_t micro = config.training.micro_batch_size;
   const double gib = 1024.0 * 1024.0 * 1024.0;
   std::printf("\nmemory of one rank at micro-batch %lld x %lld on the %s (%s; model/memory.h)\n",
@@ -118,10 +118,10 @@ int info(const ConfigArgs& args) {
     ModelConfig mc = m;
     mc.recompute = mode;
     const std::string label = str("activations, training.recompute ", recompute_name(mode));
-    const double start = activation_bytes(mc, micro, act_bytes, device, 0.5) / gib;
+    const double start = activation_bytes(mc, micro, dtype, device, 0.5) / gib;
     if (sparse)
       std::printf("  %-40s %8.2f / %.2f GiB%s\n", label.c_str(), start,
-                  activation_bytes(mc, micro, act_bytes, device, config.sparsity.target_ratio) / gib,
+                  activation_bytes(mc, micro, dtype, device, config.sparsity.target_ratio) / gib,
                   mode == m.recompute ? "   <- this config" : "");
     else
       std::printf("  %-40s %8.2f GiB%s\n", label.c_str(), start, mode == m.recompute ? "   <- this config" : "");

@@ -47,10 +47,14 @@ double training_flops_per_token(const ModelConfig& config, double routed_fractio
   return 6.0 * matmul + attention;
 }
 
-double activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes, Device device,
+double activation_bytes(const ModelConfig& c, int64_t batch, DType dtype, Device device,
                         double activation_ratio) {
-  // Element counts by owner (model/memory.h); fb: one activation element, 4 and 8: int32 and int64.
-  const double fb = static_cast<double>(dtype_bytes);
+  // Element counts by owner (model/memory.h), times the bytes of their dtype:
+  // fb an activation, sb a statistic or router value (accumulate_dtype), 4
+  // and 8 int32 and int64.
+  const double fb = static_cast<double>(dtype_size(dtype));
+  const double sb = static_cast<double>(dtype_size(accumulate_dtype(dtype)));
+  const bool mixed = accumulate_dtype(dtype) != dtype;
   const double B = static_cast<double>(batch), S = static_cast<double>(c.seq_length);
   const double N = B * S, H = static_cast<double>(c.hidden_size);
   const double heads = static_cast<double>(c.num_attention_heads);
@@ -61,11 +65,13 @@ double activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes,
   const double Sh = static_cast<double>(c.moe_shared_expert_intermediate_size);
   const double V = static_cast<double>(c.vocab_size);
 
-  // The decoder layer and its attention, which every layer has.
+  // The decoder layer and its attention, which every layer has: rstd1,
+  // rstd2, the attention's log-sum-exp (the CPU keeps its probabilities);
+  // residual_mid, q, k, v, att.
   const double lse = device == Device::CPU ? B * heads * S * S : B * heads * S;
-  const double layer_saved = (2 * N + N * H + 2 * N * A + 2 * N * K + lse) * fb;  // rstd1, rstd2, residual_mid, q, k, v, att
-  const double layer_recomp = 2 * N * H * fb;                                      // normed1, normed2
-  const double attention_scratch = (2 * N * A + 2 * N * K) * fb;                   // datt, dq, dk, dv
+  const double layer_saved = (2 * N + lse) * sb + (N * H + 2 * N * A + 2 * N * K) * fb;
+  const double layer_recomp = 2 * N * H * fb;                     // normed1, normed2
+  const double attention_scratch = (2 * N * A + 2 * N * K) * fb;  // datt, dq, dk, dv
   // A SwiGLU of width w: gate and up outputs; hidden; three gradients.
   auto swiglu = [&](double w, double parts[3]) {
     parts[0] = 2 * N * w * fb;
@@ -83,30 +89,31 @@ double activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes,
     const double pairs = std::ceil(activation_ratio * N * E);
     const double rows = c.expert_compute == ExpertCompute::Sparse ? pairs : N * E;  // [rows, D] expert blocks
     const double gated = c.expert_gated ? 1.0 : 0.0;
-    // Saved: z; pre (and lin); mean; gscale; the routing (int32, host offsets included).
-    deco[0] += (N * E + (1 + gated) * rows * D + (mean ? N : 0) + rows) * fb +
+    // Saved: z, gscale; pre (and lin), mean; the routing (int32, host offsets included).
+    deco[0] += (N * E + rows) * sb + ((1 + gated) * rows * D + (mean ? N : 0)) * fb +
                (sparse ? ((E + 1) + 2 * N * E) * 4 : 0);
-    // Recomputable: xhat, actn, ga (and act), rs; the gathered input rows.
-    deco[1] += ((3 + gated) * rows * D + rows + (sparse ? pairs * H : 0)) * fb;
-    // Scratch: g, dg, dr, dz; q, dc (and dact, dlin: the gated variant's
-    // product is not fused); dgs; kappa; the per-pair rows and their row
-    // means, kvec; counts (int64).
-    deco[2] += (4 * N * E + (2 + 2 * gated) * rows * D + rows + (mean ? N : 0) +
-                (sparse ? pairs * H + (mean ? pairs + H : 0) : 0)) * fb +
+    // Recomputable: rs; xhat, actn, ga (and act); the gathered input rows.
+    deco[1] += rows * sb + ((3 + gated) * rows * D + (sparse ? pairs * H : 0)) * fb;
+    // Scratch: g, dg, dr, dz, dgs, kvec (with the mean, sparse); q, dc (and
+    // dact, dlin: the gated variant's product is not fused), kappa, the
+    // per-pair rows and their row means; counts (int64); under mixed
+    // precision the router's widened input and its gradient.
+    deco[2] += (4 * N * E + rows + (sparse && mean ? H : 0) + (mixed ? 2 * N * H : 0)) * sb +
+               ((2 + 2 * gated) * rows * D + (mean ? N : 0) + (sparse ? pairs * H + (mean ? pairs : 0) : 0)) * fb +
                E * 8;
   }
 
   const bool any_dense = c.num_experts == 0 || c.dense_layers > 0;
   const bool any_deco = c.num_deco_layers() > 0;
-  double saved_sum = 0, recomp_sum = 0, saved_max = 0, recomp_max = 0;
+  double saved_sum = 0, recomp_sum = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const double* ffn = c.is_deco_layer(l) ? deco : dense_ffn;
     saved_sum += layer_saved + ffn[0];
     recomp_sum += layer_recomp + ffn[1];
   }
   // One shared set holds the attention's part once and each FFN kind's once.
-  saved_max = layer_saved + (any_dense ? dense_ffn[0] : 0) + (any_deco ? deco[0] : 0);
-  recomp_max = layer_recomp + (any_dense ? dense_ffn[1] : 0) + (any_deco ? deco[1] : 0);
+  const double saved_max = layer_saved + (any_dense ? dense_ffn[0] : 0) + (any_deco ? deco[0] : 0);
+  const double recomp_max = layer_recomp + (any_dense ? dense_ffn[1] : 0) + (any_deco ? deco[1] : 0);
   const double scratch = attention_scratch + (any_dense ? dense_ffn[2] : 0) + (any_deco ? deco[2] : 0);
 
   double layers = static_cast<double>(c.num_layers) * N * H * fb + scratch;  // the layer inputs, always kept
@@ -116,9 +123,9 @@ double activation_bytes(const ModelConfig& c, int64_t batch, size_t dtype_bytes,
     case Recompute::Full: layers += saved_max + recomp_max; break;
   }
   // The model's own: inputs and targets (int32); branch output, final
-  // stream, its norm and rstd, the two backward streams; the logits chunk.
+  // stream, its norm, the two backward streams; rstd_final; the logits chunk.
   const double chunk = std::min(N, std::max(1.0, std::floor(static_cast<double>(int64_t{1} << 24) / V)));
-  const double model = 2 * N * 4 + (5 * N * H + N + chunk * V) * fb;
+  const double model = 2 * N * 4 + (5 * N * H + chunk * V) * fb + N * sb;
   return layers + model;
 }
 

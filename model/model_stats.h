@@ -33,15 +33,16 @@ ParamCounts count_params(const ModelConfig& config);
 double training_flops_per_token(const ModelConfig& config, double routed_fraction);
 
 // Bytes of activations and backward temporaries the model holds for a
-// micro-batch of `batch` sequences of seq_length tokens with activations of
-// `dtype_bytes` each, under config.recompute (model/memory.h): what model/
+// micro-batch of `batch` sequences of seq_length tokens with activations in
+// `dtype` (statistics and router values in its accumulate dtype: float32
+// under bf16), under config.recompute (model/memory.h): what model/
 // allocates, buffer by buffer, on one rank without expert parallelism. The
 // sparse path's pairs are counted at `activation_ratio` in every layer (the
 // ratio sizes them; training starts near 0.5 and settles at the target). On
 // the CPU the attention keeps its probabilities [B, heads, S, S]; on the GPU
 // only their row log-sum-exp. Checked against the allocations of real steps
 // by tests/unit/test_recompute.cpp.
-double activation_bytes(const ModelConfig& config, int64_t batch, size_t dtype_bytes, Device device,
+double activation_bytes(const ModelConfig& config, int64_t batch, DType dtype, Device device,
                         double activation_ratio);
 
 }  // namespace deco

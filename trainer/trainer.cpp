@@ -275,8 +275,8 @@ void Trainer::check_memory() {
   const double gib = 1024.0 * 1024.0 * 1024.0;
   const double state = config_.training.state_bytes_per_parameter() * static_cast<double>(count_params(m).total);
   // The sparse path's pairs at an activation ratio of 0.5, about where training starts.
-  const double activations = activation_bytes(m, config_.training.micro_batch_size,
-                                              dtype_size(config_.training.activation_dtype()), Device::CPU, 0.5);
+  const double activations =
+      activation_bytes(m, config_.training.micro_batch_size, config_.training.activation_dtype(), Device::CPU, 0.5);
   memory_note_ = str("about ", std::round((state + activations) / gib * 10) / 10, " GiB (",
                      std::round(state / gib * 10) / 10, " GiB weights, gradients and AdamW state; ",
                      std::round(activations / gib * 10) / 10, " GiB activations)");
