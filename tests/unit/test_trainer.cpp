@@ -248,6 +248,8 @@ TEST_CASE("training.bf16: the mixed-precision run tracks the float32 run", "[tra
   for (size_t i = 0; i < f32.size(); ++i) {
     INFO("step " << i + 1);
     CHECK(bf16[i]["lm_loss"].get<double>() == Approx(f32[i]["lm_loss"].get<double>()).epsilon(1e-2));
+    // Discrete pairs: those whose z lies within bf16 rounding of 0 flip.
+    // Measured at most 0.009 apart over these 12 steps; the margin is 0.02.
     CHECK(bf16[i]["activation_ratio"].get<double>() ==
           Approx(f32[i]["activation_ratio"].get<double>()).margin(0.02));
   }
