@@ -22,7 +22,7 @@ struct TrainingConfig {
   int64_t log_interval = 10;      // console line every N steps (metrics.jsonl gets every step)
   int64_t eval_interval = 0;      // validation every N steps; 0 = never
   int64_t eval_iters = 10;        // global batches per validation
-  int64_t threads = 0;            // CPU threads for OpenMP and BLAS; 0 = all cores
+  int64_t threads = 0;            // CPU threads for OpenMP and BLAS; 0 = OMP_NUM_THREADS if set, else all cores
   // Where the model trains: "cpu", or "cuda" (the process's GPU, float32 on
   // the CUDA kernels; one process for now).
   std::string device = "cpu";

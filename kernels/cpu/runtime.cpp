@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <sys/resource.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -14,7 +15,12 @@ namespace deco {
 
 void set_cpu_threads(int64_t threads) {
 #ifdef _OPENMP
-  const int n = threads > 0 ? static_cast<int>(threads) : omp_get_num_procs();
+  // 0: OMP_NUM_THREADS when the environment sets it (as for other OpenMP
+  // programs: several processes sharing a machine each take a few), else
+  // every core.
+  int n = threads > 0 ? static_cast<int>(threads) : omp_get_num_procs();
+  if (threads <= 0)
+    if (const char* env = std::getenv("OMP_NUM_THREADS"); env != nullptr && std::atoi(env) > 0) n = std::atoi(env);
   omp_set_num_threads(n);
 #else
   const int n = 1;

@@ -6,14 +6,33 @@
 namespace deco::cpu {
 namespace {
 
+// Conversions are a few cycles per value: below this many values a
+// parallel region costs more than it saves (a passive OpenMP wake-up is
+// tens of microseconds), so small tensors convert on the calling thread.
+constexpr int64_t kParallelValues = int64_t{1} << 16;
+
 void widen_values(float* dst, const uint16_t* src, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelValues)
   for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_float(src[i]);
 }
 
 void round_values(uint16_t* dst, const float* src, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelValues)
   for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16_bits(src[i]);
+}
+
+// Strided matrices: rows x cols values at row strides ld_dst and ld_src,
+// in one parallel region.
+void widen_rows(float* dst, int64_t ld_dst, const uint16_t* src, int64_t ld_src, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[r * ld_dst + c] = bf16_bits_to_float(src[r * ld_src + c]);
+}
+
+void round_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[r * ld_dst + c] = float_to_bf16_bits(src[r * ld_src + c]);
 }
 
 }  // namespace
@@ -34,9 +53,8 @@ Widen::~Widen() {
   for (auto& [target, scratch] : tensor_back_)
     round_values(static_cast<uint16_t*>(target.raw()), scratch.data<float>(), target.numel());
   for (auto& [target, scratch] : matrix_back_)
-    for (int64_t r = 0; r < target.rows; ++r)
-      round_values(static_cast<uint16_t*>(target.ptr) + r * target.ld, scratch.data<float>() + r * scratch.ld,
-                   target.cols);
+    round_rows(static_cast<uint16_t*>(target.ptr), target.ld, scratch.data<float>(), scratch.ld, target.rows,
+               target.cols);
 }
 
 Tensor Widen::in(const Tensor& t) {
@@ -68,8 +86,7 @@ Matrix Widen::widened(const Matrix& m, bool copy_values) {
   wide.cols = m.cols;
   wide.ld = m.cols;
   if (copy_values)
-    for (int64_t r = 0; r < m.rows; ++r)
-      widen_values(wide.data<float>() + r * wide.ld, static_cast<const uint16_t*>(m.ptr) + r * m.ld, m.cols);
+    widen_rows(wide.data<float>(), wide.ld, static_cast<const uint16_t*>(m.ptr), m.ld, m.rows, m.cols);
   return wide;
 }
 
