@@ -114,6 +114,16 @@ struct BenchLayerArgs {
 };
 int bench_layer(const BenchLayerArgs& args);
 
+// deco bench-attention: causal attention forward + backward alone at the config's shapes.
+struct BenchAttentionArgs {
+  ConfigArgs cfg;
+  int64_t batch = 0;  // 0: micro_batch_size
+  int64_t seq = 0;    // 0: seq_length
+  int64_t iters = 10;
+  int64_t warmup = 3;
+};
+int bench_attention(const BenchAttentionArgs& args);
+
 // deco report: <run_dir> (and --compare runs) to one self-contained HTML file.
 struct ReportArgs {
   std::string run_dir;

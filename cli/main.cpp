@@ -170,6 +170,16 @@ int main(int argc, char** argv) {
   layer_cmd->add_option("--warmup", layer_args.warmup, "untimed passes first (default 2)")
       ->check(CLI::NonNegativeNumber);
 
+  deco::cli::BenchAttentionArgs attn_args;
+  CLI::App* attn_cmd = app.add_subcommand(
+      "bench-attention", "time causal attention forward and backward alone at a config's shapes and precision");
+  add_config_options(attn_cmd, attn_args.cfg);
+  attn_cmd->add_option("--batch", attn_args.batch, "sequences (default micro_batch_size)")->check(CLI::PositiveNumber);
+  attn_cmd->add_option("--seq", attn_args.seq, "sequence length (default seq_length)")->check(CLI::PositiveNumber);
+  attn_cmd->add_option("--iters", attn_args.iters, "timed passes (default 10)")->check(CLI::PositiveNumber);
+  attn_cmd->add_option("--warmup", attn_args.warmup, "untimed passes first (default 3)")
+      ->check(CLI::NonNegativeNumber);
+
   deco::cli::ReportArgs report_args;
   CLI::App* report_cmd = app.add_subcommand(
       "report", "one self-contained HTML file of a run's loss, sparsity and throughput (docs/monitoring.md)");
@@ -194,6 +204,7 @@ int main(int argc, char** argv) {
     if (*report_cmd) return deco::cli::report(report_args);
     if (*bench_cmd) return deco::cli::bench(bench_args);
     if (*layer_cmd) return deco::cli::bench_layer(layer_args);
+    if (*attn_cmd) return deco::cli::bench_attention(attn_args);
   } catch (const deco::Error& e) {
     return report_error(e.what(), 1);
   } catch (const std::exception& e) {  // internal errors carry their own "internal error at" text

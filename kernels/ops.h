@@ -124,10 +124,13 @@ Shape attention_saved_shape(Device device, const AttentionShape& shape);
 // kv group h / (heads / groups). q[B*S, heads*hd], k and v [B*S, groups*hd].
 void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
                        const Tensor& v, const AttentionShape& shape);
-// dq, dk, dv (=) gradients of out with respect to q, k, v.
+// dq, dk, dv (=) gradients of out with respect to q, k, v. out is
+// attention_forward's output (the tensor-core kernels take FlashAttention's
+// D = rowsum(dout o out) from it; the CPU reference recomputes D from the
+// probabilities it saved).
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
-                        const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const AttentionShape& shape);
+                        const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const AttentionShape& shape);
 
 // ---------------------------------------------------------------- SwiGLU
 // out[N, F] = silu(gate) * up

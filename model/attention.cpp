@@ -55,7 +55,7 @@ void Attention::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, co
 
   ops::linear_backward_weight(o_proj_.grad, dy, s.att);
   ops::linear_backward_input(w.datt, dy, o_proj_.value, false);
-  ops::attention_backward(w.dq, w.dk, w.dv, w.datt, s.lse, s.q, s.k, s.v, shape_);
+  ops::attention_backward(w.dq, w.dk, w.dv, w.datt, s.att, s.lse, s.q, s.k, s.v, shape_);
   // q and k hold the rotated values; the projections' gradients need the
   // gradient before rotation, which is the inverse rotation of dq, dk.
   ops::rope_backward(w.dq.tensor().view(Shape{N, shape_.heads, hd}), rope, shape_.seq);

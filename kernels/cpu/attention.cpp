@@ -226,18 +226,21 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
 }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
-                        const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const AttentionShape& shape) {
+                        const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const AttentionShape& shape) {
   check_attention_shapes(q, k, v, shape);
+  DECO_ASSERT(out.numel() == q.numel() && dout.numel() == q.numel(), "attention_backward: out and dout have ",
+              out.numel(), " and ", dout.numel(), " elements, q ", q.numel());
   if (q.device() == Device::CUDA) {
     DECO_ASSERT(saved.shape() == attention_saved_shape(Device::CUDA, shape), "attention saved shape ",
                 saved.shape().to_string(), ", expected the log-sum-exp ",
                 attention_saved_shape(Device::CUDA, shape).to_string());
   }
-  DECO_CUDA_DISPATCH(q, cuda::attention_backward(dq, dk, dv, dout, saved, q, k, v, shape));
+  DECO_CUDA_DISPATCH(q, cuda::attention_backward(dq, dk, dv, dout, out, saved, q, k, v, shape));
   if (cpu::any_bf16({&dq, &dk, &dv, &dout, &saved, &q, &k, &v})) {
-    cpu::Widen w;
-    attention_backward(w.out(dq), w.out(dk), w.out(dv), w.in(dout), w.in(saved), w.in(q), w.in(k), w.in(v), shape);
+    cpu::Widen w;  // out is not read on the CPU: it passes through unwidened
+    attention_backward(w.out(dq), w.out(dk), w.out(dv), w.in(dout), out, w.in(saved), w.in(q), w.in(k), w.in(v),
+                       shape);
     return;
   }
   dispatch_float(q.dtype(), [&](auto tag) {

@@ -1,6 +1,8 @@
 // CUDA: RoPE and causal grouped-query attention: float32 or bfloat16
 // operands (bfloat16 widened to float32 as the tiles are loaded), float32
-// arithmetic on the CUDA cores, float32 log-sum-exp.
+// arithmetic on the CUDA cores, float32 log-sum-exp. bfloat16 with
+// head_dim 64 or 128 (every paper config) goes to the tensor-core kernels
+// of attention_tc.cu instead; these serve float32 and other head sizes.
 //
 // Attention is flash-style: the S x S scores never exist in global memory.
 // A thread block owns a 64 x 64 tile of scores at a time and 256 threads
@@ -30,6 +32,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/storage.cuh"
@@ -552,6 +555,10 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
     check_operand(*t, q.dtype(), what);
   check_lse(saved);
   DECO_ASSERT(out.numel() == q.numel(), "attention out shape ", out.shape().to_string());
+  if (tc_attention_applies(q.dtype(), shape, {&out, &q, &k, &v})) {
+    tc_attention_forward(out, saved, q, k, v, shape);
+    return;
+  }
   const AttnDims a = dims_of(shape);
   if (a.batch * a.heads * a.seq == 0) return;
   dispatch_operands(q.dtype(), [&](auto tag) {
@@ -568,15 +575,19 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
 }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
-                        const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const ops::AttentionShape& shape) {
-  for (const auto& [t, what] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}, {&q, "q"}, {&k, "k"},
-                                {&v, "v"}})
+                        const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const ops::AttentionShape& shape) {
+  for (const auto& [t, what] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}, {&out, "out"},
+                                {&q, "q"}, {&k, "k"}, {&v, "v"}})
     check_operand(*t, q.dtype(), what);
   check_lse(saved);
-  DECO_ASSERT(dq.numel() == q.numel() && dout.numel() == q.numel() && dk.numel() == k.numel() &&
-                  dv.numel() == k.numel(),
+  DECO_ASSERT(dq.numel() == q.numel() && dout.numel() == q.numel() && out.numel() == q.numel() &&
+                  dk.numel() == k.numel() && dv.numel() == k.numel(),
               "attention gradient shapes");
+  if (tc_attention_applies(q.dtype(), shape, {&dq, &dk, &dv, &dout, &out, &q, &k, &v})) {
+    tc_attention_backward(dq, dk, dv, dout, out, saved, q, k, v, shape);
+    return;
+  }
   const AttnDims a = dims_of(shape);
   if (a.batch * a.heads * a.seq == 0) return;
   Buffer delta(DType::F32, Device::CUDA, Shape{a.batch, a.heads, a.seq});

@@ -71,8 +71,8 @@ void rope_backward(const Tensor& dx, const Tensor& table, int64_t seq);
 void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
                        const Tensor& v, const ops::AttentionShape& shape);
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
-                        const Tensor& saved, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const ops::AttentionShape& shape);
+                        const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const ops::AttentionShape& shape);
 
 // ---- the DECO layer (deco_layer.cu)
 int64_t count_idle_rows(const Tensor& z);

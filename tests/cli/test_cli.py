@@ -181,6 +181,24 @@ def test_bench_layer(src):
                  "a dense config has no DECO layer")
 
 
+def test_bench_attention(src):
+    """deco bench-attention: the config's attention shapes, timed forward and backward, as a table and JSON."""
+    tiny = f"{src}/configs/tiny.yaml"
+    r = run(["bench-attention", "--config", tiny, "--batch", "2", "--seq", "96", "--iters", "2", "--warmup", "1"])
+    check(r.returncode == 0, f"deco bench-attention runs (stderr: {r.stderr.strip()[:200]})")
+    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    check(len(lines) == 1, "bench-attention ends with one JSON line")
+    if len(lines) != 1:
+        return
+    got = json.loads(lines[0])
+    # tiny: hidden 128 over 4 heads and 4 kv groups.
+    check((got["batch"], got["seq"], got["heads"], got["groups"], got["head_dim"]) == (2, 96, 4, 4, 32),
+          f"the shapes are the config's with --batch and --seq ({got})")
+    check(got["forward_ms"] > 0 and got["backward_ms"] > 0, "positive forward and backward times")
+    check(re.search(r"^forward\+backward\s+[\d.]+\s+[\d.]+$", r.stdout, re.M) is not None,
+          "a forward+backward row with time and TFLOP/s")
+
+
 def main():
     global DECO
     ap = argparse.ArgumentParser()
@@ -195,6 +213,7 @@ def main():
     test_train(a.source_dir, a.workdir)
     test_eval_and_samples(a.source_dir, a.workdir)
     test_bench_layer(a.source_dir)
+    test_bench_attention(a.source_dir)
     print(f"{len(FAILURES)} failure(s)")
     return 1 if FAILURES else 0
 

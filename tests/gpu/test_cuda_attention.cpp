@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "tests/gpu/attention_reference.h"
 #include "tests/gpu/gpu_test.h"
 
 using namespace deco;
@@ -26,35 +27,6 @@ std::string label(const char* what, const ops::AttentionShape& s) {
                 static_cast<long long>(s.seq), static_cast<long long>(s.heads), static_cast<long long>(s.groups),
                 static_cast<long long>(s.head_dim));
   return buf;
-}
-
-// The row log-sum-exp of the causal scores, in double from the float32
-// inputs: what the GPU saves instead of the CPU's probabilities.
-Buffer lse_reference(const Buffer& q, const Buffer& k, const ops::AttentionShape& s) {
-  Buffer lse(DType::F64, Device::CPU, {s.batch, s.heads, s.seq});
-  const int64_t S = s.seq, hd = s.head_dim, ldq = s.heads * hd, ldk = s.groups * hd;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  const float* pq = q.data<float>();
-  const float* pk = k.data<float>();
-  std::vector<double> scores(static_cast<size_t>(S));
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t h = 0; h < s.heads; ++h) {
-      const int64_t g = h / (s.heads / s.groups);
-      for (int64_t i = 0; i < S; ++i) {
-        double mx = -INFINITY;
-        for (int64_t j = 0; j <= i; ++j) {
-          double dot = 0.0;
-          for (int64_t d = 0; d < hd; ++d)
-            dot += static_cast<double>(pq[(b * S + i) * ldq + h * hd + d]) * pk[(b * S + j) * ldk + g * hd + d];
-          scores[static_cast<size_t>(j)] = dot * scale;
-          mx = std::max(mx, dot * scale);
-        }
-        double z = 0.0;
-        for (int64_t j = 0; j <= i; ++j) z += std::exp(scores[static_cast<size_t>(j)] - mx);
-        lse.data<double>()[(b * s.heads + h) * S + i] = mx + std::log(z);
-      }
-    }
-  return lse;
 }
 
 // Forward (out, lse) and backward (dq, dk, dv) of one shape against the CPU.
@@ -72,23 +44,23 @@ void check_attention(const ops::AttentionShape& s, uint64_t seed, double tol) {
   Buffer out(DType::F32, Device::CPU, qs), probs(DType::F32, Device::CPU, cpu_saved);
   Buffer dq(DType::F32, Device::CPU, qs), dk(DType::F32, Device::CPU, ks), dv(DType::F32, Device::CPU, ks);
   ops::attention_forward(out, probs, q, k, v, s);
-  ops::attention_backward(dq, dk, dv, dout, probs, q, k, v, s);
+  ops::attention_backward(dq, dk, dv, dout, out, probs, q, k, v, s);
 
   Buffer q_d = to_device(q), k_d = to_device(k), v_d = to_device(v), dout_d = to_device(dout);
   Buffer out_d = to_device(random_host(qs, seed + 10)), lse_d = to_device(random_host(gpu_saved, seed + 11));
   Buffer dq_d = to_device(random_host(qs, seed + 12)), dk_d = to_device(random_host(ks, seed + 13)),
          dv_d = to_device(random_host(ks, seed + 14));
   ops::attention_forward(out_d, lse_d, q_d, k_d, v_d, s);
-  ops::attention_backward(dq_d, dk_d, dv_d, dout_d, lse_d, q_d, k_d, v_d, s);
+  ops::attention_backward(dq_d, dk_d, dv_d, dout_d, out_d, lse_d, q_d, k_d, v_d, s);
   expect_close(label("attention out", s), out, to_host(out_d), tol);
-  expect_close(label("attention lse", s), lse_reference(q, k, s), to_host(lse_d), tol);
+  expect_close(label("attention lse", s), attention_lse_reference(q, k, s), to_host(lse_d), tol);
   expect_close(label("attention dq", s), dq, to_host(dq_d), tol);
   expect_close(label("attention dk", s), dk, to_host(dk_d), tol);
   expect_close(label("attention dv", s), dv, to_host(dv_d), tol);
 
   Buffer dq2 = to_device(random_host(qs, seed + 15)), dk2 = to_device(random_host(ks, seed + 16)),
          dv2 = to_device(random_host(ks, seed + 17));
-  ops::attention_backward(dq2, dk2, dv2, dout_d, lse_d, q_d, k_d, v_d, s);
+  ops::attention_backward(dq2, dk2, dv2, dout_d, out_d, lse_d, q_d, k_d, v_d, s);
   expect_close(label("attention dq rerun", s), to_host(dq_d), to_host(dq2), 0.0);
   expect_close(label("attention dk rerun", s), to_host(dk_d), to_host(dk2), 0.0);
   expect_close(label("attention dv rerun", s), to_host(dv_d), to_host(dv2), 0.0);

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "kernels/ops.h"
+#include "tests/gpu/attention_reference.h"
 #include "tests/gpu/gpu_test.h"
 
 using namespace deco;
@@ -178,11 +179,63 @@ DECO_GPU_TEST(bf16_rope_attention) {
   compare("attention_forward bf16", out, kBf16);
   Pair dq = zeros(DType::BF16, q.host.shape()), dk = zeros(DType::BF16, k.host.shape()),
        dv = zeros(DType::BF16, v.host.shape());
-  ops::attention_backward(dq.host, dk.host, dv.host, dout.host, probs, q.host, k.host, v.host, s);
-  ops::attention_backward(dq.device, dk.device, dv.device, dout.device, lse, q.device, k.device, v.device, s);
+  ops::attention_backward(dq.host, dk.host, dv.host, dout.host, out.host, probs, q.host, k.host, v.host, s);
+  ops::attention_backward(dq.device, dk.device, dv.device, dout.device, out.device, lse, q.device, k.device, v.device, s);
   compare("attention_backward dq bf16", dq, kBf16);
   compare("attention_backward dk bf16", dk, kBf16);
   compare("attention_backward dv bf16", dv, kBf16);
+}
+
+// The tensor-core attention kernels (kernels/cuda/attention_tc.cu: bf16,
+// head_dim 64 and 128) against the CPU reference on the same bf16 values.
+// Besides the output's rounding, the GPU rounds P and dS to bf16 before
+// the products that read them (2^-9 relative per term, averaging out over
+// the keys of a row), so outputs and gradients stay within kBf16; the lse
+// is a float32 statistic of products that are exact in float32 (kF32).
+// Lengths: 1, partial tiles (37, 130, 257: a last tile of one row), whole
+// tiles (128) and 1024 keys per late query; MHA and GQA with 2 and 3 heads
+// per group. The backward runs twice and must agree bit for bit (no atomics).
+DECO_GPU_TEST(bf16_attention_tensor_cores) {
+  const ops::AttentionShape shapes[] = {{1, 1, 2, 1, 64},    {2, 37, 4, 2, 64},   {2, 130, 4, 1, 128},
+                                        {2, 128, 4, 4, 64},  {1, 257, 6, 2, 128}, {1, 1024, 2, 1, 128},
+                                        {1, 1024, 4, 4, 64}};
+  uint64_t seed = 300;
+  for (const auto& s : shapes) {
+    char tag[64];
+    std::snprintf(tag, sizeof(tag), " S%lld h%lld g%lld hd%lld", static_cast<long long>(s.seq),
+                  static_cast<long long>(s.heads), static_cast<long long>(s.groups),
+                  static_cast<long long>(s.head_dim));
+    const int64_t N = s.batch * s.seq;
+    const Shape qs{N, s.heads * s.head_dim}, ks{N, s.groups * s.head_dim};
+    Pair q = bf16_pair(qs, seed += 10), k = bf16_pair(ks, seed + 1), v = bf16_pair(ks, seed + 2),
+         dout = bf16_pair(qs, seed + 3);
+    // Device outputs start from random values: an element a kernel skips shows up.
+    Pair out{Buffer(DType::BF16, Device::CPU, qs), to_device(to_bf16(random_host(qs, seed + 4)))};
+    Buffer probs(DType::F32, Device::CPU, ops::attention_saved_shape(Device::CPU, s));
+    Buffer lse = to_device(random_host(ops::attention_saved_shape(Device::CUDA, s), seed + 5));
+    ops::attention_forward(out.host, probs, q.host, k.host, v.host, s);
+    ops::attention_forward(out.device, lse, q.device, k.device, v.device, s);
+    compare(std::string("tc attention_forward bf16") + tag, out, kBf16);
+    expect_close(std::string("tc attention lse f32") + tag,
+                 attention_lse_reference(bf16_values(q.host), bf16_values(k.host), s), to_host(lse), kF32);
+    Pair dq{Buffer(DType::BF16, Device::CPU, qs), to_device(to_bf16(random_host(qs, seed + 6)))};
+    Pair dk{Buffer(DType::BF16, Device::CPU, ks), to_device(to_bf16(random_host(ks, seed + 7)))};
+    Pair dv{Buffer(DType::BF16, Device::CPU, ks), to_device(to_bf16(random_host(ks, seed + 8)))};
+    ops::attention_backward(dq.host, dk.host, dv.host, dout.host, out.host, probs, q.host, k.host, v.host, s);
+    ops::attention_backward(dq.device, dk.device, dv.device, dout.device, out.device, lse, q.device, k.device,
+                            v.device, s);
+    compare(std::string("tc attention_backward dq bf16") + tag, dq, kBf16);
+    compare(std::string("tc attention_backward dk bf16") + tag, dk, kBf16);
+    compare(std::string("tc attention_backward dv bf16") + tag, dv, kBf16);
+    Buffer dq2(DType::BF16, Device::CUDA, qs), dk2(DType::BF16, Device::CUDA, ks), dv2(DType::BF16, Device::CUDA, ks);
+    ops::attention_backward(dq2, dk2, dv2, dout.device, out.device, lse, q.device, k.device, v.device, s);
+    expect_close(std::string("tc attention dq rerun") + tag, bf16_values(to_host(dq.device)), bf16_values(to_host(dq2)),
+                 0.0);
+    expect_close(std::string("tc attention dk rerun") + tag, bf16_values(to_host(dk.device)), bf16_values(to_host(dk2)),
+                 0.0);
+    expect_close(std::string("tc attention dv rerun") + tag, bf16_values(to_host(dv.device)), bf16_values(to_host(dv2)),
+                 0.0);
+  }
 }
 
 DECO_GPU_TEST(bf16_lm_head) {

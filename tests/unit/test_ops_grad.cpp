@@ -129,7 +129,7 @@ TEST_CASE("causal GQA attention backward matches finite differences", "[ops][gra
     return weighted_sum(out, r);
   };
   loss();
-  ops::attention_backward(dq, dk, dv, r, saved, q, k, v, s);
+  ops::attention_backward(dq, dk, dv, r, out, saved, q, k, v, s);
   CHECK(max_fd_error(q, dq, loss) < kTol);
   CHECK(max_fd_error(k, dk, loss) < kTol);
   CHECK(max_fd_error(v, dv, loss) < kTol);
@@ -400,7 +400,7 @@ TEST_CASE("causal attention over several query blocks matches the naive formula"
   CHECK(worst < 1e-12);
   // Backward: directional derivatives along random directions of q, k and v.
   Buffer dq(DType::F64, Device::CPU, q.shape()), dk(DType::F64, Device::CPU, k.shape()), dv(DType::F64, Device::CPU, v.shape());
-  ops::attention_backward(dq, dk, dv, r, saved, q, k, v, s);
+  ops::attention_backward(dq, dk, dv, r, out, saved, q, k, v, s);
   auto loss = [&] {
     ops::attention_forward(out, saved, q, k, v, s);
     return weighted_sum(out, r);
