@@ -339,6 +339,84 @@ void device_copy(Device dst_device, void* dst, Device src_device, const void* sr
 #endif
 }
 
+HostStaging::~HostStaging() {
+  release();
+#ifdef DECO_WITH_CUDA
+  if (event_ != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+#endif
+}
+
+void HostStaging::release() {
+  if (host_ == nullptr) return;
+#ifdef DECO_WITH_CUDA
+  if (pinned_) {
+    cudaFreeHost(host_);
+    host_ = nullptr;
+    return;
+  }
+#endif
+  std::free(host_);
+  host_ = nullptr;
+}
+
+void HostStaging::fetch(std::initializer_list<const Tensor*> tensors) {
+  wait();  // the last fetch's copies must not land in the area this one lays out again
+  size_t bytes = 0;
+  bool device = false;
+  offsets_.clear();
+  for (const Tensor* t : tensors) {
+    offsets_.push_back(bytes);
+    bytes += (t->nbytes() + 15) / 16 * 16;
+    device = device || t->device() == Device::CUDA;
+  }
+  if (bytes > capacity_ || (device && !pinned_)) {
+    release();
+    capacity_ = std::max(bytes, capacity_);
+    pinned_ = device;
+#ifdef DECO_WITH_CUDA
+    if (device) {
+      cuda_check(cudaMallocHost(&host_, capacity_), "cudaMallocHost", capacity_);
+    }
+#endif
+    if (!device) host_ = std::malloc(capacity_ > 0 ? capacity_ : 1);
+  }
+  size_t i = 0;
+  for (const Tensor* t : tensors) {
+    char* dst = static_cast<char*>(host_) + offsets_[i++];
+    if (t->device() == Device::CPU) {
+      if (t->nbytes() > 0) std::memcpy(dst, t->raw(), t->nbytes());
+      continue;
+    }
+#ifdef DECO_WITH_CUDA
+    if (t->nbytes() > 0)
+      cuda_check(cudaMemcpyAsync(dst, t->raw(), t->nbytes(), cudaMemcpyDeviceToHost, nullptr), "cudaMemcpyAsync",
+                 t->nbytes());
+#endif
+  }
+#ifdef DECO_WITH_CUDA
+  if (device) {
+    if (event_ == nullptr) {
+      cudaEvent_t e = nullptr;
+      cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate", 0);
+      event_ = e;
+    }
+    cuda_check(cudaEventRecord(static_cast<cudaEvent_t>(event_), nullptr), "cudaEventRecord", 0);
+    pending_ = true;
+  }
+#endif
+}
+
+void HostStaging::wait() {
+  if (!pending_) return;
+#ifdef DECO_WITH_CUDA
+  const cudaError_t status = cudaEventSynchronize(static_cast<cudaEvent_t>(event_));
+  if (status != cudaSuccess)
+    fail("the GPU reported an error from earlier work: ", cudaGetErrorString(status),
+         ". Rerun with CUDA_LAUNCH_BLOCKING=1 to see which kernel failed.");
+#endif
+  pending_ = false;
+}
+
 void device_synchronize(Device device) {
   if (device == Device::CPU) return;
 #ifdef DECO_WITH_CUDA

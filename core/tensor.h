@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "core/error.h"
 
@@ -147,6 +148,38 @@ void device_memset_zero(Device device, void* ptr, size_t bytes);
 void device_copy(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes);
 // Waits until the device has finished everything queued so far (a no-op on the CPU).
 void device_synchronize(Device device);
+
+// Small reads of device values that do not stall the host where they are
+// queued: fetch() queues copies of some tensors into pinned host memory
+// behind the work already queued, and the values are the host's after
+// wait(), which blocks only until those copies have landed. Fetching at the
+// point a value is ready and waiting where it is needed lets several reads
+// share one synchronization, or ride on one the code makes anyway. Host
+// tensors are copied at once. The staging area grows to the largest fetch
+// (pinned memory is allocated then, so size it on a first step, not in a
+// loop that keeps growing).
+class HostStaging {
+ public:
+  HostStaging() = default;
+  ~HostStaging();
+  HostStaging(const HostStaging&) = delete;
+  HostStaging& operator=(const HostStaging&) = delete;
+  void fetch(std::initializer_list<const Tensor*> tensors);
+  void wait();
+  // The bytes of the i-th tensor of the last fetch(), valid after wait().
+  template <typename T> const T* data(size_t i) const {
+    DECO_ASSERT(!pending_ && i < offsets_.size(), "HostStaging::data before wait() or past the fetched tensors");
+    return reinterpret_cast<const T*>(static_cast<const char*>(host_) + offsets_[i]);
+  }
+
+ private:
+  void release();
+  void* host_ = nullptr;
+  size_t capacity_ = 0;
+  bool pinned_ = false, pending_ = false;
+  void* event_ = nullptr;  // cudaEvent_t of the last fetch's copies
+  std::vector<size_t> offsets_;
+};
 
 // True when this binary was built with the CUDA backend.
 bool cuda_built();

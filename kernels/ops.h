@@ -159,6 +159,11 @@ void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef);
 // L1: sum_e r_e.
 double l1_reg_forward(const Tensor& z);
 void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef);
+// The router's statistics in one float64 tensor on z's device, computed
+// where z is and left there (nothing comes back to the host, so a GPU
+// does not stop for them): out[3] = {entropy_reg_forward(z),
+// l1_reg_forward(z), count_idle_rows(z)}, the same values bit for bit.
+void router_statistics(const Tensor& out, const Tensor& z);
 
 // Pairs of the sparse expert path, grouped by expert then ordered by token.
 // From z[N, E]: expert_offsets int32[E+1] (pairs of expert e are

@@ -50,6 +50,7 @@ DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStor
                             : w;
   w_bar_.ensure(router_.value.dtype(), w.device(), Shape{1, w.size(1)});
   if (w.dtype() != router_.value.dtype()) w_bar_compute_.ensure(w.dtype(), w.device(), Shape{1, w.size(1)});
+  router_stats_.ensure(DType::F64, w.device(), Shape{3});
   DECO_ASSERT((ep_ ? ep_->size() : 1) == values.layout().ep_size(),
               "the parameter layout's expert-parallel size differs from the group's");
 }
@@ -92,18 +93,34 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
 
   DecoLayerStats stats;
   // The counts come to the host for the statistics, and for auto's choice
-  // (also when recomputing: the choice must repeat the forward's).
+  // (also when recomputing: the choice must repeat the forward's), which
+  // needs them at once; the statistics wait until the end of the forward.
+  const bool choose_now = compute_ == ExpertCompute::Auto && !ep_;
   std::vector<int64_t> counts;
-  if (statistics || (compute_ == ExpertCompute::Auto && !ep_)) counts = host_counts(w.counts);
   if (statistics) {
-    stats.tokens = N;
-    stats.expert_tokens = counts;
-    stats.active_pairs = total(counts);
-    stats.entropy_sum = ops::entropy_reg_forward(s.z);
-    if (reg == RegType::Entropy) stats.reg_sum = stats.entropy_sum;
-    if (reg == RegType::L1) stats.reg_sum = ops::l1_reg_forward(s.z);
-    stats.idle_tokens = ops::count_idle_rows(s.z);
+    ops::router_statistics(router_stats_, s.z);
+    staged_.fetch({&w.counts.tensor(), &router_stats_.tensor()});
+  } else if (choose_now) {
+    staged_.fetch({&w.counts.tensor()});
   }
+  if (choose_now) {
+    staged_.wait();
+    counts.assign(staged_.data<int64_t>(0), staged_.data<int64_t>(0) + E_total_);
+  }
+  // Fills the statistics from the staged copy (the values of this forward's router).
+  auto finish = [&]() {
+    if (!statistics) return;
+    staged_.wait();
+    const int64_t* c = staged_.data<int64_t>(0);
+    const double* r = staged_.data<double>(1);
+    stats.tokens = N;
+    stats.expert_tokens.assign(c, c + E_total_);
+    stats.active_pairs = total(stats.expert_tokens);
+    stats.entropy_sum = r[0];
+    if (reg == RegType::Entropy) stats.reg_sum = r[0];
+    if (reg == RegType::L1) stats.reg_sum = r[1];
+    stats.idle_tokens = static_cast<int64_t>(r[2]);
+  };
 
   if (shared_)
     shared_->forward(y, x, false);
@@ -115,6 +132,7 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
     zx_ = s.z;
     gx_ = w.g;
     experts_forward(y, x);
+    finish();
     return stats;
   }
   // Expert parallel: the rows of tokens active on this rank's experts come
@@ -144,6 +162,7 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   ops::zero(w.yr);
   experts_forward(w.yr, s.xr);
   s.exchange.combine_add(y, w.yr);
+  finish();
   return stats;
 }
 

@@ -20,6 +20,19 @@
 // of the full projection is summed over the group; the backward pass
 // returns each token's share of the mean's gradient (kappa) with its input
 // gradient, so the rank-one terms are applied where the token lives.
+//
+// Where a GPU forward waits for the host (nothing else in the layer does):
+//  - sparse path: build_routing's copy of the expert offsets (E + 1 ints),
+//    which the host needs to size the grouped GEMMs: one sync per layer and
+//    micro-batch, after the router, with the GPU idle from then until the
+//    host has launched the gather (a few microseconds of launch latency).
+//  - statistics (every training forward): counts, entropy, L1 and idle
+//    rows in one staged copy, read at the end of the forward; on the sparse
+//    path and under expert parallelism an earlier sync has already landed
+//    it, on the dense path the host waits there once the layer is queued.
+//  - auto without expert parallelism: the counts at once, to pick the path.
+//  - expert parallelism: the exchange's counts (ExpertExchange::plan).
+// The backward pass never waits.
 #pragma once
 
 #include <memory>
@@ -148,6 +161,13 @@ class DecoFfn {
   Tensor act_proj_master_;  // act_proj_'s float32 master values (mixed precision), else act_proj_.value
   Buffer w_bar_;          // [1, H] mean row of act_proj_, in the router's dtype (summed over expert-parallel ranks)
   Buffer w_bar_compute_;  // mixed precision: w_bar_ rounded to the activations' dtype for the mean GEMMs
+  // The forward's statistics: ops::router_statistics into router_stats_ on
+  // the layer's device, then counts and those three values to the host in
+  // one staged copy, read at the end of the forward, where a GPU has been
+  // synchronized already by the sparse path's routing or the expert-parallel
+  // exchange (the dense path waits there, its expert GEMMs queued).
+  Buffer router_stats_;   // float64 [3]: entropy sum, L1 sum, idle rows
+  HostStaging staged_;
   const Tensor& w_bar() const { return w_bar_compute_.numel() ? w_bar_compute_.tensor() : w_bar_.tensor(); }
 
   Saved* saved_ = nullptr;

@@ -164,6 +164,16 @@ double l1_reg_forward(const Tensor& z) {
   return total;
 }
 
+void router_statistics(const Tensor& out, const Tensor& z) {
+  DECO_ASSERT(out.dtype() == DType::F64 && out.numel() == 3 && out.device() == z.device(),
+              "router_statistics: out is float64 [3] on z's device");
+  DECO_CUDA_DISPATCH(z, cuda::router_statistics(out, z));
+  double* p = out.data<double>();
+  p[0] = entropy_reg_forward(z);
+  p[1] = l1_reg_forward(z);
+  p[2] = static_cast<double>(count_idle_rows(z));
+}
+
 void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
   DECO_CUDA_DISPATCH(z, cuda::l1_reg_backward(dr, z, coef));
   // d(sum r)/dr = 1 everywhere; relu_route_backward masks the inactive entries.

@@ -82,6 +82,7 @@ void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& d
 double entropy_reg_forward(const Tensor& z);
 void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef);
 double l1_reg_forward(const Tensor& z);
+void router_statistics(const Tensor& out, const Tensor& z);
 void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef);
 int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token, const Tensor& pair_flat,
                       const Tensor& z);

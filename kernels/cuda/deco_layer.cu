@@ -541,31 +541,40 @@ void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& d
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-int64_t count_idle_rows(const Tensor& z) {
+// The idle rows of z into *idle (device), set, not added.
+static void idle_rows_into(unsigned long long* idle, const Tensor& z) {
   const Matrix m = z.matrix();
-  if (m.rows == 0) return 0;
-  Scratch scratch(sizeof(unsigned long long));
-  unsigned long long* idle = scratch.as<unsigned long long>();
   DECO_CUDA_CHECK(cudaMemsetAsync(idle, 0, sizeof(unsigned long long)));
+  if (m.rows == 0) return;
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     idle_rows_kernel<T><<<blocks_for(m.rows, kWarps), kThreads>>>(idle, z.data<T>(), m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+int64_t count_idle_rows(const Tensor& z) {
+  if (z.matrix().rows == 0) return 0;
+  Scratch scratch(sizeof(unsigned long long));
+  unsigned long long* idle = scratch.as<unsigned long long>();
+  idle_rows_into(idle, z);
   unsigned long long host = 0;
   DECO_CUDA_CHECK(cudaMemcpy(&host, idle, sizeof host, cudaMemcpyDeviceToHost));  // the caller's sync
   return static_cast<int64_t>(host);
 }
 
-double entropy_reg_forward(const Tensor& z) {
+// The entropy sum of z into *total (device): the slabs' partials, then the
+// total behind them.
+static void entropy_sum_into(double* total, const Tensor& z) {
   const Matrix m = z.matrix();
   const int64_t N = m.rows, E = m.cols;
-  if (N == 0 || E == 0) return 0.0;
+  if (N == 0 || E == 0) {
+    DECO_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(double)));
+    return;
+  }
   const Slabs slabs = slabs_for(N, kMinSlabRows);
-  // The slabs' partials, then the total behind them.
-  Scratch scratch(static_cast<size_t>(slabs.count + 1) * sizeof(double));
+  Scratch scratch(static_cast<size_t>(slabs.count) * sizeof(double));
   double* partial = scratch.as<double>();
-  double* total = partial + slabs.count;
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     entropy_forward_kernel<T><<<static_cast<unsigned>(slabs.count), kThreads>>>(partial, z.data<T>(), N, E,
@@ -573,8 +582,15 @@ double entropy_reg_forward(const Tensor& z) {
   });
   column_sum<double>(total, partial, slabs.count, 1, false);
   DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+double entropy_reg_forward(const Tensor& z) {
+  const Matrix m = z.matrix();
+  if (m.rows == 0 || m.cols == 0) return 0.0;
+  Scratch scratch(sizeof(double));
+  entropy_sum_into(scratch.as<double>(), z);
   double host = 0.0;
-  DECO_CUDA_CHECK(cudaMemcpy(&host, total, sizeof(double), cudaMemcpyDeviceToHost));  // the caller's sync
+  DECO_CUDA_CHECK(cudaMemcpy(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost));  // the caller's sync
   return host;
 }
 
@@ -592,22 +608,44 @@ void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-double l1_reg_forward(const Tensor& z) {
+// sum relu(z) into *total (device).
+static void relu_sum_into(double* total, const Tensor& z) {
   const int64_t n = z.numel();
-  if (n == 0) return 0.0;
+  if (n == 0) {
+    DECO_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(double)));
+    return;
+  }
   const Slabs slabs = slabs_for(n, 8 * kThreads);
-  Scratch scratch(static_cast<size_t>(slabs.count + 1) * sizeof(double));
+  Scratch scratch(static_cast<size_t>(slabs.count) * sizeof(double));
   double* partial = scratch.as<double>();
-  double* total = partial + slabs.count;
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     relu_sum_kernel<T><<<static_cast<unsigned>(slabs.count), kThreads>>>(partial, z.data<T>(), n, slabs.rows);
   });
   column_sum<double>(total, partial, slabs.count, 1, false);
   DECO_CUDA_CHECK(cudaGetLastError());
+}
+
+double l1_reg_forward(const Tensor& z) {
+  if (z.numel() == 0) return 0.0;
+  Scratch scratch(sizeof(double));
+  relu_sum_into(scratch.as<double>(), z);
   double host = 0.0;
-  DECO_CUDA_CHECK(cudaMemcpy(&host, total, sizeof(double), cudaMemcpyDeviceToHost));  // the caller's sync
+  DECO_CUDA_CHECK(cudaMemcpy(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost));  // the caller's sync
   return host;
+}
+
+static __global__ void u64_to_f64_kernel(double* dst, const unsigned long long* src) { *dst = static_cast<double>(*src); }
+
+void router_statistics(const Tensor& out, const Tensor& z) {
+  require_device(out, __func__, "out");
+  double* p = out.data<double>();
+  entropy_sum_into(p, z);
+  relu_sum_into(p + 1, z);
+  Scratch scratch(sizeof(unsigned long long));
+  idle_rows_into(scratch.as<unsigned long long>(), z);
+  u64_to_f64_kernel<<<1, 1>>>(p + 2, scratch.as<unsigned long long>());
+  DECO_CUDA_CHECK(cudaGetLastError());
 }
 
 void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
