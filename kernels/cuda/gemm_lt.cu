@@ -58,6 +58,9 @@ struct Plan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
   size_t workspace = 0;
+  // cuBLASLt's heuristic offered no algorithm (it can happen for GEMV-like
+  // shapes in bf16): cublasGemmEx runs this GEMM instead, same types, float32 compute.
+  bool gemm_ex = false;
 };
 
 class Lt {
@@ -98,13 +101,17 @@ class Lt {
     int found = 0;
     DECO_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
     cublasLtMatmulPreferenceDestroy(pref);
-    if (found == 0)
-      fail("cuBLASLt has no algorithm for a ", key.m, "x", key.n, "x", key.k, " GEMM of ",
-           dtype_name(DType(key.dtype_a)), " x ", dtype_name(DType(key.dtype_b)), " -> ",
-           dtype_name(DType(key.dtype_c)), " with leading dimensions ", key.lda, ", ", key.ldb, ", ", key.ldc,
-           "; this is a bug in deco's choice of layouts, please report it.");
-    p.algo = result.algo;
-    p.workspace = result.workspaceSize;
+    if (found == 0) {
+      if (key.dtype_a != key.dtype_b)
+        fail("cuBLASLt has no algorithm for a ", key.m, "x", key.n, "x", key.k, " GEMM of ",
+             dtype_name(DType(key.dtype_a)), " x ", dtype_name(DType(key.dtype_b)), " -> ",
+             dtype_name(DType(key.dtype_c)), " with leading dimensions ", key.lda, ", ", key.ldb, ", ", key.ldc,
+             "; this is a bug in deco's choice of layouts, please report it.");
+      p.gemm_ex = true;
+    } else {
+      p.algo = result.algo;
+      p.workspace = result.workspaceSize;
+    }
     return plans_.emplace(key, p).first->second;
   }
 
@@ -167,6 +174,17 @@ void gemm_lt(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bo
   key.align_c = alignment(C.ptr);
   Lt& lt = Lt::get();
   const Plan& p = lt.plan(key);
+  if (p.gemm_ex) {
+    cublasHandle_t h = blas_handle();
+    cudaStream_t before = nullptr;
+    DECO_CUBLAS_CHECK(cublasGetStream(h, &before));
+    DECO_CUBLAS_CHECK(cublasSetStream(h, stream));
+    DECO_CUBLAS_CHECK(cublasGemmEx(h, key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, key.tb ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k,
+                                   &alpha, B.ptr, lt_type(B.dtype), B.ld, A.ptr, lt_type(A.dtype), A.ld, &beta, C.ptr,
+                                   lt_type(C.dtype), C.ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    DECO_CUBLAS_CHECK(cublasSetStream(h, before));
+    return;
+  }
   DECO_CUBLAS_CHECK(cublasLtMatmul(lt.handle(), p.desc, &alpha, B.ptr, p.a, A.ptr, p.b, &beta, C.ptr, p.c, C.ptr,
                                      p.c, &p.algo, lt.workspace(), kWorkspaceBytes, stream));
 }
