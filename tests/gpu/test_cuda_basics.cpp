@@ -7,6 +7,7 @@
 // same order are compared exactly (0); reductions in another order or with
 // fused multiply-adds (nvcc contracts a*b+c by default) within 1e-6 to 1e-5
 // relative, stated per check.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -218,4 +219,21 @@ DECO_GPU_TEST(adamw) {
   expect_close("adamw param", p, to_host(pd), 1e-6);
   expect_close("adamw m", m, to_host(md), 1e-6);
   expect_close("adamw v", v, to_host(vd), 1e-6);
+}
+
+// core/tensor.h's HostStaging on device tensors: asynchronous copies into
+// pinned memory behind queued work; after wait() the host sees the values
+// the device held when fetch() was queued, not later writes.
+DECO_GPU_TEST(host_staging) {
+  Buffer a = to_device(random_host({1000}, 61)), b = to_device(random_host({7}, 62));
+  const Buffer a_host = to_host(a), b_host = to_host(b);
+  HostStaging staging;
+  staging.fetch({&a.tensor(), &b.tensor()});
+  ops::zero(a);  // queued after the copy
+  staging.wait();
+  Buffer got_a(DType::F32, Device::CPU, a_host.shape()), got_b(DType::F32, Device::CPU, b_host.shape());
+  std::copy(staging.data<float>(0), staging.data<float>(0) + 1000, got_a.data<float>());
+  std::copy(staging.data<float>(1), staging.data<float>(1) + 7, got_b.data<float>());
+  expect_close("host_staging first tensor", a_host, got_a, 0.0);
+  expect_close("host_staging second tensor", b_host, got_b, 0.0);
 }

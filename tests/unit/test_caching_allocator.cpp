@@ -228,3 +228,25 @@ TEST_CASE("caching allocator: random traffic keeps blocks disjoint and the books
   a.release_cached();
   CHECK(dev.in_use == 0);
 }
+
+// core/tensor.h's HostStaging on host tensors (copied at once); the device
+// side (pinned memory, an event) is checked by tests/gpu (host_staging).
+#include "core/tensor.h"
+
+TEST_CASE("HostStaging: the fetched tensors' values, and a larger fetch after a smaller one", "[core]") {
+  HostStaging staging;
+  Buffer counts(DType::I64, Device::CPU, Shape{5}), stats(DType::F64, Device::CPU, Shape{3});
+  for (int64_t i = 0; i < 5; ++i) counts.data<int64_t>()[i] = 10 * i + 1;
+  for (int64_t i = 0; i < 3; ++i) stats.data<double>()[i] = 0.5 + i;
+  staging.fetch({&counts.tensor(), &stats.tensor()});
+  counts.data<int64_t>()[0] = -7;  // host tensors are copied at fetch: later writes do not show
+  staging.wait();
+  for (int64_t i = 0; i < 5; ++i) CHECK(staging.data<int64_t>(0)[i] == 10 * i + 1);
+  for (int64_t i = 0; i < 3; ++i) CHECK(staging.data<double>(1)[i] == 0.5 + i);
+  CHECK_THROWS(staging.data<double>(2));  // only two tensors were fetched
+  Buffer big(DType::F64, Device::CPU, Shape{1000});
+  for (int64_t i = 0; i < 1000; ++i) big.data<double>()[i] = static_cast<double>(i) / 3.0;
+  staging.fetch({&big.tensor()});
+  staging.wait();
+  for (int64_t i = 0; i < 1000; ++i) CHECK(staging.data<double>(0)[i] == static_cast<double>(i) / 3.0);
+}
