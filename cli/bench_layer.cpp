@@ -56,8 +56,8 @@ int bench_layer(const BenchLayerArgs& args) {
   std::printf("forward + backward, median of %lld after %lld warm-up; executed FLOPs (2 a multiply-add); bytes the "
               "layer must move at least (model/layer_bench.h)\n\n",
               static_cast<long long>(args.iters), static_cast<long long>(args.warmup));
-  std::printf("%-7s %6s %7s %10s %10s %9s %9s %9s %9s %8s %9s\n", "path", "asked", "ratio", "time ms", "GFLOP",
-              "TFLOP/s", "GB/s", "flop fl.", "byte fl.", "of floor", "vs dense");
+  std::printf("%-7s %6s %7s %10s %10s %9s %9s %9s %9s %8s %9s %9s\n", "path", "asked", "ratio", "time ms", "GFLOP",
+              "TFLOP/s", "GB/s", "flop fl.", "byte fl.", "of floor", "vs dense", "rows ms");
   for (double ratio : args.ratios) {
     double dense_seconds = 0.0;
     for (ExpertCompute path : paths) {
@@ -68,13 +68,16 @@ int bench_layer(const BenchLayerArgs& args) {
       char versus[32] = "";
       if (path == ExpertCompute::Sparse && dense_seconds > 0)
         std::snprintf(versus, sizeof(versus), "%.2fx", dense_seconds / r.seconds);
-      std::printf("%-7s %6.2f %7.4f %10.3f %10.3f %9.3f %9.1f %8.3fms %8.3fms %7.1f%% %9s\n", expert_compute_name(path),
+      char rows[32] = "";
+      if (r.pair_row_bytes > 0) std::snprintf(rows, sizeof(rows), "%.3f", r.pair_row_bytes / bandwidth * 1e3);
+      std::printf("%-7s %6.2f %7.4f %10.3f %10.3f %9.3f %9.1f %8.3fms %8.3fms %7.1f%% %9s %9s\n", expert_compute_name(path),
                   ratio, r.ratio, r.seconds * 1e3, r.flops / 1e9, r.flops / r.seconds / 1e12, r.bytes / r.seconds / 1e9,
-                  flop_floor * 1e3, byte_floor * 1e3, 100.0 * std::max(flop_floor, byte_floor) / r.seconds, versus);
+                  flop_floor * 1e3, byte_floor * 1e3, 100.0 * std::max(flop_floor, byte_floor) / r.seconds, versus, rows);
     }
   }
   std::printf("\nflop fl. = FLOPs / peak, byte fl. = bytes / bandwidth; 'of floor' = the larger floor / time; "
-              "'vs dense' = dense time / sparse time at the same ratio.\n");
+              "'vs dense' = dense time / sparse time at the same ratio; rows ms = the H-wide rows per pair the "
+              "sparse path moves as structured now (model/layer_bench.h: sparse_pair_row_bytes) / bandwidth.\n");
   return 0;
 }
 

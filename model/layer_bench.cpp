@@ -71,6 +71,11 @@ double deco_layer_bytes(const ModelConfig& c, double tokens, double rows, size_t
   return (streams + 2 * weights + 2 * weights + kept) * static_cast<double>(dtype_bytes);
 }
 
+double sparse_pair_row_bytes(const ModelConfig& c, double pairs, size_t dtype_bytes) {
+  const double rows_per_pair = c.expert_gated ? 16.0 : 12.0;
+  return rows_per_pair * pairs * static_cast<double>(c.hidden_size) * static_cast<double>(dtype_bytes);
+}
+
 void force_router_ratio(const Tensor& router_weight, const Tensor& x, double ratio, uint64_t seed) {
   DECO_ASSERT(ratio > 0 && ratio <= 1, "ratio ", ratio, " outside (0, 1]");
   const int64_t N = x.size(0), H = x.size(1), E = router_weight.size(0);
@@ -139,6 +144,7 @@ LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCom
   const double rows = compute == ExpertCompute::Dense ? N * E : r.ratio * N * E;
   r.flops = deco_layer_flops(c, N, rows, compute);
   r.bytes = deco_layer_bytes(c, N, rows, dtype_size(dtype));
+  r.pair_row_bytes = compute == ExpertCompute::Sparse ? sparse_pair_row_bytes(c, rows, dtype_size(dtype)) : 0.0;
   return r;
 }
 

@@ -25,6 +25,17 @@ double deco_layer_flops(const ModelConfig& config, double tokens, double rows, E
 // `dtype_bytes` each.
 double deco_layer_bytes(const ModelConfig& config, double tokens, double rows, size_t dtype_bytes);
 
+// What the sparse path moves beyond that floor as it is structured now:
+// H-wide rows per active pair, 12 of them over a forward and backward
+// (forward: the gather reads the input rows and writes xg, the
+// up-projection reads xg, the down-projection writes yg, the scatter-add
+// reads it; backward: dy gathered (read, written), read by the two
+// down-projection products, xg read by the up-projection's weight
+// gradient, the input gradient by pair written and read by its
+// scatter-add; gated experts' second projection: 4 more, 16). Elements of
+// `dtype_bytes`.
+double sparse_pair_row_bytes(const ModelConfig& config, double pairs, size_t dtype_bytes);
+
 // Makes about `ratio` of the layer's (token, expert) pairs active, for
 // inputs x [N, H] and router weight [E, H] on any device: feature 0 of every
 // input is 1 and the router's column 0 a bias placing that quantile of the
@@ -38,6 +49,7 @@ struct LayerBench {
   double seconds = 0;                 // median forward + backward, device synchronized
   double min_seconds = 0, max_seconds = 0;
   double flops = 0, bytes = 0;        // deco_layer_flops / deco_layer_bytes at the measured ratio
+  double pair_row_bytes = 0;          // sparse: sparse_pair_row_bytes at the measured pairs (0 dense)
 };
 
 // Times `iters` forward + backward passes (after `warmup` untimed ones) of
