@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cli/commands.h"
@@ -67,19 +69,33 @@ int bench_attention(const BenchAttentionArgs& args) {
   fill_normal(v, 3);
   fill_normal(dout, 4);
 
-  std::vector<double> fwd, bwd;
-  for (int64_t i = 0; i < args.warmup + args.iters; ++i) {
-    device_synchronize(device);
-    const auto t0 = std::chrono::steady_clock::now();
-    ops::attention_forward(out, saved, q, k, v, s);
-    device_synchronize(device);
-    const auto t1 = std::chrono::steady_clock::now();
-    ops::attention_backward(dq, dk, dv, dout, out, saved, q, k, v, s);
-    device_synchronize(device);
-    const auto t2 = std::chrono::steady_clock::now();
-    if (i < args.warmup) continue;
-    fwd.push_back(std::chrono::duration<double>(t1 - t0).count());
-    bwd.push_back(std::chrono::duration<double>(t2 - t1).count());
+  // Median forward and backward seconds of the kernels ops:: picks now.
+  auto time_passes = [&]() {
+    std::vector<double> fwd, bwd;
+    for (int64_t i = 0; i < args.warmup + args.iters; ++i) {
+      device_synchronize(device);
+      const auto t0 = std::chrono::steady_clock::now();
+      ops::attention_forward(out, saved, q, k, v, s);
+      device_synchronize(device);
+      const auto t1 = std::chrono::steady_clock::now();
+      ops::attention_backward(dq, dk, dv, dout, out, saved, q, k, v, s);
+      device_synchronize(device);
+      const auto t2 = std::chrono::steady_clock::now();
+      if (i < args.warmup) continue;
+      fwd.push_back(std::chrono::duration<double>(t1 - t0).count());
+      bwd.push_back(std::chrono::duration<double>(t2 - t1).count());
+    }
+    return std::pair{median(fwd), median(bwd)};
+  };
+  // On a GPU in bf16 at head_dim 64 or 128 the tensor-core kernels run; the
+  // CUDA-core ones are timed after them, side by side.
+  const bool both = device == Device::CUDA && dtype == DType::BF16 && (hd == 64 || hd == 128);
+  const auto [tf, tb] = time_passes();
+  double cf = 0, cb = 0;
+  if (both) {
+    ops::set_attention_tensor_cores(false);
+    std::tie(cf, cb) = time_passes();
+    ops::set_attention_tensor_cores(true);
   }
   // The customary causal count (FlashAttention's): the forward's two
   // products over the S^2 / 2 visible (query, key) pairs, 2 FLOPs a
@@ -89,7 +105,6 @@ int bench_attention(const BenchAttentionArgs& args) {
   const double fwd_flops = 4.0 * static_cast<double>(batch) * static_cast<double>(s.heads) *
                            static_cast<double>(seq) * static_cast<double>(seq) * static_cast<double>(hd) / 2.0;
   const double bwd_flops = 2.5 * fwd_flops;
-  const double tf = median(fwd), tb = median(bwd);
   std::printf("deco bench-attention: %s | causal attention, batch %lld x seq %lld, %lld heads over %lld kv groups, "
               "head_dim %lld | %s on %s | median of %lld after %lld warm-up\n",
               config.source.c_str(), static_cast<long long>(batch), static_cast<long long>(seq),
@@ -98,16 +113,28 @@ int bench_attention(const BenchAttentionArgs& args) {
               device == Device::CUDA ? cuda_device_description().c_str()
                                      : ("cpu, " + std::to_string(cpu_threads()) + " threads").c_str(),
               static_cast<long long>(args.iters), static_cast<long long>(args.warmup));
-  std::printf("%-18s %10s %10s\n", "pass", "time ms", "TFLOP/s");
-  std::printf("%-18s %10.3f %10.2f\n", "forward", tf * 1e3, fwd_flops / tf / 1e12);
-  std::printf("%-18s %10.3f %10.2f\n", "backward", tb * 1e3, bwd_flops / tb / 1e12);
-  std::printf("%-18s %10.3f %10.2f\n", "forward+backward", (tf + tb) * 1e3, (fwd_flops + bwd_flops) / (tf + tb) / 1e12);
+  auto table = [&](const char* title, double f, double b) {
+    std::printf("%s\n%-18s %10s %10s\n", title, "pass", "time ms", "TFLOP/s");
+    std::printf("%-18s %10.3f %10.2f\n", "forward", f * 1e3, fwd_flops / f / 1e12);
+    std::printf("%-18s %10.3f %10.2f\n", "backward", b * 1e3, bwd_flops / b / 1e12);
+    std::printf("%-18s %10.3f %10.2f\n", "forward+backward", (f + b) * 1e3, (fwd_flops + bwd_flops) / (f + b) / 1e12);
+  };
+  table(both ? "tensor-core kernels (kernels/cuda/attention_tc.cu):" : "the kernels this precision and head size use:",
+        tf, tb);
+  if (both) {
+    table("CUDA-core kernels (kernels/cuda/attention.cu), same run:", cf, cb);
+    std::printf("tensor cores / CUDA cores: %.2fx faster forward+backward\n", (cf + cb) / (tf + tb));
+  }
   std::printf("TFLOP/s count the causal half of S^2 (forward 4 B h S^2 d / 2, backward 2.5x).\n");
+  char cuda_core[96] = "";
+  if (both)
+    std::snprintf(cuda_core, sizeof(cuda_core), ", \"cuda_core_forward_ms\": %.4f, \"cuda_core_backward_ms\": %.4f",
+                  cf * 1e3, cb * 1e3);
   std::printf("{\"forward_ms\": %.4f, \"backward_ms\": %.4f, \"batch\": %lld, \"seq\": %lld, \"heads\": %lld, "
-              "\"groups\": %lld, \"head_dim\": %lld, \"dtype\": \"%s\"}\n",
+              "\"groups\": %lld, \"head_dim\": %lld, \"dtype\": \"%s\"%s}\n",
               tf * 1e3, tb * 1e3, static_cast<long long>(batch), static_cast<long long>(seq),
               static_cast<long long>(s.heads), static_cast<long long>(s.groups), static_cast<long long>(hd),
-              dtype_name(dtype));
+              dtype_name(dtype), cuda_core);
   return 0;
 }
 

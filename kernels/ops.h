@@ -124,6 +124,12 @@ Shape attention_saved_shape(Device device, const AttentionShape& shape);
 // kv group h / (heads / groups). q[B*S, heads*hd], k and v [B*S, groups*hd].
 void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,
                        const Tensor& v, const AttentionShape& shape);
+// Whether bf16 attention with head_dim 64 or 128 runs on the GPU's tensor
+// cores (kernels/cuda/attention_tc.cu; the default) or on the CUDA-core
+// kernels every other case uses: a switch for benchmarks and tests that
+// compare the two. Process-wide.
+void set_attention_tensor_cores(bool enabled);
+bool attention_tensor_cores();
 // dq, dk, dv (=) gradients of out with respect to q, k, v. out is
 // attention_forward's output (the tensor-core kernels take FlashAttention's
 // D = rowsum(dout o out) from it; the CPU reference recomputes D from the

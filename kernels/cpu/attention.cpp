@@ -4,6 +4,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -224,6 +225,13 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
     attention_forward_cpu<decltype(tag)>(out, saved, q, k, v, shape);
   });
 }
+
+namespace {
+std::atomic<bool> g_attention_tensor_cores{true};
+}  // namespace
+
+void set_attention_tensor_cores(bool enabled) { g_attention_tensor_cores = enabled; }
+bool attention_tensor_cores() { return g_attention_tensor_cores; }
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,

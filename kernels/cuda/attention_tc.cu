@@ -564,6 +564,7 @@ bf16* mptr(const Tensor& t) { return static_cast<bf16*>(t.raw()); }
 
 bool tc_attention_applies(DType dtype, const ops::AttentionShape& shape,
                           std::initializer_list<const Tensor*> operands) {
+  if (!ops::attention_tensor_cores()) return false;
   if (dtype != DType::BF16 || (shape.head_dim != 64 && shape.head_dim != 128)) return false;
   for (const Tensor* t : operands)
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;

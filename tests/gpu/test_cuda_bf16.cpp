@@ -235,6 +235,22 @@ DECO_GPU_TEST(bf16_attention_tensor_cores) {
                  0.0);
     expect_close(std::string("tc attention dv rerun") + tag, bf16_values(to_host(dv.device)), bf16_values(to_host(dv2)),
                  0.0);
+    // The CUDA-core kernels on the same device tensors (ops::set_attention_tensor_cores(false)): a
+    // second reference, independent of the CPU, that differs by where P and dS are rounded.
+    ops::set_attention_tensor_cores(false);
+    Buffer out_c(DType::BF16, Device::CUDA, qs), lse_c(DType::F32, Device::CUDA, lse.shape());
+    ops::attention_forward(out_c, lse_c, q.device, k.device, v.device, s);
+    ops::attention_backward(dq2, dk2, dv2, dout.device, out_c, lse_c, q.device, k.device, v.device, s);
+    ops::set_attention_tensor_cores(true);
+    expect_close(std::string("tc vs CUDA-core attention out") + tag, bf16_values(to_host(out_c)),
+                 bf16_values(to_host(out.device)), kBf16);
+    expect_close(std::string("tc vs CUDA-core attention lse") + tag, to_host(lse_c), to_host(lse), kF32);
+    expect_close(std::string("tc vs CUDA-core attention dq") + tag, bf16_values(to_host(dq2)),
+                 bf16_values(to_host(dq.device)), kBf16);
+    expect_close(std::string("tc vs CUDA-core attention dk") + tag, bf16_values(to_host(dk2)),
+                 bf16_values(to_host(dk.device)), kBf16);
+    expect_close(std::string("tc vs CUDA-core attention dv") + tag, bf16_values(to_host(dv2)),
+                 bf16_values(to_host(dv.device)), kBf16);
   }
 }
 
