@@ -20,15 +20,6 @@
 #include "trainer/trainer.h"
 
 namespace deco::cli {
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-}  // namespace
-
 int bench(const BenchArgs& args) {
   std::vector<std::string> sets = args.cfg.sets;
   // Timing only: no evaluation, no checkpoints; the run directory is temporary.
@@ -74,8 +65,7 @@ int bench(const BenchArgs& args) {
   const ModelConfig& mc = config.model;
   std::printf("deco bench: %s on %s | %lld steps timed after %lld warm-up | %lld x %lld tokens per step\n",
               config.source.c_str(),
-              device == Device::CUDA ? cuda_device_description().c_str()
-                                     : ("cpu, " + std::to_string(cpu_threads()) + " threads").c_str(),
+              bench_device_label(device).c_str(),
               static_cast<long long>(args.steps), static_cast<long long>(args.warmup),
               static_cast<long long>(config.training.global_batch_size), static_cast<long long>(mc.seq_length));
   std::printf("  %-22s %12.0f\n", "tokens/s (median)", median(tps));

@@ -21,37 +21,12 @@
 #include "trainer/config.h"
 
 namespace deco::cli {
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-// Normal values into a tensor of any dtype and device, through a float32 host copy.
-void fill_normal(const Tensor& t, uint64_t key) {
-  Buffer host(DType::F32, Device::CPU, t.shape());
-  Rng rng(stream_key(key, "bench-attention"));
-  float* p = host.data<float>();
-  for (int64_t i = 0; i < host.numel(); ++i) p[i] = static_cast<float>(rng.normal());
-  Buffer typed(t.dtype(), Device::CPU, t.shape());
-  ops::copy(typed, host);
-  ops::copy(t, typed);
-}
-
-}  // namespace
-
 int bench_attention(const BenchAttentionArgs& args) {
   const LaunchInfo launch = detect_launch();
   if (launch.world_size > 1) fail("deco bench-attention runs one process; launch it without mpirun.");
   const Config config = load_config(args.cfg.config, args.cfg.sets, 1);
   const ModelConfig& m = config.model;
-  select_local_device(launch);
-  set_cpu_threads(config.training.threads);
-  const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
-  if (device == Device::CUDA && cuda_device_count() == 0)
-    fail(config.source, ": training.device is cuda, but no GPU is visible to this process; check nvidia-smi, "
-         "or --set training.device=cpu.");
+  const Device device = bench_device(config, launch);
   const DType dtype = config.training.activation_dtype();
   const int64_t batch = args.batch > 0 ? args.batch : config.training.micro_batch_size;
   const int64_t seq = args.seq > 0 ? args.seq : m.seq_length;
@@ -64,10 +39,10 @@ int bench_attention(const BenchAttentionArgs& args) {
   Buffer out(dtype, device, qs), dq(dtype, device, qs), dk(dtype, device, ks), dv(dtype, device, ks);
   // float32: the GPU's log-sum-exp, or the CPU reference's probabilities (B h S^2 values: pass --seq).
   Buffer saved(DType::F32, device, ops::attention_saved_shape(device, s));
-  fill_normal(q, 1);
-  fill_normal(k, 2);
-  fill_normal(v, 3);
-  fill_normal(dout, 4);
+  fill_normal(q, stream_key(1, "bench-attention"));
+  fill_normal(k, stream_key(2, "bench-attention"));
+  fill_normal(v, stream_key(3, "bench-attention"));
+  fill_normal(dout, stream_key(4, "bench-attention"));
 
   // Median forward and backward seconds of the kernels ops:: picks now.
   auto time_passes = [&]() {
@@ -110,8 +85,7 @@ int bench_attention(const BenchAttentionArgs& args) {
               config.source.c_str(), static_cast<long long>(batch), static_cast<long long>(seq),
               static_cast<long long>(s.heads), static_cast<long long>(s.groups), static_cast<long long>(hd),
               dtype_name(dtype),
-              device == Device::CUDA ? cuda_device_description().c_str()
-                                     : ("cpu, " + std::to_string(cpu_threads()) + " threads").c_str(),
+              bench_device_label(device).c_str(),
               static_cast<long long>(args.iters), static_cast<long long>(args.warmup));
   auto table = [&](const char* title, double f, double b) {
     std::printf("%s\n%-18s %10s %10s\n", title, "pass", "time ms", "TFLOP/s");

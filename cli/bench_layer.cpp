@@ -33,12 +33,7 @@ int bench_layer(const BenchLayerArgs& args) {
     else fail("--path ", p, " is not an expert path; use dense or sparse, or both: --path dense,sparse.");
   }
   const int64_t tokens = args.tokens > 0 ? args.tokens : config.training.micro_batch_size * m.seq_length;
-  select_local_device(launch);
-  set_cpu_threads(config.training.threads);
-  const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
-  if (device == Device::CUDA && cuda_device_count() == 0)
-    fail(config.source, ": training.device is cuda, but no GPU is visible to this process; check nvidia-smi, "
-         "or --set training.device=cpu.");
+  const Device device = bench_device(config, launch);
 
   const DType dtype = config.training.activation_dtype();
   const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048, dtype);
@@ -49,8 +44,7 @@ int bench_layer(const BenchLayerArgs& args) {
               static_cast<long long>(m.moe_ffn_hidden_size), m.expert_gated ? " gated" : "",
               static_cast<long long>(m.moe_shared_expert_intermediate_size), expert_act_name(m.expert_act),
               static_cast<long long>(tokens), config.training.bf16 ? "bf16 mixed precision" : "float32",
-              device == Device::CUDA ? cuda_device_description().c_str()
-                                     : ("cpu, " + std::to_string(cpu_threads()) + " threads").c_str());
+              bench_device_label(device).c_str());
   std::printf("floors from peaks measured now: %.3f TFLOP/s (%s GEMM), %.1f GB/s (device copy)\n", peak / 1e12,
               dtype_name(dtype), bandwidth / 1e9);
   std::printf("forward + backward, median of %lld after %lld warm-up; executed FLOPs (2 a multiply-add); bytes the "

@@ -5,6 +5,7 @@
 
 #include "core/rng.h"
 #include "kernels/ops.h"
+#include "kernels/runtime.h"
 
 namespace deco::cli {
 namespace {
@@ -22,16 +23,37 @@ template <typename F> double best_seconds(F&& run) {
 
 }  // namespace
 
+Device bench_device(const Config& config, const LaunchInfo& launch) {
+  select_local_device(launch);
+  set_cpu_threads(config.training.threads);
+  const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (device == Device::CUDA && cuda_device_count() == 0)
+    fail(config.source, ": training.device is cuda, but no GPU is visible to this process; check nvidia-smi, "
+         "or --set training.device=cpu.");
+  return device;
+}
+
+std::string bench_device_label(Device device) {
+  return device == Device::CUDA ? cuda_device_description() : "cpu, " + std::to_string(cpu_threads()) + " threads";
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+void fill_normal(const Tensor& t, uint64_t seed) {
+  Buffer host(DType::F32, Device::CPU, t.shape()), typed(t.dtype(), Device::CPU, t.shape());
+  Rng rng(seed);
+  for (int64_t i = 0; i < host.numel(); ++i) host.data<float>()[i] = static_cast<float>(rng.normal());
+  ops::copy(typed, host);  // the dtype, on the host
+  ops::copy(t, typed);     // then to t's device
+}
+
 double measured_peak_flops(Device device, int64_t n, DType dtype) {
   Buffer a(dtype, device, {n, n}), b(dtype, device, {n, n}), c(dtype, device, {n, n});
-  {
-    Buffer h(DType::F32, Device::CPU, {n, n}), staged(dtype, Device::CPU, {n, n});
-    Rng rng(7);
-    for (int64_t i = 0; i < n * n; ++i) h.data<float>()[i] = static_cast<float>(rng.normal());
-    ops::copy(staged, h);
-    ops::copy(a, staged);
-    ops::copy(b, staged);
-  }
+  fill_normal(a, 7);
+  fill_normal(b, 7);
   device_synchronize(device);
   const double s = best_seconds([&] {
     ops::gemm(c.tensor().matrix(), a.tensor().matrix(), false, b.tensor().matrix(), true, 1.0, 0.0);

@@ -18,9 +18,9 @@ void set_cpu_threads(int64_t threads) {
   // 0: OMP_NUM_THREADS when the environment sets it (as for other OpenMP
   // programs: several processes sharing a machine each take a few), else
   // every core.
-  int n = threads > 0 ? static_cast<int>(threads) : omp_get_num_procs();
-  if (threads <= 0)
-    if (const char* env = std::getenv("OMP_NUM_THREADS"); env != nullptr && std::atoi(env) > 0) n = std::atoi(env);
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  const int from_env = env != nullptr ? std::atoi(env) : 0;
+  const int n = threads > 0 ? static_cast<int>(threads) : from_env > 0 ? from_env : omp_get_num_procs();
   omp_set_num_threads(n);
 #else
   const int n = 1;

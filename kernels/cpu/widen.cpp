@@ -11,28 +11,27 @@ namespace {
 // tens of microseconds), so small tensors convert on the calling thread.
 constexpr int64_t kParallelValues = int64_t{1} << 16;
 
-void widen_values(float* dst, const uint16_t* src, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= kParallelValues)
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_float(src[i]);
-}
-
-void round_values(uint16_t* dst, const float* src, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= kParallelValues)
-  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16_bits(src[i]);
-}
-
-// Strided matrices: rows x cols values at row strides ld_dst and ld_src,
-// in one parallel region.
-void widen_rows(float* dst, int64_t ld_dst, const uint16_t* src, int64_t ld_src, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
+// dst = f(src) over rows x cols values at row strides ld_dst and ld_src,
+// in one parallel region (over the rows, or over a single row's values).
+template <typename D, typename S, typename F>
+void convert(D* dst, int64_t ld_dst, const S* src, int64_t ld_src, int64_t rows, int64_t cols, F f) {
+  const bool parallel = rows * cols >= kParallelValues;
+  if (rows == 1) {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t c = 0; c < cols; ++c) dst[c] = f(src[c]);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[r * ld_dst + c] = bf16_bits_to_float(src[r * ld_src + c]);
+    for (int64_t c = 0; c < cols; ++c) dst[r * ld_dst + c] = f(src[r * ld_src + c]);
+}
+
+void widen_rows(float* dst, int64_t ld_dst, const uint16_t* src, int64_t ld_src, int64_t rows, int64_t cols) {
+  convert(dst, ld_dst, src, ld_src, rows, cols, [](uint16_t b) { return bf16_bits_to_float(b); });
 }
 
 void round_rows(uint16_t* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows * cols >= kParallelValues)
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[r * ld_dst + c] = float_to_bf16_bits(src[r * ld_src + c]);
+  convert(dst, ld_dst, src, ld_src, rows, cols, [](float v) { return float_to_bf16_bits(v); });
 }
 
 }  // namespace
@@ -51,7 +50,7 @@ bool any_bf16(std::initializer_list<const Matrix*> matrices) {
 
 Widen::~Widen() {
   for (auto& [target, scratch] : tensor_back_)
-    round_values(static_cast<uint16_t*>(target.raw()), scratch.data<float>(), target.numel());
+    round_rows(static_cast<uint16_t*>(target.raw()), 0, scratch.data<float>(), 0, 1, target.numel());
   for (auto& [target, scratch] : matrix_back_)
     round_rows(static_cast<uint16_t*>(target.ptr), target.ld, scratch.data<float>(), scratch.ld, target.rows,
                target.cols);
@@ -61,7 +60,7 @@ Tensor Widen::in(const Tensor& t) {
   if (!t.defined() || t.dtype() != DType::BF16) return t;
   DECO_ASSERT(t.device() == Device::CPU, "Widen: a host tensor");
   scratch_.emplace_back(DType::F32, Device::CPU, t.shape());
-  widen_values(scratch_.back().data<float>(), static_cast<const uint16_t*>(t.raw()), t.numel());
+  widen_rows(scratch_.back().data<float>(), 0, static_cast<const uint16_t*>(t.raw()), 0, 1, t.numel());
   return scratch_.back().tensor();
 }
 

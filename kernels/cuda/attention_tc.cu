@@ -201,6 +201,29 @@ __device__ __forceinline__ void store_rows(bf16* dst, int64_t ld, const float (&
   }
 }
 
+// The (batch, head, query tile) of a forward or dQ block, the longest rows
+// (last query tiles) first so that the tail of the grid is short; with the
+// head's kv group, the offsets of the batch's q-like and k-like rows of
+// that head, and of its statistics (lse, delta [B, heads, S]).
+struct QueryTile {
+  int qt, q0;
+  int64_t h, b, grp, qoff, koff, stats;
+};
+__device__ __forceinline__ QueryTile query_tile(const TcDims& a, int D) {
+  QueryTile t;
+  int64_t idx = blockIdx.x;
+  t.qt = a.tiles - 1 - static_cast<int>(idx % a.tiles);
+  idx /= a.tiles;
+  t.h = idx % a.heads;
+  t.b = idx / a.heads;
+  t.grp = t.h / a.heads_per_group;
+  t.q0 = t.qt * kTile;
+  t.qoff = t.b * a.seq * a.ldq + t.h * D;
+  t.koff = t.b * a.seq * a.ldk + t.grp * D;
+  t.stats = (t.b * a.heads + t.h) * a.seq;
+  return t;
+}
+
 // ---------------------------------------------------------------- forward
 
 template <int D> constexpr int forward_smem_bytes() { return 3 * kTile * row_len<D>() * 2; }
@@ -215,17 +238,12 @@ __global__ void __launch_bounds__(kThreads) tc_forward_kernel(bf16* __restrict__
   bf16* sk = sq + kTile * LD;                // [64][LD]
   bf16* sv = sk + kTile * LD;                // [64][LD]
 
-  // The longest rows (last query tiles) first, so the tail of the grid is short.
-  int64_t idx = blockIdx.x;
-  const int qt = a.tiles - 1 - static_cast<int>(idx % a.tiles);
-  idx /= a.tiles;
-  const int64_t h = idx % a.heads, b = idx / a.heads;
-  const int64_t grp = h / a.heads_per_group;
+  const QueryTile tile = query_tile(a, D);
+  const int qt = tile.qt, q0 = tile.q0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int q0 = qt * kTile;
-  const bf16* qb = q + b * a.seq * a.ldq + h * D;
-  const bf16* kb = k + b * a.seq * a.ldk + grp * D;
-  const bf16* vb = v + b * a.seq * a.ldk + grp * D;
+  const bf16* qb = q + tile.qoff;
+  const bf16* kb = k + tile.koff;
+  const bf16* vb = v + tile.koff;
 
   load_rows<D>(sq, qb, a.ldq, q0, kTile, a.seq);
   load_rows<D>(sk, kb, a.ldk, 0, kTile, a.seq);
@@ -302,11 +320,11 @@ __global__ void __launch_bounds__(kThreads) tc_forward_kernel(bf16* __restrict__
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     inv[r] = 1.f / l[r];
-    if (c == 0 && rows[r] < a.seq) lse[(b * a.heads + h) * a.seq + rows[r]] = (m[r] + log2f(l[r])) * kLn2;
+    if (c == 0 && rows[r] < a.seq) lse[tile.stats + rows[r]] = (m[r] + log2f(l[r])) * kLn2;
   }
   // Q's rows of this warp are free (its fragments were read from them in
   // every tile, the last time before the final barrier above).
-  store_rows<D>(out + b * a.seq * a.ldq + h * D, a.ldq, o, inv, sq, warp * 16, q0 + warp * 16, a.seq);
+  store_rows<D>(out + tile.qoff, a.ldq, o, inv, sq, warp * 16, q0 + warp * 16, a.seq);
 }
 
 // ---------------------------------------------------------------- backward
@@ -458,16 +476,12 @@ __global__ void __launch_bounds__(kThreads)
   bf16* sk = sdo + kTile * LD;               // [2][64][LD]
   bf16* sv = sk + 2 * kTile * LD;            // [2][64][LD]
 
-  int64_t idx = blockIdx.x;
-  const int qt = a.tiles - 1 - static_cast<int>(idx % a.tiles);
-  idx /= a.tiles;
-  const int64_t h = idx % a.heads, b = idx / a.heads;
-  const int64_t grp = h / a.heads_per_group;
+  const QueryTile tile = query_tile(a, D);
+  const int qt = tile.qt, q0 = tile.q0;
+  const int64_t qoff = tile.qoff;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int q0 = qt * kTile;
-  const int64_t qoff = b * a.seq * a.ldq + h * D;
-  const bf16* kb = k + b * a.seq * a.ldk + grp * D;
-  const bf16* vb = v + b * a.seq * a.ldk + grp * D;
+  const bf16* kb = k + tile.koff;
+  const bf16* vb = v + tile.koff;
 
   load_rows<D>(sq, q + qoff, a.ldq, q0, kTile, a.seq);
   load_rows<D>(sdo, dout + qoff, a.ldq, q0, kTile, a.seq);
@@ -479,7 +493,7 @@ __global__ void __launch_bounds__(kThreads)
   float rl[2], rd[2];  // the rows' log2-sum-exp and D (0 past the end: those rows are not stored)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int64_t at = (b * a.heads + h) * a.seq + rows[r];
+    const int64_t at = tile.stats + rows[r];
     rl[r] = rows[r] < a.seq ? lse[at] * kLog2e : 0.f;
     rd[r] = rows[r] < a.seq ? delta[at] : 0.f;
   }

@@ -146,9 +146,10 @@ void launch_route_forward(T* g, unsigned long long* counts, const T* z, const T*
 }
 
 // One warp per row of z [N, E]: a row is idle when no lane saw a positive
-// entry; the CTA's idle rows are added with one integer atomic.
+// entry; the CTA's idle rows are added with one atomic (into a double, as
+// the statistics keep it: integer counts, so exact in any order).
 template <typename T>
-__global__ void idle_rows_kernel(unsigned long long* idle, const T* z, int64_t N, int64_t E) {
+__global__ void idle_rows_kernel(double* idle, const T* z, int64_t N, int64_t E) {
   __shared__ unsigned int block_idle;
   if (threadIdx.x == 0) block_idle = 0;
   __syncthreads();
@@ -160,7 +161,7 @@ __global__ void idle_rows_kernel(unsigned long long* idle, const T* z, int64_t N
     if (__ballot_sync(kFullMask, any) == 0 && lane == 0) atomicAdd(&block_idle, 1u);
   }
   __syncthreads();
-  if (threadIdx.x == 0 && block_idle != 0) atomicAdd(idle, static_cast<unsigned long long>(block_idle));
+  if (threadIdx.x == 0 && block_idle != 0) atomicAdd(idle, static_cast<double>(block_idle));
 }
 
 // dz = (dg * scale + dr_extra) where z > 0, else 0, and each row slab's
@@ -541,10 +542,20 @@ void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& d
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-// The idle rows of z into *idle (device), set, not added.
-static void idle_rows_into(unsigned long long* idle, const Tensor& z) {
+// The *_into functions write one statistic of z into a device double (set,
+// not added); device_value brings one to the host (the caller's sync).
+template <typename Into> static double device_value(Into&& into, const Tensor& z) {
+  Scratch scratch(sizeof(double));
+  into(scratch.as<double>(), z);
+  double host = 0.0;
+  DECO_CUDA_CHECK(cudaMemcpy(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+// Rows of z with no positive entry.
+static void idle_rows_into(double* idle, const Tensor& z) {
   const Matrix m = z.matrix();
-  DECO_CUDA_CHECK(cudaMemsetAsync(idle, 0, sizeof(unsigned long long)));
+  DECO_CUDA_CHECK(cudaMemsetAsync(idle, 0, sizeof(double)));
   if (m.rows == 0) return;
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -553,18 +564,9 @@ static void idle_rows_into(unsigned long long* idle, const Tensor& z) {
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-int64_t count_idle_rows(const Tensor& z) {
-  if (z.matrix().rows == 0) return 0;
-  Scratch scratch(sizeof(unsigned long long));
-  unsigned long long* idle = scratch.as<unsigned long long>();
-  idle_rows_into(idle, z);
-  unsigned long long host = 0;
-  DECO_CUDA_CHECK(cudaMemcpy(&host, idle, sizeof host, cudaMemcpyDeviceToHost));  // the caller's sync
-  return static_cast<int64_t>(host);
-}
+int64_t count_idle_rows(const Tensor& z) { return static_cast<int64_t>(device_value(idle_rows_into, z)); }
 
-// The entropy sum of z into *total (device): the slabs' partials, then the
-// total behind them.
+// The entropy sum: the slabs' partials, then the total behind them.
 static void entropy_sum_into(double* total, const Tensor& z) {
   const Matrix m = z.matrix();
   const int64_t N = m.rows, E = m.cols;
@@ -584,15 +586,7 @@ static void entropy_sum_into(double* total, const Tensor& z) {
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-double entropy_reg_forward(const Tensor& z) {
-  const Matrix m = z.matrix();
-  if (m.rows == 0 || m.cols == 0) return 0.0;
-  Scratch scratch(sizeof(double));
-  entropy_sum_into(scratch.as<double>(), z);
-  double host = 0.0;
-  DECO_CUDA_CHECK(cudaMemcpy(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost));  // the caller's sync
-  return host;
-}
+double entropy_reg_forward(const Tensor& z) { return device_value(entropy_sum_into, z); }
 
 void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
   const Matrix m = z.matrix();
@@ -608,7 +602,7 @@ void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-// sum relu(z) into *total (device).
+// sum relu(z).
 static void relu_sum_into(double* total, const Tensor& z) {
   const int64_t n = z.numel();
   if (n == 0) {
@@ -626,26 +620,14 @@ static void relu_sum_into(double* total, const Tensor& z) {
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
-double l1_reg_forward(const Tensor& z) {
-  if (z.numel() == 0) return 0.0;
-  Scratch scratch(sizeof(double));
-  relu_sum_into(scratch.as<double>(), z);
-  double host = 0.0;
-  DECO_CUDA_CHECK(cudaMemcpy(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost));  // the caller's sync
-  return host;
-}
-
-static __global__ void u64_to_f64_kernel(double* dst, const unsigned long long* src) { *dst = static_cast<double>(*src); }
+double l1_reg_forward(const Tensor& z) { return device_value(relu_sum_into, z); }
 
 void router_statistics(const Tensor& out, const Tensor& z) {
   require_device(out, __func__, "out");
   double* p = out.data<double>();
   entropy_sum_into(p, z);
   relu_sum_into(p + 1, z);
-  Scratch scratch(sizeof(unsigned long long));
-  idle_rows_into(scratch.as<unsigned long long>(), z);
-  u64_to_f64_kernel<<<1, 1>>>(p + 2, scratch.as<unsigned long long>());
-  DECO_CUDA_CHECK(cudaGetLastError());
+  idle_rows_into(p + 2, z);
 }
 
 void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef) {

@@ -128,13 +128,19 @@ def store_rows(dst, acc, mul, row0_pos, seq, D):
             dst[row0_pos + r] = tile[r, :D]
 
 
+LOG2E = np.float32(1.4426950408889634)
+
+
+def dims(S, heads, groups, D):
+    """TcDims: 64-row tiles per sequence, heads per kv group, 1/sqrt(D) and it times log2(e)."""
+    scale = np.float32(1.0 / np.sqrt(D))
+    return (S + KT - 1) // KT, heads // groups, scale, np.float32(scale * LOG2E)
+
+
 def forward(q, k, v, heads, groups, D):
     # q [B, S, heads, D], k/v [B, S, groups, D]
     Bn, S = q.shape[:2]
-    tiles = (S + KT - 1) // KT
-    hpg = heads // groups
-    scale = np.float32(1.0 / np.sqrt(D))
-    sl2 = np.float32(scale * np.float32(1.4426950408889634))
+    tiles, hpg, scale, sl2 = dims(S, heads, groups, D)
     out = np.full(q.shape, np.nan, np.float32)
     lse = np.full((Bn, heads, S), np.nan, np.float32)
     for b in range(Bn):
@@ -191,11 +197,8 @@ def forward(q, k, v, heads, groups, D):
 
 def backward(q, k, v, out, dout, lse, heads, groups, D):
     Bn, S = q.shape[:2]
-    tiles = (S + KT - 1) // KT
-    hpg = heads // groups
-    scale = np.float32(1.0 / np.sqrt(D))
-    sl2 = np.float32(scale * np.float32(1.4426950408889634))
-    log2e = np.float32(1.4426950408889634)
+    tiles, hpg, scale, sl2 = dims(S, heads, groups, D)
+    log2e = LOG2E
     delta = np.einsum("bshd,bshd->bhs", dout.astype(np.float32), out.astype(np.float32)).astype(np.float32)
     dq = np.full(q.shape, np.nan, np.float32)
     dk = np.full(k.shape, np.nan, np.float32)
