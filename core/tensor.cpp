@@ -99,7 +99,8 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
               end, " of ", shape_.to_string());
   Shape s = shape_;
   s.dims[0] = end - begin;
-  int64_t row = numel() / size(0);
+  int64_t row = 1;  // elements per index of dimension 0 (not numel() / size(0): size(0) may be 0)
+  for (int i = 1; i < ndim(); ++i) row *= size(i);
   return Tensor(static_cast<char*>(ptr_) + static_cast<size_t>(begin * row) * dtype_size(dtype_),
                 dtype_, device_, s);
 }

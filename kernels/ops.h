@@ -76,6 +76,35 @@ struct Grouped {
 void grouped_gemm(const Grouped& C, const Grouped& A, bool trans_a, const Grouped& B, bool trans_b,
                   double alpha, double beta, const Tensor& offsets, int64_t block);
 
+// ---------------------------------------------------------------- sparse expert products
+// The sparse expert path's products with the gather of token rows and the
+// sum of per-pair rows inside them. Pairs p in [offsets[e], offsets[e+1])
+// (offsets int32[E+1] in host memory) belong to expert e and token index[p]
+// (int32[P], increasing within an expert, as build_routing orders them). W
+// is a routed-expert weight split ExpertRows ([E*D, H]: W_e(d, h) = W[e*D +
+// d][h], the up and gate projections) or ExpertCols ([H, E*D]: W_e(d, h) =
+// W[h][e*D + d], the down projection); D = block.
+//   expert_gather_gemm:  c[p, d]  =  sum_h x[index[p], h] W_e(d, h)         c [P, D], x [N, H]
+//   expert_scatter_gemm: y[t, h] +=  sum_{p: index[p] = t} sum_d g[p, d] W_e(d, h)   g [P, D], y [N, H]
+//   expert_weight_grad:  W_e(d, h) of dw += sum_p g[p, d] x[index[p], h]   dw shaped like W
+// CPU (and the GPU where the tensor-core kernels do not apply): gather_rows,
+// grouped_gemm and scatter_add_rows through a [P, H] workspace. GPU, bf16,
+// D = 64, H a multiple of 64: kernels/cuda/sparse_experts.cu, which never
+// writes that [P, H] matrix and sums each token's rows on chip in expert
+// order (deterministic; more exact than the composition, which rounds every
+// per-pair row to bf16 before the sum).
+void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, GroupSplit split,
+                        const Tensor& offsets, int64_t block);
+void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, GroupSplit split,
+                         const Tensor& offsets, int64_t block);
+void expert_weight_grad(const Tensor& dw, GroupSplit split, const Tensor& g, const Tensor& x, const Tensor& index,
+                        const Tensor& offsets, int64_t block);
+// Whether the GPU takes the tensor-core kernels above where they apply (the
+// default) or the composition: a process-wide switch for deco bench-layer
+// and the GPU tests, which time and compare the two side by side.
+void set_sparse_expert_kernels(bool enabled);
+bool sparse_expert_kernels();
+
 // ---------------------------------------------------------------- gather / scatter
 // out[P, K] = x[index[p], :]   (index int32[P])
 void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index);

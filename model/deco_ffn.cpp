@@ -166,9 +166,9 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   return stats;
 }
 
-void DecoFfn::recompute(const Tensor& x) {
+void DecoFfn::recompute(const Tensor& /*x*/) {
   if (shared_) shared_->recompute();
-  experts_recompute(ep_ ? saved_->xr.tensor() : x);
+  activation_forward();  // the sparse path reads input rows by pair index: nothing gathered to rebuild
 }
 
 const Tensor& DecoFfn::router_input(const Tensor& x) {
@@ -197,15 +197,6 @@ void DecoFfn::experts_backward(const Tensor& dx, const Tensor& dy, const Tensor&
     experts_backward_dense(dx, dy, x);
   else
     experts_backward_sparse(dx, dy, x);
-}
-
-void DecoFfn::experts_recompute(const Tensor& x) {
-  if (saved_->compute == ExpertCompute::Sparse) {
-    const Saved& s = *saved_;
-    recomp_->xg.ensure(x.dtype(), x.device(), Shape{s.pairs, x.size(1)});
-    ops::gather_rows(recomp_->xg, x, s.pair_token.tensor().slice(0, s.pairs));
-  }
-  activation_forward();
 }
 
 void DecoFfn::activation_forward() {
@@ -262,12 +253,10 @@ void DecoFfn::experts_forward_dense(const Tensor& y, const Tensor& x) {
 }
 
 void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
-  const int64_t N = x.size(0), H = x.size(1);
+  const int64_t N = x.size(0);
   const DType dt = x.dtype();
   const Device dev = x.device();
   Saved& s = *saved_;
-  Recomputable& r = *recomp_;
-  Scratch& w = *scratch_;
   s.offsets.ensure(DType::I32, Device::CPU, Shape{E_ + 1});
   s.pair_token.ensure(DType::I32, dev, Shape{N * E_});
   s.pair_flat.ensure(DType::I32, dev, Shape{N * E_});
@@ -275,16 +264,13 @@ void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
   const int64_t P = s.pairs;
   const Tensor tokens = s.pair_token.tensor().slice(0, P);
 
-  // Each pair's input row, grouped by expert; then one GEMM per expert.
-  r.xg.ensure(dt, dev, Shape{P, H});
-  ops::gather_rows(r.xg, x, tokens);
+  // Each expert's GEMM over its pairs' input rows, read by token index.
+  using ops::GroupSplit;
   s.pre.ensure(dt, dev, Shape{P, D_});
-  ops::grouped_gemm({s.pre.tensor().matrix(), ops::GroupSplit::Rows}, {r.xg.tensor().matrix(), ops::GroupSplit::Rows},
-                    false, {act_proj_.value.matrix(), ops::GroupSplit::ExpertRows}, true, 1.0, 0.0, s.offsets, D_);
+  ops::expert_gather_gemm(s.pre, x, tokens, act_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
   if (gated_) {
     s.lin.ensure(dt, dev, Shape{P, D_});
-    ops::grouped_gemm({s.lin.tensor().matrix(), ops::GroupSplit::Rows}, {r.xg.tensor().matrix(), ops::GroupSplit::Rows},
-                      false, {lin_proj_.value.matrix(), ops::GroupSplit::ExpertRows}, true, 1.0, 0.0, s.offsets, D_);
+    ops::expert_gather_gemm(s.lin, x, tokens, lin_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
   }
   if (ops::expert_act_has_mean(act_kind_)) {
     s.mean.ensure(dt, dev, Shape{N, 1});
@@ -294,11 +280,8 @@ void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
   ops::gather_rows(s.gscale, gx_.view(Shape{N * E_, 1}), s.pair_flat);
   activation_forward();
 
-  // Down-projection per expert, then every pair's row added into its token.
-  w.yg.ensure(dt, dev, Shape{P, H});
-  ops::grouped_gemm({w.yg.tensor().matrix(), ops::GroupSplit::Rows}, {r.ga.tensor().matrix(), ops::GroupSplit::Rows},
-                    false, {down_.value.matrix(), ops::GroupSplit::ExpertCols}, true, 1.0, 0.0, s.offsets, D_);
-  ops::scatter_add_rows(y, w.yg, tokens);
+  // Down-projection per expert, every pair's row added into its token.
+  ops::expert_scatter_gemm(y, recomp_->ga, tokens, down_.value, GroupSplit::ExpertCols, s.offsets, D_);
 }
 
 void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegType reg,
@@ -417,37 +400,27 @@ void DecoFfn::experts_backward_dense(const Tensor& dx, const Tensor& dy, const T
 void DecoFfn::experts_backward_sparse(const Tensor& dx, const Tensor& dy, const Tensor& x) {
   const Saved& s = *saved_;
   Scratch& w = *scratch_;
-  const int64_t N = x.size(0), P = s.pairs, H = x.size(1);
+  const int64_t N = x.size(0), P = s.pairs;
   const DType dt = x.dtype();
   const Device dev = x.device();
   const Tensor tokens = s.pair_token.tensor().slice(0, P);
   using ops::GroupSplit;
-  w.yg.ensure(dt, dev, Shape{P, H});
-  const ops::Grouped dyg{w.yg.tensor().matrix(), GroupSplit::Rows}, ga{recomp_->ga.tensor().matrix(), GroupSplit::Rows},
-      xg{recomp_->xg.tensor().matrix(), GroupSplit::Rows};
 
   // Through the down-projection: dy of each pair's token, per expert.
-  ops::gather_rows(w.yg, dy, tokens);
   w.q.ensure(dt, dev, Shape{P, D_});
-  ops::grouped_gemm({w.q.tensor().matrix(), GroupSplit::Rows}, dyg, false,
-                    {down_.value.matrix(), GroupSplit::ExpertCols}, false, 1.0, 0.0, s.offsets, D_);
-  ops::grouped_gemm({down_.grad.matrix(), GroupSplit::ExpertCols}, dyg, true, ga, false, 1.0, 1.0, s.offsets, D_);
+  ops::expert_gather_gemm(w.q, dy, tokens, down_.value, GroupSplit::ExpertCols, s.offsets, D_);
+  ops::expert_weight_grad(down_.grad, GroupSplit::ExpertCols, recomp_->ga, dy, tokens, s.offsets, D_);
   activation_backward();
   ops::zero(dgx_);
   ops::scatter_add_rows(dgx_.view(Shape{N * E_, 1}), w.dgs.tensor().view(Shape{P, 1}), s.pair_flat);
 
-  // Through the up (and gate) projections of the active pairs; yg now holds dx by pair.
-  const ops::Grouped dc{w.dc.tensor().matrix(), GroupSplit::Rows};
-  ops::grouped_gemm({act_proj_.grad.matrix(), GroupSplit::ExpertRows}, dc, true, xg, false, 1.0, 1.0, s.offsets, D_);
-  ops::grouped_gemm({w.yg.tensor().matrix(), GroupSplit::Rows}, dc, false,
-                    {act_proj_.value.matrix(), GroupSplit::ExpertRows}, false, 1.0, 0.0, s.offsets, D_);
+  // Through the up (and gate) projections of the active pairs, into dx by token.
+  ops::expert_weight_grad(act_proj_.grad, GroupSplit::ExpertRows, w.dc, x, tokens, s.offsets, D_);
+  ops::expert_scatter_gemm(dx, w.dc, tokens, act_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
   if (gated_) {
-    const ops::Grouped dl{w.dlin.tensor().matrix(), GroupSplit::Rows};
-    ops::grouped_gemm({lin_proj_.grad.matrix(), GroupSplit::ExpertRows}, dl, true, xg, false, 1.0, 1.0, s.offsets, D_);
-    ops::grouped_gemm({w.yg.tensor().matrix(), GroupSplit::Rows}, dl, false,
-                      {lin_proj_.value.matrix(), GroupSplit::ExpertRows}, false, 1.0, 1.0, s.offsets, D_);
+    ops::expert_weight_grad(lin_proj_.grad, GroupSplit::ExpertRows, w.dlin, x, tokens, s.offsets, D_);
+    ops::expert_scatter_gemm(dx, w.dlin, tokens, lin_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
   }
-  ops::scatter_add_rows(dx, w.yg, tokens);
 
   // The mean over all E*D entries: du_j = dc_j - kappa for every entry j of
   // the token (zero dc for inactive experts), kappa = sum(dc) / (E*D). Its

@@ -5,9 +5,10 @@
 // Two exact compute paths (ModelConfig::expert_compute):
 //  - dense: every expert is computed and the zero scores of inactive ones
 //    mask them; the activations live in [N, E*D] matrices.
-//  - sparse: only active (token, expert) pairs are computed: tokens are
-//    grouped by expert, each expert runs GEMMs over its own tokens, and the
-//    results are scattered back. NormSiLU's mean over all E*D entries comes
+//  - sparse: only active (token, expert) pairs are computed: pairs are
+//    grouped by expert, each expert runs GEMMs over its own tokens' rows
+//    (read by index), and the results are summed into their tokens
+//    (ops::expert_gather_gemm, expert_scatter_gemm, expert_weight_grad). NormSiLU's mean over all E*D entries comes
 //    from the precomputed mean row w_bar of the up-projection (mean(u) =
 //    h . w_bar); in the backward pass the mean gives every row of that
 //    projection the same rank-one gradient, added once at the end.
@@ -77,14 +78,12 @@ class DecoFfn {
   };
   struct Recomputable {  // rebuilt from Saved by recompute()
     Buffer xhat, rs, actn, act, ga;  // NormSiLU state and output, gated product, scaled by the scores
-    Buffer xg;                       // sparse: each pair's input row [P, H]
     SwigluFfn::Recomputable shared;
   };
   struct Scratch {  // temporaries of one forward or backward call
     Buffer x_router, dx_router;  // mixed precision: the input widened for the fp32 router, its gradient [N, H]
     Buffer g, counts;            // router scores [N, E], active tokens per expert
     Buffer zr, gr, yr;           // expert parallelism: router values and outputs of the received rows
-    Buffer yg;                   // sparse: per-pair rows [P, H] (outputs, then dy, then dx by pair)
     Buffer q, dgs, dact, dc, dlin, kappa, row_means, dg, dr, dz, kvec;
     Buffer dyr, dxr, dgr, kappa_tok;
     SwigluFfn::Scratch shared;
@@ -137,8 +136,6 @@ class DecoFfn {
   void experts_forward_sparse(const Tensor& y, const Tensor& x);
   void experts_backward_dense(const Tensor& dx, const Tensor& dy, const Tensor& x);
   void experts_backward_sparse(const Tensor& dx, const Tensor& dy, const Tensor& x);
-  // Recomputable's expert part from Saved: the gathered rows (sparse) and the activations.
-  void experts_recompute(const Tensor& x);
   // NormSiLU (and the gate product) from pre/lin/mean/gscale into Recomputable, shared by both paths.
   void activation_forward();
   // From q (d of the scaled activation) to dc (and dlin), shared by both paths.

@@ -72,7 +72,7 @@ double deco_layer_bytes(const ModelConfig& c, double tokens, double rows, size_t
 }
 
 double sparse_pair_row_bytes(const ModelConfig& c, double pairs, size_t dtype_bytes) {
-  const double rows_per_pair = c.expert_gated ? 16.0 : 12.0;
+  const double rows_per_pair = c.expert_gated ? 24.0 : 16.0;
   return rows_per_pair * pairs * static_cast<double>(c.hidden_size) * static_cast<double>(dtype_bytes);
 }
 

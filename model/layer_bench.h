@@ -25,15 +25,17 @@ double deco_layer_flops(const ModelConfig& config, double tokens, double rows, E
 // `dtype_bytes` each.
 double deco_layer_bytes(const ModelConfig& config, double tokens, double rows, size_t dtype_bytes);
 
-// What the sparse path moves beyond that floor as it is structured now:
-// H-wide rows per active pair, 12 of them over a forward and backward
-// (forward: the gather reads the input rows and writes xg, the
-// up-projection reads xg, the down-projection writes yg, the scatter-add
-// reads it; backward: dy gathered (read, written), read by the two
-// down-projection products, xg read by the up-projection's weight
-// gradient, the input gradient by pair written and read by its
-// scatter-add; gated experts' second projection: 4 more, 16). Elements of
-// `dtype_bytes`.
+// What the sparse path's composition (gather + grouped GEMM + scatter, the
+// CPU's and the GPU's fallback; ops.h "sparse expert products") moves beyond
+// that floor: H-wide rows per active pair. Each product that reads rows by
+// pair gathers them into a workspace first (3 rows: read, write, read by
+// the GEMM): the up-projection, dy through the down-projection, and the two
+// weight gradients; each product that sums rows into tokens writes them and
+// the scatter-add reads them (2): the down-projection and the input
+// gradient. 16 rows per pair; gated experts' second projection adds a
+// gather GEMM, a weight gradient and an input gradient: 24. The GPU's
+// tensor-core kernels read the rows by index (from L2 when the tokens'
+// rows fit) and write none. Elements of `dtype_bytes`.
 double sparse_pair_row_bytes(const ModelConfig& config, double pairs, size_t dtype_bytes);
 
 // Makes about `ratio` of the layer's (token, expert) pairs active, for

@@ -83,7 +83,9 @@ double activation_bytes(const ModelConfig& c, int64_t batch, DType dtype, Device
   if (c.num_experts > 0) {
     swiglu(Sh, deco);  // the shared expert
     // Auto runs both paths over time: its buffers grow to the dense path's
-    // [N*E, D] blocks and also hold the sparse path's per-pair rows.
+    // [N*E, D] blocks. (The sparse path keeps no [P, H] rows: its products
+    // read the input rows by index; where the GPU's tensor-core kernels do
+    // not apply, each product borrows a [P, H] workspace for its call only.)
     const bool sparse = c.expert_compute != ExpertCompute::Dense;
     const bool mean = ops::expert_act_has_mean(c.expert_act);
     const double pairs = std::ceil(activation_ratio * N * E);
@@ -92,14 +94,14 @@ double activation_bytes(const ModelConfig& c, int64_t batch, DType dtype, Device
     // Saved: z, gscale; pre (and lin), mean; the routing (int32, host offsets included).
     deco[0] += (N * E + rows) * sb + ((1 + gated) * rows * D + (mean ? N : 0)) * fb +
                (sparse ? ((E + 1) + 2 * N * E) * 4 : 0);
-    // Recomputable: rs; xhat, actn, ga (and act); the gathered input rows.
-    deco[1] += rows * sb + ((3 + gated) * rows * D + (sparse ? pairs * H : 0)) * fb;
+    // Recomputable: rs; xhat, actn, ga (and act).
+    deco[1] += rows * sb + (3 + gated) * rows * D * fb;
     // Scratch: g, dg, dr, dz, dgs, kvec (with the mean, sparse); q, dc (and
     // dact, dlin: the gated variant's product is not fused), kappa, the
-    // per-pair rows and their row means; counts (int64); under mixed
+    // per-pair row means of dc; counts (int64); under mixed
     // precision the router's widened input and its gradient.
     deco[2] += (4 * N * E + rows + (sparse && mean ? H : 0) + (mixed ? 2 * N * H : 0)) * sb +
-               ((2 + 2 * gated) * rows * D + (mean ? N : 0) + (sparse ? pairs * H + (mean ? pairs : 0) : 0)) * fb +
+               ((2 + 2 * gated) * rows * D + (mean ? N : 0) + (sparse && mean ? pairs : 0)) * fb +
                E * 8;
   }
 

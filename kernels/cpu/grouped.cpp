@@ -4,6 +4,7 @@
 // does not depend on the schedule.
 #include <vector>
 
+#include "core/caching_allocator.h"
 #include "kernels/cpu/widen.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
@@ -65,6 +66,98 @@ void grouped_gemm(const Grouped& C, const Grouped& A, bool trans_a, const Groupe
     gemm(slice(C, e, off, block), slice(A, e, off, block), trans_a, slice(B, e, off, block), trans_b,
          alpha, beta);
   }
+}
+
+}  // namespace deco::ops
+
+// ---------------------------------------------------------------- sparse expert products
+
+namespace deco::ops {
+namespace {
+
+bool g_sparse_expert_kernels = true;
+
+void check_pairs(const char* op, const Tensor& rows, const Tensor& index, const Tensor& offsets) {
+  DECO_REQUIRE_CPU(offsets);
+  const int64_t experts = offsets.numel() - 1;
+  DECO_ASSERT(experts >= 0 && offsets.data<int32_t>()[0] == 0 && offsets.data<int32_t>()[experts] == rows.size(0) &&
+                  index.numel() >= rows.size(0),
+              op, ": ", rows.size(0), " pair rows, offsets ending at ", offsets.data<int32_t>()[experts], ", ",
+              index.numel(), " indices");
+}
+
+// A [P, H] workspace for the composition (gathered rows, or per-pair rows).
+Buffer pair_rows(const Tensor& like, int64_t pairs, int64_t cols) {
+  MemoryCategoryScope scope(MemoryCategory::Workspace);
+  return Buffer(like.dtype(), like.device(), Shape{pairs, cols});
+}
+
+}  // namespace
+
+void set_sparse_expert_kernels(bool enabled) { g_sparse_expert_kernels = enabled; }
+bool sparse_expert_kernels() { return g_sparse_expert_kernels; }
+
+void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, GroupSplit split,
+                        const Tensor& offsets, int64_t block) {
+  check_pairs("expert_gather_gemm", c, index, offsets);
+  DECO_ASSERT(split != GroupSplit::Rows && c.size(1) == block, "expert_gather_gemm: an expert weight and [P, D] output");
+  const int64_t P = c.size(0), H = x.size(1);
+  if (P == 0) return;
+#ifdef DECO_WITH_CUDA
+  if (c.device() == Device::CUDA && sparse_expert_kernels() &&
+      cuda::sparse_expert_kernels_apply(block, H, {&c, &x, &w})) {
+    cuda::expert_gather_gemm(c, x, index, w, split == GroupSplit::ExpertRows, offsets.data<int32_t>(),
+                             offsets.numel() - 1);
+    return;
+  }
+#endif
+  Buffer xg = pair_rows(x, P, H);
+  gather_rows(xg, x, index.slice(0, P));
+  grouped_gemm({c.matrix(), GroupSplit::Rows}, {xg.tensor().matrix(), GroupSplit::Rows}, false, {w.matrix(), split},
+               split == GroupSplit::ExpertRows, 1.0, 0.0, offsets, block);
+}
+
+void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, GroupSplit split,
+                         const Tensor& offsets, int64_t block) {
+  check_pairs("expert_scatter_gemm", g, index, offsets);
+  DECO_ASSERT(split != GroupSplit::Rows && g.size(1) == block, "expert_scatter_gemm: an expert weight and [P, D] rows");
+  const int64_t P = g.size(0), H = y.size(1);
+  if (P == 0) return;  // no pair: nothing added
+#ifdef DECO_WITH_CUDA
+  if (y.device() == Device::CUDA && sparse_expert_kernels() &&
+      cuda::sparse_expert_kernels_apply(block, H, {&y, &g, &w})) {
+    cuda::expert_scatter_gemm(y, g, index, w, split == GroupSplit::ExpertRows, offsets.data<int32_t>(),
+                              offsets.numel() - 1);
+    return;
+  }
+#endif
+  Buffer yg = pair_rows(y, P, H);
+  grouped_gemm({yg.tensor().matrix(), GroupSplit::Rows}, {g.matrix(), GroupSplit::Rows}, false, {w.matrix(), split},
+               split == GroupSplit::ExpertCols, 1.0, 0.0, offsets, block);
+  scatter_add_rows(y, yg, index.slice(0, P));
+}
+
+void expert_weight_grad(const Tensor& dw, GroupSplit split, const Tensor& g, const Tensor& x, const Tensor& index,
+                        const Tensor& offsets, int64_t block) {
+  check_pairs("expert_weight_grad", g, index, offsets);
+  DECO_ASSERT(split != GroupSplit::Rows && g.size(1) == block, "expert_weight_grad: an expert weight and [P, D] rows");
+  const int64_t P = g.size(0), H = x.size(1);
+  if (P == 0) return;  // no pair: nothing added
+#ifdef DECO_WITH_CUDA
+  if (dw.device() == Device::CUDA && dw.dtype() == DType::F32 && sparse_expert_kernels() &&
+      cuda::sparse_expert_kernels_apply(block, H, {&g, &x})) {
+    cuda::expert_weight_grad(dw, split == GroupSplit::ExpertRows, g, x, index, offsets.data<int32_t>(),
+                             offsets.numel() - 1);
+    return;
+  }
+#endif
+  Buffer xg = pair_rows(x, P, H);
+  gather_rows(xg, x, index.slice(0, P));
+  const Grouped rows_g{g.matrix(), GroupSplit::Rows}, rows_x{xg.tensor().matrix(), GroupSplit::Rows};
+  if (split == GroupSplit::ExpertRows)  // dW_e [D, H] += g_e^T x_e
+    grouped_gemm({dw.matrix(), split}, rows_g, true, rows_x, false, 1.0, 1.0, offsets, block);
+  else  // dW_e [H, D] += x_e^T g_e
+    grouped_gemm({dw.matrix(), split}, rows_x, true, rows_g, false, 1.0, 1.0, offsets, block);
 }
 
 }  // namespace deco::ops

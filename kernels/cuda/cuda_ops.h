@@ -8,6 +8,7 @@
 // NormSiLU), loss.cu (LM head + cross-entropy), adamw.cu.
 #pragma once
 
+#include <initializer_list>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -36,6 +37,17 @@ struct GroupedProblem {
 // bfloat16 operands, float32 accumulation, one shared transposition pair.
 void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool trans_a, bool trans_b, float alpha,
                           float beta);
+// The sparse expert products on the tensor cores (sparse_experts.cu), with
+// host offsets int32[experts + 1]; expert_rows: W is ExpertRows, else
+// ExpertCols. They apply when sparse_expert_kernels_apply says so (bf16
+// device operands, 16-byte aligned rows, D = 64, H a multiple of 64).
+bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer_list<const Tensor*> bf16_operands);
+void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
+                        const int32_t* offsets, int64_t experts);
+void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,
+                         const int32_t* offsets, int64_t experts);
+void expert_weight_grad(const Tensor& dw, bool expert_rows, const Tensor& g, const Tensor& x, const Tensor& index,
+                        const int32_t* offsets, int64_t experts);
 void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table);
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
                      double eps);

@@ -19,62 +19,19 @@ Exits non-zero when an error exceeds 1e-2 (the GPU test's bf16 bound) or
 a value the kernels must write is left unwritten (NaN). CTest runs it
 (attention_tc_emulation, a few seconds).
 
+The warp primitives (bf16 rounding, mma, ldmatrix) are in mma_emulation.py.
+
 Usage: /usr/bin/python3 tests/gpu/emulate_attention_tc.py   (numpy)
 """
+import os
+import sys
+
 import numpy as np
 
-LANES = np.arange(32)
-G, C = LANES // 4, LANES % 4
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mma_emulation import LANES, G, C, bf16, mma, ld32, load_a, ldmatrix_x4_trans, to_a, rel  # noqa: E402
+
 KT, QB, PAD = 64, 32, 8
-
-
-def bf16(x):
-    x = np.asarray(x, dtype=np.float32)
-    b = x.view(np.uint32).astype(np.uint64)
-    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
-    return r.astype(np.uint32).view(np.float32)
-
-
-def mma(c, a, b):
-    # c [32,4] float32; a [32,4,2]; b [32,2,2]
-    A = np.zeros((16, 16), np.float32)
-    B = np.zeros((16, 8), np.float32)
-    for h in range(2):
-        A[G, 2 * C + h] = a[:, 0, h]
-        A[G + 8, 2 * C + h] = a[:, 1, h]
-        A[G, 2 * C + 8 + h] = a[:, 2, h]
-        A[G + 8, 2 * C + 8 + h] = a[:, 3, h]
-        B[2 * C + h, G] = b[:, 0, h]
-        B[2 * C + 8 + h, G] = b[:, 1, h]
-    Cm = (A.astype(np.float64) @ B.astype(np.float64)).astype(np.float32)
-    for h in range(2):
-        c[:, h] += Cm[G, 2 * C + h]
-        c[:, 2 + h] += Cm[G + 8, 2 * C + h]
-
-
-def ld32(tile, rows, cols):  # per-lane pair
-    return np.stack([tile[rows, cols], tile[rows, cols + 1]], -1)
-
-
-def load_a(tile, row0, col0):
-    a = np.zeros((32, 4, 2), np.float32)
-    r, cc = row0 + G, col0 + 2 * C
-    a[:, 0] = ld32(tile, r, cc)
-    a[:, 1] = ld32(tile, r + 8, cc)
-    a[:, 2] = ld32(tile, r, cc + 8)
-    a[:, 3] = ld32(tile, r + 8, cc + 8)
-    return a
-
-
-def ldmatrix_x4_trans(tile, rows, cols):
-    # lane l gives row address (rows[l], cols[l]) of block l // 8, row l % 8
-    out = np.zeros((32, 4, 2), np.float32)
-    for i in range(4):
-        M = np.stack([tile[rows[8 * i + r], cols[8 * i + r]:cols[8 * i + r] + 8] for r in range(8)])
-        # transposed fragment: lane gets (M[2c][g], M[2c+1][g])
-        out[:, i, 0] = M[2 * C, G]
-        out[:, i, 1] = M[2 * C + 1, G]
-    return out
 
 
 def mma_abt(acc, a_tile, a_row0, m, D, N):
@@ -95,16 +52,6 @@ def mma_pm(acc, p, m, D, K):
             b = ldmatrix_x4_trans(m, 16 * t + row, 16 * n + col)
             mma(acc[2 * n], p[t], b[:, 0:2])
             mma(acc[2 * n + 1], p[t], b[:, 2:4])
-
-
-def to_a(s, K):
-    a = np.zeros((K, 32, 4, 2), np.float32)
-    for t in range(K):
-        a[t][:, 0] = bf16(np.stack([s[2 * t][:, 0], s[2 * t][:, 1]], -1))
-        a[t][:, 1] = bf16(np.stack([s[2 * t][:, 2], s[2 * t][:, 3]], -1))
-        a[t][:, 2] = bf16(np.stack([s[2 * t + 1][:, 0], s[2 * t + 1][:, 1]], -1))
-        a[t][:, 3] = bf16(np.stack([s[2 * t + 1][:, 2], s[2 * t + 1][:, 3]], -1))
-    return a
 
 
 def load_rows(src, row0, rows, seq, D):
@@ -319,14 +266,7 @@ def reference(q, k, v, dout, heads, groups, D):
     return out, lse, dq, dk, dv
 
 
-def rel(a, b):
-    """||a - b|| / ||b||; ||a|| where b is all zero (dq and dk of a single token)."""
-    nb = np.linalg.norm(b)
-    return np.linalg.norm(a - b) / nb if nb > 0 else np.linalg.norm(a)
-
-
 if __name__ == "__main__":
-    import sys
     rng = np.random.default_rng(0)
     worst, unwritten = 0.0, 0
     for (Bn, S, heads, groups, D) in [(1, 70, 2, 1, 64), (1, 37, 3, 3, 64), (1, 129, 2, 1, 128), (1, 1, 2, 2, 64)]:

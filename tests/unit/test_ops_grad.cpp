@@ -368,6 +368,62 @@ TEST_CASE("grouped GEMM equals one GEMM per expert, empty experts untouched", "[
   CHECK(dw.data<double>()[(2 * D) * H + 1] == Approx(s).epsilon(1e-13));
 }
 
+TEST_CASE("sparse expert products: gather, scatter and weight-gradient forms match their formulas", "[ops]") {
+  // Tokens 0..3, 3 experts of width D = 2 over H = 5: expert 0 takes tokens
+  // 0, 2, 3; expert 1 none; expert 2 tokens 1, 3 (token 3 has two experts).
+  const int64_t N = 4, E = 3, D = 2, H = 5, P = 5;
+  std::vector<int32_t> off{0, 3, 3, 5}, tok{0, 2, 3, 1, 3};
+  const Tensor offsets(off.data(), DType::I32, Device::CPU, {E + 1});
+  const Tensor index(tok.data(), DType::I32, Device::CPU, {P});
+  auto expert_of = [&](int64_t p) { return p < 3 ? 0 : 2; };
+  using ops::GroupSplit;
+  Buffer x = random_buffer({N, H}, 11), g = random_buffer({P, D}, 12);
+  for (GroupSplit split : {GroupSplit::ExpertRows, GroupSplit::ExpertCols}) {
+    const bool rows = split == GroupSplit::ExpertRows;
+    INFO((rows ? "ExpertRows" : "ExpertCols"));
+    Buffer w = random_buffer(rows ? Shape{E * D, H} : Shape{H, E * D}, 13);
+    auto W = [&](int64_t e, int64_t d, int64_t h) {
+      return rows ? w.data<double>()[(e * D + d) * H + h] : w.data<double>()[h * E * D + e * D + d];
+    };
+    Buffer c(DType::F64, Device::CPU, {P, D});
+    ops::expert_gather_gemm(c, x, index, w, split, offsets, D);
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t d = 0; d < D; ++d) {
+        double s = 0.0;
+        for (int64_t h = 0; h < H; ++h) s += x.data<double>()[tok[p] * H + h] * W(expert_of(p), d, h);
+        CHECK(c.data<double>()[p * D + d] == Approx(s).epsilon(1e-13));
+      }
+    Buffer y = random_buffer({N, H}, 14), y0 = random_buffer({N, H}, 14);
+    ops::expert_scatter_gemm(y, g, index, w, split, offsets, D);
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        double s = y0.data<double>()[t * H + h];
+        for (int64_t p = 0; p < P; ++p)
+          if (tok[p] == t)
+            for (int64_t d = 0; d < D; ++d) s += g.data<double>()[p * D + d] * W(expert_of(p), d, h);
+        CHECK(y.data<double>()[t * H + h] == Approx(s).epsilon(1e-13));
+      }
+    Buffer dw = random_buffer(w.tensor().shape(), 15), dw0 = random_buffer(w.tensor().shape(), 15);
+    ops::expert_weight_grad(dw, split, g, x, index, offsets, D);
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t at = rows ? (e * D + d) * H + h : h * E * D + e * D + d;
+          double s = dw0.data<double>()[at];  // expert 1 has no pairs: its block keeps its values
+          for (int64_t p = off[e]; p < off[e + 1]; ++p) s += g.data<double>()[p * D + d] * x.data<double>()[tok[p] * H + h];
+          CHECK(dw.data<double>()[at] == Approx(s).epsilon(1e-13));
+        }
+    // No pairs at all (a router that activated nothing): nothing written, nothing added.
+    std::vector<int32_t> none{0, 0, 0, 0};
+    const Tensor no_offsets(none.data(), DType::I32, Device::CPU, {E + 1});
+    const Tensor no_index = index.slice(0, 0);
+    Buffer c0(DType::F64, Device::CPU, {0, D}), g0(DType::F64, Device::CPU, {0, D});
+    ops::expert_gather_gemm(c0, x, no_index.slice(0, 0), w, split, no_offsets, D);
+    ops::expert_scatter_gemm(y, g0, no_index, w, split, no_offsets, D);
+    ops::expert_weight_grad(dw, split, g0, x, no_index, no_offsets, D);
+  }
+}
+
 TEST_CASE("causal attention over several query blocks matches the naive formula", "[ops][grad]") {
   // S = 150 spans three of the reference's 64-row query blocks (the last one partial).
   const ops::AttentionShape s{1, 150, 2, 1, 4};

@@ -1,0 +1,429 @@
+// The sparse expert path's products on the tensor cores, with the gather of
+// token rows and the sum of per-pair rows inside them (ops.h, "sparse
+// expert products"): no [P, H] matrix of gathered inputs or per-pair
+// outputs is written to device memory. bfloat16 operands, float32
+// accumulation, expert width D = 64 (every paper config), H a multiple of
+// 64; anything else takes the gather + cuBLAS grouped GEMM + scatter
+// composition in kernels/cpu/grouped.cpp.
+//
+// Pairs p in [offsets[e], offsets[e+1]) belong to expert e and token
+// index[p], increasing within an expert (ops::build_routing). W_e(d, h) is
+// an expert's weight entry: ExpertRows, w[(e*D + d) * ld + h] (a [E*D, H]
+// matrix: the up and gate projections), or ExpertCols, w[h * ld + e*D + d]
+// ([H, E*D]: the down projection). Three kernels, 4 warps each, mma.sync
+// m16n8k16 (kernels/cuda/mma.cuh for the fragment layout):
+//
+//  - gather GEMM, C[p, d] = sum_h x[index[p], h] W_e(d, h) (the up
+//    projection; dy through the down projection): a block owns 64 pairs of
+//    one expert and all 64 columns; K = H in steps of 64, the x rows loaded
+//    by pair index straight into shared memory (cp.async, double-buffered).
+//    A warp owns 16 pairs.
+//  - scatter GEMM, y[t, h] += sum over t's pairs p of sum_d G[p, d] W_e(d, h)
+//    (the down projection; the input gradient through the up projection):
+//    a block owns 128 tokens x 64 columns of y as a float32 slice in shared
+//    memory. It walks the experts in order; expert e's pairs among those
+//    tokens are a contiguous run (binary search), at most 128, whose G rows
+//    and W_e block arrive by cp.async while the previous expert computes.
+//    A warp owns 16 of the 64 columns, so warps never write the same
+//    element, and a warp adds its expert's rows before the next expert's:
+//    every element of y gets its terms in expert order, then y is read,
+//    added to and written once. No atomics: bit-identical runs.
+//  - weight gradient, dW_e(d, h) += sum_p G[p, d] x[index[p], h] (both
+//    projections' weight gradients): a block owns expert e's 64 x 64 tile
+//    of columns [h0, h0 + 64); K = the expert's pairs in steps of 64, G^T
+//    through ldmatrix.trans. A warp owns 16 rows d. float32 gradient,
+//    read, added to and written once per element.
+//
+// Shared-memory rows are 64 + 8 bf16 long, as in attention_tc.cu.
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/storage.cuh"
+
+namespace deco::cuda {
+namespace {
+
+constexpr int kD = 64;          // expert width
+constexpr int kThreads = 128;   // 4 warps
+constexpr int kLd = kD + 8;     // bf16 elements per shared row
+constexpr int kTileRows = 64;   // pairs per block (gather GEMM) and per K step (weight gradient)
+constexpr int kChunk = 128;     // tokens per block (scatter GEMM)
+constexpr int kAccLd = kD + 4;  // floats per row of the scatter GEMM's slice
+constexpr int kTileElems = kTileRows * kLd;
+
+// A 64 x 64 block of W_e into shared memory in its own layout: rows d,
+// columns h in [h0, h0 + 64) (ExpertRows), or rows h in [h0, h0 + 64),
+// columns d (ExpertCols). Asynchronous.
+__device__ __forceinline__ void load_w_block(bf16* dst, const bf16* w, int64_t ldw, bool expert_rows, int e,
+                                             int h0) {
+  for (int i = static_cast<int>(threadIdx.x); i < kD * (kD / 8); i += kThreads) {
+    const int r = i / (kD / 8), ch = i % (kD / 8);
+    const bf16* src = expert_rows ? w + (static_cast<int64_t>(e) * kD + r) * ldw + h0 + ch * 8
+                                  : w + static_cast<int64_t>(h0 + r) * ldw + static_cast<int64_t>(e) * kD + ch * 8;
+    cp_async16(dst + r * kLd + ch * 8, src, true);
+  }
+}
+
+// B fragments for k rows [k0, k0 + 16) and n columns [n0, n0 + 16), two
+// 8-column tiles (b[0], b[1]: columns n0..n0+7; b[2], b[3]: n0+8..n0+15), of
+// a shared tile stored [n][k] (NK: B[k][n] = S[n][k], plain 4-byte reads)
+// or [k][n] (ldmatrix.trans).
+template <bool NK>
+__device__ __forceinline__ void load_b16(uint32_t (&b)[4], const bf16* s, int k0, int n0) {
+  const int lane = threadIdx.x % 32;
+  if constexpr (NK) {
+    const int g = lane / 4, c = lane % 4;
+    const bf16* p = s + (n0 + g) * kLd + k0 + 2 * c;
+    b[0] = ld32(p);
+    b[1] = ld32(p + 8);
+    b[2] = ld32(p + 8 * kLd);
+    b[3] = ld32(p + 8 * kLd + 8);
+  } else {
+    // Block lane / 8 of ldmatrix: rows (k) +8 for odd blocks, columns (n) +8 for blocks 2, 3.
+    const int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = (lane >> 4) * 8;
+    ldmatrix_x4_trans(b, s + (k0 + row) * kLd + n0 + col);
+  }
+}
+
+// The A fragment of A = S^T, rows (m) [m0, m0 + 16) x k [k0, k0 + 16), for
+// a shared tile S stored [k][m]: block lane / 8 of ldmatrix.trans is
+// (k +8 for blocks 2, 3; m +8 for odd blocks), matching a[0..3] = A rows
+// {0-7, 8-15, 0-7, 8-15} x k {0-7, 0-7, 8-15, 8-15}.
+__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const bf16* s, int k0, int m0) {
+  const int lane = threadIdx.x % 32;
+  const int row = (lane & 7) + (lane >> 4) * 8, col = ((lane >> 3) & 1) * 8;
+  ldmatrix_x4_trans(a, s + (k0 + row) * kLd + m0 + col);
+}
+
+// compute(buf) for steps [0, steps) while the next step's load(step, buf)
+// is in flight: two shared buffers, one cp.async group per load.
+template <typename Load, typename Compute>
+__device__ __forceinline__ void double_buffered(int steps, Load&& load, Compute&& compute) {
+  load(0, 0);
+  for (int step = 0; step < steps; ++step) {
+    const int buf = step & 1;
+    if (step + 1 < steps) {
+      load(step + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    compute(buf);
+    __syncthreads();  // before the next step's load overwrites this buffer
+  }
+}
+
+// ---------------------------------------------------------------- gather GEMM
+
+// tiles[b] = (expert, first pair) of block b. NK: W stored ExpertRows
+// (its shared block is [d][h] = [n][k]).
+template <bool NK>
+__global__ void __launch_bounds__(kThreads) gather_gemm_kernel(bf16* c, int64_t ldc, const bf16* x, int64_t ldx,
+                                                               const int32_t* index, const bf16* w, int64_t ldw,
+                                                               const int2* tiles, const int32_t* offsets, int H) {
+  __shared__ __align__(16) bf16 xs[2][kTileElems];
+  __shared__ __align__(16) bf16 ws[2][kTileElems];
+  __shared__ int32_t tok[kTileRows];
+  const int2 tile = tiles[blockIdx.x];
+  const int e = tile.x, r0 = tile.y;
+  const int rows = min(kTileRows, offsets[e + 1] - r0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
+  for (int i = static_cast<int>(threadIdx.x); i < kTileRows; i += kThreads) tok[i] = i < rows ? index[r0 + i] : -1;
+  __syncthreads();
+
+  auto load = [&](int step, int buf) {
+    const int h0 = step * kD;
+    for (int i = static_cast<int>(threadIdx.x); i < kTileRows * (kD / 8); i += kThreads) {
+      const int r = i / (kD / 8), ch = i % (kD / 8), t = tok[r];
+      cp_async16(xs[buf] + r * kLd + ch * 8, t >= 0 ? x + static_cast<int64_t>(t) * ldx + h0 + ch * 8 : x, t >= 0);
+    }
+    load_w_block(ws[buf], w, ldw, NK, e, h0);
+    cp_async_commit();
+  };
+
+  float acc[kD / 8][4] = {};
+  double_buffered(H / kD, load, [&](int buf) {
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t a[4];
+      load_a(a, xs[buf], kLd, 16 * warp, kk * 16);
+#pragma unroll
+      for (int n = 0; n < kD / 16; ++n) {
+        uint32_t b[4];
+        load_b16<NK>(b, ws[buf], kk * 16, n * 16);
+        mma(acc[2 * n], a, b[0], b[1]);
+        mma(acc[2 * n + 1], a, b[2], b[3]);
+      }
+    }
+  });
+  const int r = 16 * warp + g;
+#pragma unroll
+  for (int j = 0; j < kD / 8; ++j) {
+    if (r < rows) *reinterpret_cast<uint32_t*>(c + (r0 + r) * ldc + 8 * j + 2 * cc) = pack(acc[j][0], acc[j][1]);
+    if (r + 8 < rows)
+      *reinterpret_cast<uint32_t*>(c + (r0 + r + 8) * ldc + 8 * j + 2 * cc) = pack(acc[j][2], acc[j][3]);
+  }
+}
+
+// ---------------------------------------------------------------- scatter GEMM
+
+struct ScatterSmem {
+  static constexpr int acc_bytes = kChunk * kAccLd * 4;
+  static constexpr int g_bytes = 2 * kChunk * kLd * 2;
+  static constexpr int w_bytes = 2 * kTileElems * 2;
+  static constexpr int tok_bytes = 2 * kChunk * 4;
+  static int bytes(int experts) { return acc_bytes + g_bytes + w_bytes + tok_bytes + 2 * experts * 4; }
+};
+
+// First position in index[lo, hi) holding a value >= t (index increasing there).
+__device__ __forceinline__ int lower_bound(const int32_t* index, int lo, int hi, int t) {
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (index[mid] < t)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+// NK: W stored ExpertCols (its shared block is [h][d] = [n][k]).
+template <bool NK>
+__global__ void __launch_bounds__(kThreads) scatter_gemm_kernel(bf16* y, int64_t ldy, const bf16* gm, int64_t ldg,
+                                                                const int32_t* index, const bf16* w, int64_t ldw,
+                                                                const int32_t* offsets, int experts, int N) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* acc = reinterpret_cast<float*>(smem);
+  bf16* gs = reinterpret_cast<bf16*>(smem + ScatterSmem::acc_bytes);
+  bf16* ws = reinterpret_cast<bf16*>(smem + ScatterSmem::acc_bytes + ScatterSmem::g_bytes);
+  int32_t* toks = reinterpret_cast<int32_t*>(smem + ScatterSmem::acc_bytes + ScatterSmem::g_bytes + ScatterSmem::w_bytes);
+  int32_t* first = toks + 2 * kChunk;  // [experts]: the expert's first pair among this block's tokens
+  int32_t* count = first + experts;    // [experts]: how many
+  const int t0 = blockIdx.x * kChunk, h0 = blockIdx.y * kD;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
+  for (int i = static_cast<int>(threadIdx.x); i < kChunk * kAccLd; i += kThreads) acc[i] = 0.0f;
+  for (int e = static_cast<int>(threadIdx.x); e < experts; e += kThreads) {
+    const int lo = lower_bound(index, offsets[e], offsets[e + 1], t0);
+    first[e] = lo;
+    count[e] = lower_bound(index, lo, offsets[e + 1], t0 + kChunk) - lo;
+  }
+  __syncthreads();
+
+  // Expert e's rows (zero-filled to a multiple of 16) and W_e block into buffer `buf`.
+  auto load = [&](int e, int buf) {
+    const int lo = first[e], n = count[e], padded = (n + 15) / 16 * 16;
+    bf16* gb = gs + buf * kChunk * kLd;
+    for (int i = static_cast<int>(threadIdx.x); i < padded * (kD / 8); i += kThreads) {
+      const int r = i / (kD / 8), ch = i % (kD / 8);
+      cp_async16(gb + r * kLd + ch * 8, r < n ? gm + static_cast<int64_t>(lo + r) * ldg + ch * 8 : gm, r < n);
+    }
+    for (int r = static_cast<int>(threadIdx.x); r < n; r += kThreads) toks[buf * kChunk + r] = index[lo + r] - t0;
+    load_w_block(ws + buf * kTileElems, w, ldw, !NK, e, h0);
+    cp_async_commit();
+  };
+  auto next = [&](int e) {
+    do ++e;
+    while (e < experts && count[e] == 0);
+    return e;
+  };
+
+  int e = next(-1), buf = 0;
+  if (e < experts) load(e, 0);
+  while (e < experts) {
+    const int following = next(e);
+    if (following < experts) {
+      load(following, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int n = count[e];
+    const bf16* gb = gs + buf * kChunk * kLd;
+    const bf16* wb = ws + buf * kTileElems;
+    const int32_t* tb = toks + buf * kChunk;
+    for (int t = 0; t < n; t += 16) {
+      float part[2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        uint32_t a[4], b[4];
+        load_a(a, gb, kLd, t, kk * 16);
+        load_b16<NK>(b, wb, kk * 16, 16 * warp);
+        mma(part[0], a, b[0], b[1]);
+        mma(part[1], a, b[2], b[3]);
+      }
+      // Pairs of one expert are distinct tokens: no two lanes add into the same element.
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int col = 16 * warp + 8 * j + 2 * cc;
+        if (t + g < n) {
+          float* p = acc + tb[t + g] * kAccLd + col;
+          p[0] += part[j][0];
+          p[1] += part[j][1];
+        }
+        if (t + g + 8 < n) {
+          float* p = acc + tb[t + g + 8] * kAccLd + col;
+          p[0] += part[j][2];
+          p[1] += part[j][3];
+        }
+      }
+      __syncwarp();  // this tile's adds land before the next tile's (or expert's) may touch the same rows
+    }
+    __syncthreads();  // before the next iteration's loads overwrite this buffer
+    e = following;
+    buf ^= 1;
+  }
+
+  // y += the slice, once per element (tokens with no pair here add zero).
+  for (int i = static_cast<int>(threadIdx.x); i < kChunk * (kD / 2); i += kThreads) {
+    const int r = i / (kD / 2), col = (i % (kD / 2)) * 2, tkn = t0 + r;
+    if (tkn >= N) continue;
+    __nv_bfloat162* p = reinterpret_cast<__nv_bfloat162*>(y + static_cast<int64_t>(tkn) * ldy + h0 + col);
+    const float2 v = __bfloat1622float2(*p);
+    *p = __floats2bfloat162_rn(v.x + acc[r * kAccLd + col], v.y + acc[r * kAccLd + col + 1]);
+  }
+}
+
+// ---------------------------------------------------------------- weight gradient
+
+// ROWS: dw is ExpertRows ([E*D, H]), else ExpertCols ([H, E*D]).
+template <bool ROWS>
+__global__ void __launch_bounds__(kThreads) weight_grad_kernel(float* dw, int64_t lddw, const bf16* gm, int64_t ldg,
+                                                               const bf16* x, int64_t ldx, const int32_t* index,
+                                                               const int32_t* offsets) {
+  __shared__ __align__(16) bf16 gs[2][kTileElems];
+  __shared__ __align__(16) bf16 xs[2][kTileElems];
+  const int h0 = blockIdx.x * kD, e = blockIdx.y;
+  const int lo = offsets[e], n = offsets[e + 1] - lo;
+  if (n == 0) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
+
+  auto load = [&](int step, int buf) {
+    for (int i = static_cast<int>(threadIdx.x); i < kTileRows * (kD / 8); i += kThreads) {
+      const int r = i / (kD / 8), ch = i % (kD / 8), q = step * kTileRows + r;
+      const bool valid = q < n;
+      const int64_t p = lo + q;
+      cp_async16(gs[buf] + r * kLd + ch * 8, valid ? gm + p * ldg + ch * 8 : gm, valid);
+      cp_async16(xs[buf] + r * kLd + ch * 8, valid ? x + static_cast<int64_t>(index[p]) * ldx + h0 + ch * 8 : x,
+                 valid);
+    }
+    cp_async_commit();
+  };
+
+  float acc[kD / 8][4] = {};
+  double_buffered((n + kTileRows - 1) / kTileRows, load, [&](int buf) {
+#pragma unroll
+    for (int kk = 0; kk < kTileRows / 16; ++kk) {
+      uint32_t a[4];
+      load_a_trans(a, gs[buf], kk * 16, 16 * warp);  // rows d of G^T, k = pairs
+#pragma unroll
+      for (int nn = 0; nn < kD / 16; ++nn) {
+        uint32_t b[4];
+        load_b16<false>(b, xs[buf], kk * 16, nn * 16);  // x rows stored [pair][h]
+        mma(acc[2 * nn], a, b[0], b[1]);
+        mma(acc[2 * nn + 1], a, b[2], b[3]);
+      }
+    }
+  });
+#pragma unroll
+  for (int j = 0; j < kD / 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int d = 16 * warp + g + 8 * half, h = h0 + 8 * j + 2 * cc;
+      const float v0 = acc[j][2 * half], v1 = acc[j][2 * half + 1];
+      const int64_t row = static_cast<int64_t>(e) * kD + d;
+      if constexpr (ROWS) {
+        float* p = dw + row * lddw + h;
+        p[0] += v0;
+        p[1] += v1;
+      } else {
+        dw[static_cast<int64_t>(h) * lddw + row] += v0;
+        dw[static_cast<int64_t>(h + 1) * lddw + row] += v1;
+      }
+    }
+}
+
+// ---------------------------------------------------------------- host side
+
+const bf16* cptr(const Tensor& t) { return static_cast<const bf16*>(t.raw()); }
+bf16* mptr(const Tensor& t) { return static_cast<bf16*>(t.raw()); }
+
+// The offsets in device memory (they live on the host, where the host sized the products).
+Buffer device_offsets(const int32_t* offsets, int64_t experts) {
+  Buffer d(DType::I32, Device::CUDA, Shape{experts + 1});
+  DECO_CUDA_CHECK(cudaMemcpyAsync(d.tensor().raw(), offsets, static_cast<size_t>(experts + 1) * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, nullptr));
+  return d;
+}
+
+void check_launch() { DECO_CUDA_CHECK(cudaGetLastError()); }
+
+}  // namespace
+
+bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer_list<const Tensor*> bf16_operands) {
+  if (block != kD || hidden % kD != 0 || hidden > INT_MAX) return false;
+  for (const Tensor* t : bf16_operands) {
+    if (t->dtype() != DType::BF16 || t->device() != Device::CUDA) return false;
+    if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0 || t->matrix().ld % 8 != 0) return false;
+  }
+  return true;
+}
+
+void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
+                        const int32_t* offsets, int64_t experts) {
+  const Matrix mc = c.matrix(), mx = x.matrix(), mw = w.matrix();
+  std::vector<int2> tiles;
+  for (int64_t e = 0; e < experts; ++e)
+    for (int32_t r = offsets[e]; r < offsets[e + 1]; r += kTileRows) tiles.push_back(int2{static_cast<int>(e), r});
+  if (tiles.empty()) return;
+  DECO_ASSERT(tiles.size() <= INT_MAX, "expert_gather_gemm: too many tiles");
+  Buffer dtiles(DType::I32, Device::CUDA, Shape{static_cast<int64_t>(2 * tiles.size())});
+  DECO_CUDA_CHECK(cudaMemcpyAsync(dtiles.tensor().raw(), tiles.data(), tiles.size() * sizeof(int2),
+                                  cudaMemcpyHostToDevice, nullptr));
+  const Buffer doff = device_offsets(offsets, experts);
+  auto kernel = expert_rows ? gather_gemm_kernel<true> : gather_gemm_kernel<false>;
+  kernel<<<static_cast<unsigned>(tiles.size()), kThreads>>>(
+      mptr(c), mc.ld, cptr(x), mx.ld, index.data<int32_t>(), cptr(w), mw.ld,
+      static_cast<const int2*>(dtiles.tensor().raw()), doff.tensor().data<int32_t>(), static_cast<int>(mx.cols));
+  check_launch();
+}
+
+void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,
+                         const int32_t* offsets, int64_t experts) {
+  const Matrix my = y.matrix(), mg = g.matrix(), mw = w.matrix();
+  if (offsets[experts] == offsets[0] || my.rows == 0) return;
+  DECO_ASSERT(my.rows <= INT_MAX - kChunk && experts <= INT_MAX, "expert_scatter_gemm: too many rows");
+  const Buffer doff = device_offsets(offsets, experts);
+  const int bytes = ScatterSmem::bytes(static_cast<int>(experts));
+  // ExpertCols weights have their shared block as [h][d] = [n][k].
+  auto kernel = expert_rows ? scatter_gemm_kernel<false> : scatter_gemm_kernel<true>;
+  if (bytes > 48 * 1024)
+    DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  const dim3 grid(static_cast<unsigned>((my.rows + kChunk - 1) / kChunk), static_cast<unsigned>(my.cols / kD));
+  kernel<<<grid, kThreads, static_cast<size_t>(bytes)>>>(mptr(y), my.ld, cptr(g), mg.ld, index.data<int32_t>(),
+                                                         cptr(w), mw.ld, doff.tensor().data<int32_t>(),
+                                                         static_cast<int>(experts), static_cast<int>(my.rows));
+  check_launch();
+}
+
+void expert_weight_grad(const Tensor& dw, bool expert_rows, const Tensor& g, const Tensor& x, const Tensor& index,
+                        const int32_t* offsets, int64_t experts) {
+  const Matrix mdw = dw.matrix(), mg = g.matrix(), mx = x.matrix();
+  if (offsets[experts] == offsets[0]) return;
+  DECO_ASSERT(dw.dtype() == DType::F32, "expert_weight_grad: float32 gradients on the GPU");
+  DECO_ASSERT(experts <= 65535, "expert_weight_grad: at most 65535 experts per launch");
+  const Buffer doff = device_offsets(offsets, experts);
+  auto kernel = expert_rows ? weight_grad_kernel<true> : weight_grad_kernel<false>;
+  const dim3 grid(static_cast<unsigned>(mx.cols / kD), static_cast<unsigned>(experts));
+  kernel<<<grid, kThreads>>>(dw.data<float>(), mdw.ld, cptr(g), mg.ld, cptr(x), mx.ld, index.data<int32_t>(),
+                             doff.tensor().data<int32_t>());
+  check_launch();
+}
+
+}  // namespace deco::cuda
