@@ -1,5 +1,6 @@
 // deco_gpu_tests [FILTER]: every DECO_GPU_TEST of tests/gpu/test_cuda_*.cpp,
 // or those whose name contains FILTER. See gpu_test.h.
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -108,6 +109,9 @@ void expect_equal(const std::string& what, const Tensor& cpu, const Tensor& gpu)
 
 int main(int argc, char** argv) {
   using namespace deco;
+  // Line-buffered: a test that hangs until the suite's timeout kills it, or
+  // crashes, still leaves every line before it in the log.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   if (cuda_device_count() == 0) {
     std::printf("no CUDA device: skipping the GPU tests\n");
     return 77;
@@ -116,12 +120,15 @@ int main(int argc, char** argv) {
   for (const auto& [name, fn] : gpu_test::registry()) {
     if (std::strstr(name, filter) == nullptr) continue;
     std::printf("---- %s\n", name);
+    const auto start = std::chrono::steady_clock::now();
     try {
       fn();
     } catch (const std::exception& e) {
       std::printf("FAIL %s threw: %s\n", name, e.what());
       gpu_test::count_failure();
     }
+    std::printf("     %s: %.2f s\n", name,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   std::printf("%s\n", gpu_test::failures ? "GPU tests FAILED" : "all GPU tests passed");
   return gpu_test::failures ? 1 : 0;

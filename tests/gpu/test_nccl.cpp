@@ -19,6 +19,7 @@ using namespace deco;
 using namespace deco::test;
 
 int main() {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // every line reaches the log even if a collective hangs
   if (cuda_device_count() == 0) {
     std::printf("no CUDA device: skipping the NCCL tests\n");
     return 77;
