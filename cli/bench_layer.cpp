@@ -54,21 +54,27 @@ int bench_layer(const BenchLayerArgs& args) {
   std::printf("%-9s %6s %7s %10s %10s %9s %9s %9s %9s %8s %9s %9s\n", "path", "asked", "ratio", "time ms", "GFLOP",
               "TFLOP/s", "GB/s", "flop fl.", "byte fl.", "of floor", "vs dense", "rows ms");
   // On a GPU in bf16 at expert width 64 (the sparse expert kernels' domain,
-  // kernels/cuda/sparse_experts.cu) the sparse path is timed twice, side by
-  // side: with the tensor-core kernels ("sparse") and with the composition
-  // they replace, gather + cuBLAS grouped GEMM + scatter ("sp-cublas"). The
-  // CPU always runs the composition.
+  // kernels/cuda/sparse_experts.cu) the sparse path is timed three times,
+  // side by side: with the tensor-core kernels in their wide blocks
+  // ("sparse", the default) and their narrow ones ("sp-narrow"), and with
+  // the composition they replace, gather + cuBLAS grouped GEMM + scatter
+  // ("sp-cublas"). The CPU always runs the composition.
   const bool both_sparse = device == Device::CUDA && dtype == DType::BF16 && m.moe_ffn_hidden_size == 64 &&
                            m.hidden_size % 64 == 0;
+  using ops::SparseExpertKernels;
   struct Variant {
     const char* label;
     ExpertCompute path;
-    bool kernels;  // ops::set_sparse_expert_kernels
+    SparseExpertKernels kernels;
   };
+  const SparseExpertKernels chosen = ops::sparse_expert_kernels();
   std::vector<Variant> variants;
   for (ExpertCompute path : paths) {
-    variants.push_back({expert_compute_name(path), path, true});
-    if (path == ExpertCompute::Sparse && both_sparse) variants.push_back({"sp-cublas", path, false});
+    variants.push_back({expert_compute_name(path), path, chosen});
+    if (path == ExpertCompute::Sparse && both_sparse) {
+      variants.push_back({"sp-narrow", path, SparseExpertKernels::Narrow});
+      variants.push_back({"sp-cublas", path, SparseExpertKernels::Composition});
+    }
   }
   for (double ratio : args.ratios) {
     double dense_seconds = 0.0;
@@ -76,14 +82,14 @@ int bench_layer(const BenchLayerArgs& args) {
       ops::set_sparse_expert_kernels(v.kernels);
       const LayerBench r = bench_deco_layer(m, tokens, v.path, ratio, device, static_cast<int>(args.warmup),
                                             static_cast<int>(args.iters), dtype);
-      ops::set_sparse_expert_kernels(true);
+      ops::set_sparse_expert_kernels(chosen);
       const double flop_floor = r.flops / peak, byte_floor = r.bytes / bandwidth;
       if (v.path == ExpertCompute::Dense) dense_seconds = r.seconds;
       char versus[32] = "";
       if (v.path == ExpertCompute::Sparse && dense_seconds > 0)
         std::snprintf(versus, sizeof(versus), "%.2fx", dense_seconds / r.seconds);
       char rows[32] = "";
-      const bool composition = !(both_sparse && v.kernels);
+      const bool composition = !(both_sparse && v.kernels != SparseExpertKernels::Composition);
       if (composition && r.pair_row_bytes > 0)
         std::snprintf(rows, sizeof(rows), "%.3f", r.pair_row_bytes / bandwidth * 1e3);
       std::printf("%-9s %6.2f %7.4f %10.3f %10.3f %9.3f %9.1f %8.3fms %8.3fms %7.1f%% %9s %9s\n", v.label, ratio,
@@ -93,7 +99,8 @@ int bench_layer(const BenchLayerArgs& args) {
     }
   }
   std::printf("\nflop fl. = FLOPs / peak, byte fl. = bytes / bandwidth; 'of floor' = the larger floor / time; "
-              "'vs dense' = dense time / sparse time at the same ratio; rows ms = the H-wide rows per pair that the "
+              "'vs dense' = dense time / sparse time at the same ratio; sparse and sp-narrow: the tensor-core kernels in "
+              "8- and 4-warp blocks, sp-cublas: gather + cuBLAS grouped GEMM + scatter; rows ms = the H-wide rows per pair that the "
               "gather + grouped GEMM + scatter composition moves (model/layer_bench.h: sparse_pair_row_bytes) / "
               "bandwidth; the tensor-core kernels (sparse on a GPU) read them by index instead.\n");
   return 0;

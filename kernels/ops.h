@@ -99,11 +99,21 @@ void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, 
                          const Tensor& offsets, int64_t block);
 void expert_weight_grad(const Tensor& dw, GroupSplit split, const Tensor& g, const Tensor& x, const Tensor& index,
                         const Tensor& offsets, int64_t block);
-// Whether the GPU takes the tensor-core kernels above where they apply (the
-// default) or the composition: a process-wide switch for deco bench-layer
-// and the GPU tests, which time and compare the two side by side.
-void set_sparse_expert_kernels(bool enabled);
-bool sparse_expert_kernels();
+// What the GPU runs for these products where the tensor-core kernels apply:
+// a process-wide switch for deco bench-layer and the GPU tests, which time
+// and compare the choices side by side (elsewhere the composition runs).
+//   Wide (the default): 8 warps a block; a gather GEMM block computes 128
+//     pairs, a scatter GEMM block owns 256 tokens, a weight-gradient block
+//     128 columns h (H a multiple of 128; else its narrow block). Each weight
+//     block, and in the weight gradient each g row, is read half as often.
+//   Narrow: 4 warps; 64 pairs, 128 tokens, 64 columns.
+//   Composition: gather, cuBLAS grouped GEMM, scatter-add through [P, H].
+// Every choice sums each element's terms in the same order, so the scatter
+// GEMM and the weight gradient give the same values under Wide and Narrow.
+enum class SparseExpertKernels { Wide, Narrow, Composition };
+void set_sparse_expert_kernels(SparseExpertKernels choice);
+SparseExpertKernels sparse_expert_kernels();
+const char* sparse_expert_kernels_name(SparseExpertKernels choice);
 
 // ---------------------------------------------------------------- gather / scatter
 // out[P, K] = x[index[p], :]   (index int32[P])

@@ -75,7 +75,8 @@ void grouped_gemm(const Grouped& C, const Grouped& A, bool trans_a, const Groupe
 namespace deco::ops {
 namespace {
 
-bool g_sparse_expert_kernels = true;
+SparseExpertKernels g_sparse_expert_kernels = SparseExpertKernels::Wide;
+bool wide() { return g_sparse_expert_kernels == SparseExpertKernels::Wide; }
 
 void check_pairs(const char* op, const Tensor& rows, const Tensor& index, const Tensor& offsets) {
   DECO_REQUIRE_CPU(offsets);
@@ -94,8 +95,16 @@ Buffer pair_rows(const Tensor& like, int64_t pairs, int64_t cols) {
 
 }  // namespace
 
-void set_sparse_expert_kernels(bool enabled) { g_sparse_expert_kernels = enabled; }
-bool sparse_expert_kernels() { return g_sparse_expert_kernels; }
+void set_sparse_expert_kernels(SparseExpertKernels choice) { g_sparse_expert_kernels = choice; }
+SparseExpertKernels sparse_expert_kernels() { return g_sparse_expert_kernels; }
+const char* sparse_expert_kernels_name(SparseExpertKernels choice) {
+  switch (choice) {
+    case SparseExpertKernels::Wide: return "wide";
+    case SparseExpertKernels::Narrow: return "narrow";
+    case SparseExpertKernels::Composition: return "composition";
+  }
+  return "?";
+}
 
 void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, GroupSplit split,
                         const Tensor& offsets, int64_t block) {
@@ -104,10 +113,10 @@ void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, c
   const int64_t P = c.size(0), H = x.size(1);
   if (P == 0) return;
 #ifdef DECO_WITH_CUDA
-  if (c.device() == Device::CUDA && sparse_expert_kernels() &&
+  if (c.device() == Device::CUDA && sparse_expert_kernels() != SparseExpertKernels::Composition &&
       cuda::sparse_expert_kernels_apply(block, H, {&c, &x, &w})) {
     cuda::expert_gather_gemm(c, x, index, w, split == GroupSplit::ExpertRows, offsets.data<int32_t>(),
-                             offsets.numel() - 1);
+                             offsets.numel() - 1, wide());
     return;
   }
 #endif
@@ -124,10 +133,10 @@ void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, 
   const int64_t P = g.size(0), H = y.size(1);
   if (P == 0) return;  // no pair: nothing added
 #ifdef DECO_WITH_CUDA
-  if (y.device() == Device::CUDA && sparse_expert_kernels() &&
+  if (y.device() == Device::CUDA && sparse_expert_kernels() != SparseExpertKernels::Composition &&
       cuda::sparse_expert_kernels_apply(block, H, {&y, &g, &w})) {
     cuda::expert_scatter_gemm(y, g, index, w, split == GroupSplit::ExpertRows, offsets.data<int32_t>(),
-                              offsets.numel() - 1);
+                              offsets.numel() - 1, wide());
     return;
   }
 #endif
@@ -144,10 +153,11 @@ void expert_weight_grad(const Tensor& dw, GroupSplit split, const Tensor& g, con
   const int64_t P = g.size(0), H = x.size(1);
   if (P == 0) return;  // no pair: nothing added
 #ifdef DECO_WITH_CUDA
-  if (dw.device() == Device::CUDA && dw.dtype() == DType::F32 && sparse_expert_kernels() &&
+  if (dw.device() == Device::CUDA && dw.dtype() == DType::F32 &&
+      sparse_expert_kernels() != SparseExpertKernels::Composition &&
       cuda::sparse_expert_kernels_apply(block, H, {&g, &x})) {
     cuda::expert_weight_grad(dw, split == GroupSplit::ExpertRows, g, x, index, offsets.data<int32_t>(),
-                             offsets.numel() - 1);
+                             offsets.numel() - 1, wide());
     return;
   }
 #endif

@@ -40,14 +40,15 @@ void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool tran
 // The sparse expert products on the tensor cores (sparse_experts.cu), with
 // host offsets int32[experts + 1]; expert_rows: W is ExpertRows, else
 // ExpertCols. They apply when sparse_expert_kernels_apply says so (bf16
-// device operands, 16-byte aligned rows, D = 64, H a multiple of 64).
+// device operands, 16-byte aligned rows, D = 64, H a multiple of 64). wide:
+// the 8-warp blocks of ops::SparseExpertKernels::Wide, else the 4-warp ones.
 bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer_list<const Tensor*> bf16_operands);
 void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
-                        const int32_t* offsets, int64_t experts);
+                        const int32_t* offsets, int64_t experts, bool wide);
 void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,
-                         const int32_t* offsets, int64_t experts);
+                         const int32_t* offsets, int64_t experts, bool wide);
 void expert_weight_grad(const Tensor& dw, bool expert_rows, const Tensor& g, const Tensor& x, const Tensor& index,
-                        const int32_t* offsets, int64_t experts);
+                        const int32_t* offsets, int64_t experts, bool wide);
 void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table);
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
                      double eps);

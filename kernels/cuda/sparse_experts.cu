@@ -10,29 +10,38 @@
 // index[p], increasing within an expert (ops::build_routing). W_e(d, h) is
 // an expert's weight entry: ExpertRows, w[(e*D + d) * ld + h] (a [E*D, H]
 // matrix: the up and gate projections), or ExpertCols, w[h * ld + e*D + d]
-// ([H, E*D]: the down projection). Three kernels, 4 warps each, mma.sync
-// m16n8k16 (kernels/cuda/mma.cuh for the fragment layout):
+// ([H, E*D]: the down projection). Three kernels, mma.sync m16n8k16
+// (kernels/cuda/mma.cuh for the fragment layout), each in two block shapes:
+// W warps = 8 (wide, ops::SparseExpertKernels::Wide) or 4 (narrow).
 //
 //  - gather GEMM, C[p, d] = sum_h x[index[p], h] W_e(d, h) (the up
-//    projection; dy through the down projection): a block owns 64 pairs of
-//    one expert and all 64 columns; K = H in steps of 64, the x rows loaded
-//    by pair index straight into shared memory (cp.async, double-buffered).
-//    A warp owns 16 pairs.
+//    projection; dy through the down projection): a block owns 16 W pairs
+//    of one expert and all 64 columns; K = H in steps of 64, the x rows
+//    loaded by pair index straight into shared memory (cp.async,
+//    double-buffered). A warp owns 16 pairs.
 //  - scatter GEMM, y[t, h] += sum over t's pairs p of sum_d G[p, d] W_e(d, h)
 //    (the down projection; the input gradient through the up projection):
-//    a block owns 128 tokens x 64 columns of y as a float32 slice in shared
-//    memory. It walks the experts in order; expert e's pairs among those
-//    tokens are a contiguous run (binary search), at most 128, whose G rows
-//    and W_e block arrive by cp.async while the previous expert computes.
-//    A warp owns 16 of the 64 columns, so warps never write the same
-//    element, and a warp adds its expert's rows before the next expert's:
-//    every element of y gets its terms in expert order, then y is read,
-//    added to and written once. No atomics: bit-identical runs.
+//    a block owns 32 W tokens x 64 columns of y as a float32 slice in
+//    shared memory. It walks the experts in order; expert e's pairs among
+//    those tokens are a contiguous run (found by binary search once per
+//    call, for every chunk and expert: chunk_bounds_kernel), whose G rows and
+//    W_e block arrive by cp.async while the previous expert computes. A
+//    warp owns 16 of the 64 columns and every (W / 4)-th 16-pair tile of
+//    the run, so no two warps write the same element within an expert, and
+//    a barrier separates experts: every element of y gets its terms in
+//    expert order, then y is read, added to and written once. No atomics:
+//    bit-identical runs, and the same values for both shapes.
 //  - weight gradient, dW_e(d, h) += sum_p G[p, d] x[index[p], h] (both
-//    projections' weight gradients): a block owns expert e's 64 x 64 tile
-//    of columns [h0, h0 + 64); K = the expert's pairs in steps of 64, G^T
-//    through ldmatrix.trans. A warp owns 16 rows d. float32 gradient,
-//    read, added to and written once per element.
+//    projections' weight gradients): a block owns expert e's 64 rows d x
+//    16 W columns [h0, h0 + 16 W); K = the expert's pairs in steps of 64,
+//    G^T through ldmatrix.trans. A warp owns 16 rows d of 64 columns.
+//    float32 gradient, read, added to and written once per element.
+//
+// Why two shapes: the kernels are bounded by L2 traffic (docs/architecture.md,
+// "The sparse expert path on a GPU"). The wide blocks read each weight block
+// (gather: per 128 pairs; scatter: per 256 tokens) and, in the weight
+// gradient, each G row (per 128 columns) half as often as the narrow ones,
+// at 1-2 blocks per SM instead of 2-5; deco bench-layer times both.
 //
 // Shared-memory rows are 64 + 8 bf16 long, as in attention_tc.cu.
 #include <algorithm>
@@ -49,26 +58,34 @@ namespace deco::cuda {
 namespace {
 
 constexpr int kD = 64;          // expert width
-constexpr int kThreads = 128;   // 4 warps
 constexpr int kLd = kD + 8;     // bf16 elements per shared row
-constexpr int kTileRows = 64;   // pairs per block (gather GEMM) and per K step (weight gradient)
-constexpr int kChunk = 128;     // tokens per block (scatter GEMM)
+constexpr int kTileRows = 64;   // pairs per K step (weight gradient); per block (narrow gather GEMM)
 constexpr int kAccLd = kD + 4;  // floats per row of the scatter GEMM's slice
 constexpr int kTileElems = kTileRows * kLd;
+
+// The block shapes, by warps per block (4: narrow, 8: wide).
+template <int WARPS>
+struct Blocks {
+  static_assert(WARPS == 4 || WARPS == 8, "4 or 8 warps");
+  static constexpr int threads = 32 * WARPS;
+  static constexpr int pairs = 16 * WARPS;   // gather GEMM: pairs per block, 16 a warp
+  static constexpr int chunk = 32 * WARPS;   // scatter GEMM: tokens per block
+  static constexpr int columns = 16 * WARPS; // weight gradient: columns h per block, 64 per 4 warps
+};
 
 // A 64 x 64 block of W_e into shared memory in its own layout: rows d,
 // columns h in [h0, h0 + 64) (ExpertRows), or rows h in [h0, h0 + 64),
 // columns d (ExpertCols). Asynchronous.
+template <int THREADS>
 __device__ __forceinline__ void load_w_block(bf16* dst, const bf16* w, int64_t ldw, bool expert_rows, int e,
                                              int h0) {
-  for (int i = static_cast<int>(threadIdx.x); i < kD * (kD / 8); i += kThreads) {
+  for (int i = static_cast<int>(threadIdx.x); i < kD * (kD / 8); i += THREADS) {
     const int r = i / (kD / 8), ch = i % (kD / 8);
     const bf16* src = expert_rows ? w + (static_cast<int64_t>(e) * kD + r) * ldw + h0 + ch * 8
                                   : w + static_cast<int64_t>(h0 + r) * ldw + static_cast<int64_t>(e) * kD + ch * 8;
     cp_async16(dst + r * kLd + ch * 8, src, true);
   }
 }
-
 // B fragments for k rows [k0, k0 + 16) and n columns [n0, n0 + 16), two
 // 8-column tiles (b[0], b[1]: columns n0..n0+7; b[2], b[3]: n0+8..n0+15), of
 // a shared tile stored [n][k] (NK: B[k][n] = S[n][k], plain 4-byte reads)
@@ -121,42 +138,55 @@ __device__ __forceinline__ void double_buffered(int steps, Load&& load, Compute&
 
 // ---------------------------------------------------------------- gather GEMM
 
-// tiles[b] = (expert, first pair) of block b. NK: W stored ExpertRows
-// (its shared block is [d][h] = [n][k]).
-template <bool NK>
-__global__ void __launch_bounds__(kThreads) gather_gemm_kernel(bf16* c, int64_t ldc, const bf16* x, int64_t ldx,
-                                                               const int32_t* index, const bf16* w, int64_t ldw,
-                                                               const int2* tiles, const int32_t* offsets, int H) {
-  __shared__ __align__(16) bf16 xs[2][kTileElems];
-  __shared__ __align__(16) bf16 ws[2][kTileElems];
-  __shared__ int32_t tok[kTileRows];
+template <int WARPS>
+struct GatherSmem {
+  static constexpr int x_elems = Blocks<WARPS>::pairs * kLd;  // one buffer of token rows
+  static constexpr int bytes = 2 * x_elems * 2 + 2 * kTileElems * 2 + Blocks<WARPS>::pairs * 4;
+};
+
+// tiles[b] = (expert, first pair) of block b, which computes pairs [first,
+// first + 16 WARPS) of that expert (fewer at its end). NK: W stored
+// ExpertRows (its shared block is [d][h] = [n][k]).
+template <bool NK, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS)
+    gather_gemm_kernel(bf16* c, int64_t ldc, const bf16* x, int64_t ldx, const int32_t* index, const bf16* w,
+                       int64_t ldw, const int2* tiles, const int32_t* offsets, int H) {
+  using S = Blocks<WARPS>;
+  using M = GatherSmem<WARPS>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* xs = reinterpret_cast<bf16*>(smem);                    // [2][pairs * kLd]
+  bf16* ws = xs + 2 * M::x_elems;                              // [2][kTileElems]
+  int32_t* tok = reinterpret_cast<int32_t*>(ws + 2 * kTileElems);  // [pairs]
   const int2 tile = tiles[blockIdx.x];
   const int e = tile.x, r0 = tile.y;
-  const int rows = min(kTileRows, offsets[e + 1] - r0);
+  const int rows = min(S::pairs, offsets[e + 1] - r0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
-  for (int i = static_cast<int>(threadIdx.x); i < kTileRows; i += kThreads) tok[i] = i < rows ? index[r0 + i] : -1;
+  for (int i = static_cast<int>(threadIdx.x); i < S::pairs; i += S::threads) tok[i] = i < rows ? index[r0 + i] : -1;
   __syncthreads();
 
   auto load = [&](int step, int buf) {
     const int h0 = step * kD;
-    for (int i = static_cast<int>(threadIdx.x); i < kTileRows * (kD / 8); i += kThreads) {
+    for (int i = static_cast<int>(threadIdx.x); i < S::pairs * (kD / 8); i += S::threads) {
       const int r = i / (kD / 8), ch = i % (kD / 8), t = tok[r];
-      cp_async16(xs[buf] + r * kLd + ch * 8, t >= 0 ? x + static_cast<int64_t>(t) * ldx + h0 + ch * 8 : x, t >= 0);
+      cp_async16(xs + buf * M::x_elems + r * kLd + ch * 8,
+                 t >= 0 ? x + static_cast<int64_t>(t) * ldx + h0 + ch * 8 : x, t >= 0);
     }
-    load_w_block(ws[buf], w, ldw, NK, e, h0);
+    load_w_block<S::threads>(ws + buf * kTileElems, w, ldw, NK, e, h0);
     cp_async_commit();
   };
 
   float acc[kD / 8][4] = {};
   double_buffered(H / kD, load, [&](int buf) {
+    const bf16* xb = xs + buf * M::x_elems;
+    const bf16* wb = ws + buf * kTileElems;
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       uint32_t a[4];
-      load_a(a, xs[buf], kLd, 16 * warp, kk * 16);
+      load_a(a, xb, kLd, 16 * warp, kk * 16);
 #pragma unroll
       for (int n = 0; n < kD / 16; ++n) {
         uint32_t b[4];
-        load_b16<NK>(b, ws[buf], kk * 16, n * 16);
+        load_b16<NK>(b, wb, kk * 16, n * 16);
         mma(acc[2 * n], a, b[0], b[1]);
         mma(acc[2 * n + 1], a, b[2], b[3]);
       }
@@ -173,11 +203,13 @@ __global__ void __launch_bounds__(kThreads) gather_gemm_kernel(bf16* c, int64_t 
 
 // ---------------------------------------------------------------- scatter GEMM
 
+template <int WARPS>
 struct ScatterSmem {
-  static constexpr int acc_bytes = kChunk * kAccLd * 4;
-  static constexpr int g_bytes = 2 * kChunk * kLd * 2;
+  static constexpr int chunk = Blocks<WARPS>::chunk;
+  static constexpr int acc_bytes = chunk * kAccLd * 4;
+  static constexpr int g_bytes = 2 * chunk * kLd * 2;
   static constexpr int w_bytes = 2 * kTileElems * 2;
-  static constexpr int tok_bytes = 2 * kChunk * 4;
+  static constexpr int tok_bytes = 2 * chunk * 4;
   static int bytes(int experts) { return acc_bytes + g_bytes + w_bytes + tok_bytes + 2 * experts * 4; }
 };
 
@@ -193,25 +225,46 @@ __device__ __forceinline__ int lower_bound(const int32_t* index, int lo, int hi,
   return lo;
 }
 
-// NK: W stored ExpertCols (its shared block is [h][d] = [n][k]).
-template <bool NK>
-__global__ void __launch_bounds__(kThreads) scatter_gemm_kernel(bf16* y, int64_t ldy, const bf16* gm, int64_t ldg,
-                                                                const int32_t* index, const bf16* w, int64_t ldw,
-                                                                const int32_t* offsets, int experts, int N) {
+// bounds[c * experts + e] = the first of expert e's pairs whose token is at
+// least c * chunk, for c in [0, chunks]: where each token chunk's run of the
+// expert starts (and the previous one's ends). Computed once per call, not
+// by each of the H / 64 blocks that share a chunk.
+__global__ void chunk_bounds_kernel(int32_t* bounds, const int32_t* index, const int32_t* offsets, int experts,
+                                    int entries, int chunk) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= entries) return;
+  const int c = i / experts, e = i % experts;
+  bounds[i] = lower_bound(index, offsets[e], offsets[e + 1], c * chunk);
+}
+
+// A block owns tokens [t0, t0 + 32 WARPS) x columns [h0, h0 + 64). Warp w
+// owns columns 16 (w % 4) + [0, 16) and, of each expert's run of pairs, the
+// 16-row tiles w / 4, w / 4 + WARPS / 4, ...: two warps never write the same
+// element within an expert (its pairs are distinct tokens), and experts are
+// separated by barriers. NK: W stored ExpertCols (its shared block is [h][d]
+// = [n][k]).
+template <bool NK, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS)
+    scatter_gemm_kernel(bf16* y, int64_t ldy, const bf16* gm, int64_t ldg, const int32_t* index, const bf16* w,
+                        int64_t ldw, const int32_t* bounds, int experts, int N) {
+  using S = Blocks<WARPS>;
+  using M = ScatterSmem<WARPS>;
+  constexpr int kChunk = S::chunk;
   extern __shared__ __align__(16) unsigned char smem[];
   float* acc = reinterpret_cast<float*>(smem);
-  bf16* gs = reinterpret_cast<bf16*>(smem + ScatterSmem::acc_bytes);
-  bf16* ws = reinterpret_cast<bf16*>(smem + ScatterSmem::acc_bytes + ScatterSmem::g_bytes);
-  int32_t* toks = reinterpret_cast<int32_t*>(smem + ScatterSmem::acc_bytes + ScatterSmem::g_bytes + ScatterSmem::w_bytes);
+  bf16* gs = reinterpret_cast<bf16*>(smem + M::acc_bytes);
+  bf16* ws = reinterpret_cast<bf16*>(smem + M::acc_bytes + M::g_bytes);
+  int32_t* toks = reinterpret_cast<int32_t*>(smem + M::acc_bytes + M::g_bytes + M::w_bytes);
   int32_t* first = toks + 2 * kChunk;  // [experts]: the expert's first pair among this block's tokens
   int32_t* count = first + experts;    // [experts]: how many
   const int t0 = blockIdx.x * kChunk, h0 = blockIdx.y * kD;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
-  for (int i = static_cast<int>(threadIdx.x); i < kChunk * kAccLd; i += kThreads) acc[i] = 0.0f;
-  for (int e = static_cast<int>(threadIdx.x); e < experts; e += kThreads) {
-    const int lo = lower_bound(index, offsets[e], offsets[e + 1], t0);
+  const int col0 = 16 * (warp % 4), tile0 = 16 * (warp / 4);
+  for (int i = static_cast<int>(threadIdx.x); i < kChunk * kAccLd; i += S::threads) acc[i] = 0.0f;
+  for (int e = static_cast<int>(threadIdx.x); e < experts; e += S::threads) {
+    const int lo = bounds[blockIdx.x * experts + e];
     first[e] = lo;
-    count[e] = lower_bound(index, lo, offsets[e + 1], t0 + kChunk) - lo;
+    count[e] = bounds[(blockIdx.x + 1) * experts + e] - lo;
   }
   __syncthreads();
 
@@ -219,12 +272,12 @@ __global__ void __launch_bounds__(kThreads) scatter_gemm_kernel(bf16* y, int64_t
   auto load = [&](int e, int buf) {
     const int lo = first[e], n = count[e], padded = (n + 15) / 16 * 16;
     bf16* gb = gs + buf * kChunk * kLd;
-    for (int i = static_cast<int>(threadIdx.x); i < padded * (kD / 8); i += kThreads) {
+    for (int i = static_cast<int>(threadIdx.x); i < padded * (kD / 8); i += S::threads) {
       const int r = i / (kD / 8), ch = i % (kD / 8);
       cp_async16(gb + r * kLd + ch * 8, r < n ? gm + static_cast<int64_t>(lo + r) * ldg + ch * 8 : gm, r < n);
     }
-    for (int r = static_cast<int>(threadIdx.x); r < n; r += kThreads) toks[buf * kChunk + r] = index[lo + r] - t0;
-    load_w_block(ws + buf * kTileElems, w, ldw, !NK, e, h0);
+    for (int r = static_cast<int>(threadIdx.x); r < n; r += S::threads) toks[buf * kChunk + r] = index[lo + r] - t0;
+    load_w_block<S::threads>(ws + buf * kTileElems, w, ldw, !NK, e, h0);
     cp_async_commit();
   };
   auto next = [&](int e) {
@@ -248,20 +301,20 @@ __global__ void __launch_bounds__(kThreads) scatter_gemm_kernel(bf16* y, int64_t
     const bf16* gb = gs + buf * kChunk * kLd;
     const bf16* wb = ws + buf * kTileElems;
     const int32_t* tb = toks + buf * kChunk;
-    for (int t = 0; t < n; t += 16) {
+    for (int t = tile0; t < n; t += 16 * (WARPS / 4)) {
       float part[2][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         uint32_t a[4], b[4];
         load_a(a, gb, kLd, t, kk * 16);
-        load_b16<NK>(b, wb, kk * 16, 16 * warp);
+        load_b16<NK>(b, wb, kk * 16, col0);
         mma(part[0], a, b[0], b[1]);
         mma(part[1], a, b[2], b[3]);
       }
       // Pairs of one expert are distinct tokens: no two lanes add into the same element.
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int col = 16 * warp + 8 * j + 2 * cc;
+        const int col = col0 + 8 * j + 2 * cc;
         if (t + g < n) {
           float* p = acc + tb[t + g] * kAccLd + col;
           p[0] += part[j][0];
@@ -273,15 +326,14 @@ __global__ void __launch_bounds__(kThreads) scatter_gemm_kernel(bf16* y, int64_t
           p[1] += part[j][3];
         }
       }
-      __syncwarp();  // this tile's adds land before the next tile's (or expert's) may touch the same rows
     }
-    __syncthreads();  // before the next iteration's loads overwrite this buffer
+    __syncthreads();  // every add of this expert lands before the next expert's; buffers free for reloading
     e = following;
     buf ^= 1;
   }
 
   // y += the slice, once per element (tokens with no pair here add zero).
-  for (int i = static_cast<int>(threadIdx.x); i < kChunk * (kD / 2); i += kThreads) {
+  for (int i = static_cast<int>(threadIdx.x); i < kChunk * (kD / 2); i += S::threads) {
     const int r = i / (kD / 2), col = (i % (kD / 2)) * 2, tkn = t0 + r;
     if (tkn >= N) continue;
     __nv_bfloat162* p = reinterpret_cast<__nv_bfloat162*>(y + static_cast<int64_t>(tkn) * ldy + h0 + col);
@@ -292,40 +344,58 @@ __global__ void __launch_bounds__(kThreads) scatter_gemm_kernel(bf16* y, int64_t
 
 // ---------------------------------------------------------------- weight gradient
 
+template <int WARPS>
+struct WeightGradSmem {
+  static constexpr int halves = WARPS / 4;  // 64-column sub-tiles of x per K step
+  static constexpr int bytes = 2 * kTileElems * 2 + 2 * halves * kTileElems * 2;
+};
+
+// A block owns expert blockIdx.y's rows d x columns [h0, h0 + 16 WARPS);
+// warp w owns rows 16 (w % 4) + [0, 16) of the 64-column sub-tile w / 4.
 // ROWS: dw is ExpertRows ([E*D, H]), else ExpertCols ([H, E*D]).
-template <bool ROWS>
-__global__ void __launch_bounds__(kThreads) weight_grad_kernel(float* dw, int64_t lddw, const bf16* gm, int64_t ldg,
-                                                               const bf16* x, int64_t ldx, const int32_t* index,
-                                                               const int32_t* offsets) {
-  __shared__ __align__(16) bf16 gs[2][kTileElems];
-  __shared__ __align__(16) bf16 xs[2][kTileElems];
-  const int h0 = blockIdx.x * kD, e = blockIdx.y;
+template <bool ROWS, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS)
+    weight_grad_kernel(float* dw, int64_t lddw, const bf16* gm, int64_t ldg, const bf16* x, int64_t ldx,
+                       const int32_t* index, const int32_t* offsets) {
+  using S = Blocks<WARPS>;
+  constexpr int kHalves = WeightGradSmem<WARPS>::halves;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* gs = reinterpret_cast<bf16*>(smem);  // [2][kTileElems]: g rows [pair][d]
+  bf16* xs = gs + 2 * kTileElems;            // [2][halves][kTileElems]: x rows [pair][h]
+  const int h0 = blockIdx.x * S::columns, e = blockIdx.y;
   const int lo = offsets[e], n = offsets[e + 1] - lo;
   if (n == 0) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
+  const int d0 = 16 * (warp % 4), half = warp / 4;
 
   auto load = [&](int step, int buf) {
-    for (int i = static_cast<int>(threadIdx.x); i < kTileRows * (kD / 8); i += kThreads) {
+    for (int i = static_cast<int>(threadIdx.x); i < kTileRows * (kD / 8); i += S::threads) {
       const int r = i / (kD / 8), ch = i % (kD / 8), q = step * kTileRows + r;
       const bool valid = q < n;
-      const int64_t p = lo + q;
-      cp_async16(gs[buf] + r * kLd + ch * 8, valid ? gm + p * ldg + ch * 8 : gm, valid);
-      cp_async16(xs[buf] + r * kLd + ch * 8, valid ? x + static_cast<int64_t>(index[p]) * ldx + h0 + ch * 8 : x,
+      cp_async16(gs + buf * kTileElems + r * kLd + ch * 8, valid ? gm + (lo + static_cast<int64_t>(q)) * ldg + ch * 8 : gm,
                  valid);
+    }
+    for (int i = static_cast<int>(threadIdx.x); i < kTileRows * (S::columns / 8); i += S::threads) {
+      const int r = i / (S::columns / 8), ch = i % (S::columns / 8), q = step * kTileRows + r;
+      const bool valid = q < n;
+      bf16* dst = xs + (buf * kHalves + ch / (kD / 8)) * kTileElems + r * kLd + (ch % (kD / 8)) * 8;
+      cp_async16(dst, valid ? x + static_cast<int64_t>(index[lo + q]) * ldx + h0 + ch * 8 : x, valid);
     }
     cp_async_commit();
   };
 
   float acc[kD / 8][4] = {};
   double_buffered((n + kTileRows - 1) / kTileRows, load, [&](int buf) {
+    const bf16* gb = gs + buf * kTileElems;
+    const bf16* xb = xs + (buf * kHalves + half) * kTileElems;
 #pragma unroll
     for (int kk = 0; kk < kTileRows / 16; ++kk) {
       uint32_t a[4];
-      load_a_trans(a, gs[buf], kk * 16, 16 * warp);  // rows d of G^T, k = pairs
+      load_a_trans(a, gb, kk * 16, d0);  // rows d of G^T, k = pairs
 #pragma unroll
       for (int nn = 0; nn < kD / 16; ++nn) {
         uint32_t b[4];
-        load_b16<false>(b, xs[buf], kk * 16, nn * 16);  // x rows stored [pair][h]
+        load_b16<false>(b, xb, kk * 16, nn * 16);  // x rows stored [pair][h]
         mma(acc[2 * nn], a, b[0], b[1]);
         mma(acc[2 * nn + 1], a, b[2], b[3]);
       }
@@ -334,9 +404,9 @@ __global__ void __launch_bounds__(kThreads) weight_grad_kernel(float* dw, int64_
 #pragma unroll
   for (int j = 0; j < kD / 8; ++j)
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int d = 16 * warp + g + 8 * half, h = h0 + 8 * j + 2 * cc;
-      const float v0 = acc[j][2 * half], v1 = acc[j][2 * half + 1];
+    for (int hi = 0; hi < 2; ++hi) {
+      const int d = d0 + g + 8 * hi, h = h0 + kD * half + 8 * j + 2 * cc;
+      const float v0 = acc[j][2 * hi], v1 = acc[j][2 * hi + 1];
       const int64_t row = static_cast<int64_t>(e) * kD + d;
       if constexpr (ROWS) {
         float* p = dw + row * lddw + h;
@@ -351,9 +421,6 @@ __global__ void __launch_bounds__(kThreads) weight_grad_kernel(float* dw, int64_
 
 // ---------------------------------------------------------------- host side
 
-const bf16* cptr(const Tensor& t) { return static_cast<const bf16*>(t.raw()); }
-bf16* mptr(const Tensor& t) { return static_cast<bf16*>(t.raw()); }
-
 // The offsets in device memory (they live on the host, where the host sized the products).
 Buffer device_offsets(const int32_t* offsets, int64_t experts) {
   Buffer d(DType::I32, Device::CUDA, Shape{experts + 1});
@@ -362,7 +429,80 @@ Buffer device_offsets(const int32_t* offsets, int64_t experts) {
   return d;
 }
 
+// A kernel's dynamic shared memory: past 48 KB it must be asked for.
+template <typename Kernel>
+void allow_smem(Kernel kernel, int bytes) {
+  if (bytes > 48 * 1024)
+    DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
 void check_launch() { DECO_CUDA_CHECK(cudaGetLastError()); }
+
+template <int WARPS>
+void gather(const Matrix& mc, const Matrix& mx, const Tensor& index, const Matrix& mw, bool expert_rows,
+            const int32_t* offsets, int64_t experts) {
+  constexpr int kPairs = Blocks<WARPS>::pairs;
+  std::vector<int2> tiles;
+  for (int64_t e = 0; e < experts; ++e)
+    for (int32_t r = offsets[e]; r < offsets[e + 1]; r += kPairs) tiles.push_back(int2{static_cast<int>(e), r});
+  if (tiles.empty()) return;
+  DECO_ASSERT(tiles.size() <= INT_MAX, "expert_gather_gemm: too many tiles");
+  Buffer dtiles(DType::I32, Device::CUDA, Shape{static_cast<int64_t>(2 * tiles.size())});
+  DECO_CUDA_CHECK(cudaMemcpyAsync(dtiles.tensor().raw(), tiles.data(), tiles.size() * sizeof(int2),
+                                  cudaMemcpyHostToDevice, nullptr));
+  const Buffer doff = device_offsets(offsets, experts);
+  auto kernel = expert_rows ? gather_gemm_kernel<true, WARPS> : gather_gemm_kernel<false, WARPS>;
+  constexpr int bytes = GatherSmem<WARPS>::bytes;
+  allow_smem(kernel, bytes);
+  kernel<<<static_cast<unsigned>(tiles.size()), Blocks<WARPS>::threads, bytes>>>(
+      static_cast<bf16*>(mc.ptr), mc.ld, static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
+      static_cast<const bf16*>(mw.ptr), mw.ld, static_cast<const int2*>(dtiles.tensor().raw()),
+      doff.tensor().data<int32_t>(), static_cast<int>(mx.cols));
+  check_launch();
+}
+
+template <int WARPS>
+void scatter(const Matrix& my, const Matrix& mg, const Tensor& index, const Matrix& mw, bool expert_rows,
+             const int32_t* offsets, int64_t experts) {
+  constexpr int kChunk = Blocks<WARPS>::chunk;
+  DECO_ASSERT(my.rows <= INT_MAX - kChunk && experts <= INT_MAX, "expert_scatter_gemm: too many rows");
+  const int bytes = ScatterSmem<WARPS>::bytes(static_cast<int>(experts));
+  DECO_ASSERT(bytes <= 227 * 1024, "expert_scatter_gemm: ", experts, " experts need ", bytes,
+              " bytes of shared memory per block, past the 227 KB a block may have");
+  const Buffer doff = device_offsets(offsets, experts);
+  const int64_t chunks = (my.rows + kChunk - 1) / kChunk, entries = (chunks + 1) * experts;
+  DECO_ASSERT(entries <= INT_MAX, "expert_scatter_gemm: too many token chunks x experts");
+  Buffer bounds(DType::I32, Device::CUDA, Shape{entries});
+  chunk_bounds_kernel<<<static_cast<unsigned>((entries + 255) / 256), 256>>>(
+      bounds.tensor().data<int32_t>(), index.data<int32_t>(), doff.tensor().data<int32_t>(), static_cast<int>(experts),
+      static_cast<int>(entries), kChunk);
+  check_launch();
+  // ExpertCols weights have their shared block as [h][d] = [n][k].
+  auto kernel = expert_rows ? scatter_gemm_kernel<false, WARPS> : scatter_gemm_kernel<true, WARPS>;
+  allow_smem(kernel, bytes);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(my.cols / kD));
+  kernel<<<grid, Blocks<WARPS>::threads, static_cast<size_t>(bytes)>>>(
+      static_cast<bf16*>(my.ptr), my.ld, static_cast<const bf16*>(mg.ptr), mg.ld, index.data<int32_t>(),
+      static_cast<const bf16*>(mw.ptr), mw.ld, bounds.tensor().data<int32_t>(), static_cast<int>(experts),
+      static_cast<int>(my.rows));
+  check_launch();
+}
+
+template <int WARPS>
+void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Matrix& mx, const Tensor& index,
+                 const int32_t* offsets, int64_t experts) {
+  DECO_ASSERT(experts <= 65535, "expert_weight_grad: at most 65535 experts per launch");
+  const Buffer doff = device_offsets(offsets, experts);
+  auto kernel = expert_rows ? weight_grad_kernel<true, WARPS> : weight_grad_kernel<false, WARPS>;
+  constexpr int bytes = WeightGradSmem<WARPS>::bytes;
+  allow_smem(kernel, bytes);
+  const dim3 grid(static_cast<unsigned>(mx.cols / Blocks<WARPS>::columns), static_cast<unsigned>(experts));
+  kernel<<<grid, Blocks<WARPS>::threads, bytes>>>(static_cast<float*>(mdw.ptr), mdw.ld,
+                                                  static_cast<const bf16*>(mg.ptr), mg.ld,
+                                                  static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
+                                                  doff.tensor().data<int32_t>());
+  check_launch();
+}
 
 }  // namespace
 
@@ -376,54 +516,32 @@ bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer
 }
 
 void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
-                        const int32_t* offsets, int64_t experts) {
-  const Matrix mc = c.matrix(), mx = x.matrix(), mw = w.matrix();
-  std::vector<int2> tiles;
-  for (int64_t e = 0; e < experts; ++e)
-    for (int32_t r = offsets[e]; r < offsets[e + 1]; r += kTileRows) tiles.push_back(int2{static_cast<int>(e), r});
-  if (tiles.empty()) return;
-  DECO_ASSERT(tiles.size() <= INT_MAX, "expert_gather_gemm: too many tiles");
-  Buffer dtiles(DType::I32, Device::CUDA, Shape{static_cast<int64_t>(2 * tiles.size())});
-  DECO_CUDA_CHECK(cudaMemcpyAsync(dtiles.tensor().raw(), tiles.data(), tiles.size() * sizeof(int2),
-                                  cudaMemcpyHostToDevice, nullptr));
-  const Buffer doff = device_offsets(offsets, experts);
-  auto kernel = expert_rows ? gather_gemm_kernel<true> : gather_gemm_kernel<false>;
-  kernel<<<static_cast<unsigned>(tiles.size()), kThreads>>>(
-      mptr(c), mc.ld, cptr(x), mx.ld, index.data<int32_t>(), cptr(w), mw.ld,
-      static_cast<const int2*>(dtiles.tensor().raw()), doff.tensor().data<int32_t>(), static_cast<int>(mx.cols));
-  check_launch();
+                        const int32_t* offsets, int64_t experts, bool wide) {
+  if (wide)
+    gather<8>(c.matrix(), x.matrix(), index, w.matrix(), expert_rows, offsets, experts);
+  else
+    gather<4>(c.matrix(), x.matrix(), index, w.matrix(), expert_rows, offsets, experts);
 }
 
 void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,
-                         const int32_t* offsets, int64_t experts) {
-  const Matrix my = y.matrix(), mg = g.matrix(), mw = w.matrix();
+                         const int32_t* offsets, int64_t experts, bool wide) {
+  const Matrix my = y.matrix();
   if (offsets[experts] == offsets[0] || my.rows == 0) return;
-  DECO_ASSERT(my.rows <= INT_MAX - kChunk && experts <= INT_MAX, "expert_scatter_gemm: too many rows");
-  const Buffer doff = device_offsets(offsets, experts);
-  const int bytes = ScatterSmem::bytes(static_cast<int>(experts));
-  // ExpertCols weights have their shared block as [h][d] = [n][k].
-  auto kernel = expert_rows ? scatter_gemm_kernel<false> : scatter_gemm_kernel<true>;
-  if (bytes > 48 * 1024)
-    DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(static_cast<unsigned>((my.rows + kChunk - 1) / kChunk), static_cast<unsigned>(my.cols / kD));
-  kernel<<<grid, kThreads, static_cast<size_t>(bytes)>>>(mptr(y), my.ld, cptr(g), mg.ld, index.data<int32_t>(),
-                                                         cptr(w), mw.ld, doff.tensor().data<int32_t>(),
-                                                         static_cast<int>(experts), static_cast<int>(my.rows));
-  check_launch();
+  if (wide)
+    scatter<8>(my, g.matrix(), index, w.matrix(), expert_rows, offsets, experts);
+  else
+    scatter<4>(my, g.matrix(), index, w.matrix(), expert_rows, offsets, experts);
 }
 
 void expert_weight_grad(const Tensor& dw, bool expert_rows, const Tensor& g, const Tensor& x, const Tensor& index,
-                        const int32_t* offsets, int64_t experts) {
-  const Matrix mdw = dw.matrix(), mg = g.matrix(), mx = x.matrix();
+                        const int32_t* offsets, int64_t experts, bool wide) {
   if (offsets[experts] == offsets[0]) return;
   DECO_ASSERT(dw.dtype() == DType::F32, "expert_weight_grad: float32 gradients on the GPU");
-  DECO_ASSERT(experts <= 65535, "expert_weight_grad: at most 65535 experts per launch");
-  const Buffer doff = device_offsets(offsets, experts);
-  auto kernel = expert_rows ? weight_grad_kernel<true> : weight_grad_kernel<false>;
-  const dim3 grid(static_cast<unsigned>(mx.cols / kD), static_cast<unsigned>(experts));
-  kernel<<<grid, kThreads>>>(dw.data<float>(), mdw.ld, cptr(g), mg.ld, cptr(x), mx.ld, index.data<int32_t>(),
-                             doff.tensor().data<int32_t>());
-  check_launch();
+  // The wide block's 128 columns need H a multiple of 128; otherwise the narrow block.
+  if (wide && x.matrix().cols % Blocks<8>::columns == 0)
+    weight_grad<8>(dw.matrix(), expert_rows, g.matrix(), x.matrix(), index, offsets, experts);
+  else
+    weight_grad<4>(dw.matrix(), expert_rows, g.matrix(), x.matrix(), index, offsets, experts);
 }
 
 }  // namespace deco::cuda

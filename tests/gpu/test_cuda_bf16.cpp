@@ -296,74 +296,88 @@ DECO_GPU_TEST(bf16_grouped_gemm) {
 }
 
 // The sparse expert products (kernels/cuda/sparse_experts.cu: gather GEMM,
-// scatter GEMM, weight gradient on the tensor cores) against the CPU's
+// scatter GEMM, weight gradient on the tensor cores), in both block shapes
+// (ops::SparseExpertKernels::Wide and Narrow), against the CPU's
 // composition (gather, grouped GEMM, scatter-add), and against the GPU's
-// own composition (ops::set_sparse_expert_kernels(false)) on the same device
-// tensors, at activation ratios 0.05, 0.3 and 1.0, with an expert that gets
-// no token, tokens that get no expert, and 300 tokens (two full 128-token
-// chunks of the scatter kernel and a partial one), both weight layouts. The
-// kernels sum each token's rows in float32 before one rounding, where the
-// composition rounds every per-pair row and every add: within kBf16. A
-// rerun must be bit-identical (no atomics).
+// own composition on the same device tensors, at activation ratios 0.05, 0.3
+// and 1.0, with an expert that gets no token, tokens that get no expert, and
+// 300 tokens (two full 128-token chunks of the narrow scatter kernel and a
+// partial one; one full 256-token chunk of the wide one and a partial one),
+// both weight layouts, H = 192 (the wide weight gradient falls back to its
+// narrow block) and 256. The kernels sum each token's rows in float32 before
+// one rounding, where the composition rounds every per-pair row and every
+// add: within kBf16. A rerun must be bit-identical (no atomics), and so must
+// the two block shapes: each output element gets the same mma.sync terms in
+// the same order in both.
 DECO_GPU_TEST(bf16_sparse_expert_kernels) {
   using ops::GroupSplit;
-  const int64_t N = 300, E = 6, D = 64, H = 192;
-  for (double ratio : {0.05, 0.3, 1.0}) {
-    const std::string tag = " at ratio " + std::to_string(ratio).substr(0, 4);
-    // Router pre-activations: positive with probability `ratio`, except
-    // expert 2 (never) and every 7th token (no expert at all).
-    Buffer z = random_host({N, E}, 50);
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t e = 0; e < E; ++e) {
-        float& v = z.data<float>()[t * E + e];
-        const double u = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0)));  // uniform in (0, 1)
-        v = (u < ratio && e != 2 && t % 7 != 0) ? 1.0f : -1.0f;
+  using ops::SparseExpertKernels;
+  const int64_t N = 300, E = 6, D = 64;
+  for (int64_t H : {192, 256})
+    for (double ratio : {0.05, 0.3, 1.0}) {
+      const std::string tag = " H " + std::to_string(H) + " ratio " + std::to_string(ratio).substr(0, 4);
+      // Router pre-activations: positive with probability `ratio`, except
+      // expert 2 (never) and every 7th token (no expert at all).
+      Buffer z = random_host({N, E}, 50);
+      for (int64_t t = 0; t < N; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+          float& v = z.data<float>()[t * E + e];
+          const double u = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0)));  // uniform in (0, 1)
+          v = (u < ratio && e != 2 && t % 7 != 0) ? 1.0f : -1.0f;
+        }
+      Buffer offsets(DType::I32, Device::CPU, {E + 1}), token(DType::I32, Device::CPU, {N * E}),
+          flat(DType::I32, Device::CPU, {N * E});
+      const int64_t P = ops::build_routing(offsets, token, flat, z);
+      if (P == 0) continue;
+      const Tensor tokens_host = token.tensor().slice(0, P);
+      Buffer tokens_dev = to_device(token);
+      const Tensor tokens = tokens_dev.tensor().slice(0, P);
+      Pair x = bf16_pair({N, H}, 51), g = bf16_pair({P, D}, 52), w_rows = bf16_pair({E * D, H}, 53, 0.1),
+           w_cols = bf16_pair({H, E * D}, 54, 0.1);
+      for (GroupSplit split : {GroupSplit::ExpertRows, GroupSplit::ExpertCols}) {
+        const bool rows = split == GroupSplit::ExpertRows;
+        const Pair& w = rows ? w_rows : w_cols;
+        // The CPU composition once; each GPU choice from the same inputs.
+        Pair c = bf16_pair({P, D}, 55), y = bf16_pair({N, H}, 56);
+        Pair dw = f32_pair(rows ? Shape{E * D, H} : Shape{H, E * D}, 57);
+        const Buffer y0 = to_host(y.device), dw0 = to_host(dw.device), c0 = to_host(c.device);
+        ops::expert_gather_gemm(c.host, x.host, tokens_host, w.host, split, offsets, D);
+        ops::expert_scatter_gemm(y.host, g.host, tokens_host, w.host, split, offsets, D);
+        ops::expert_weight_grad(dw.host, split, g.host, x.host, tokens_host, offsets, D);
+        std::vector<Buffer> first;  // the wide kernels' c, y, dw
+        for (SparseExpertKernels choice :
+             {SparseExpertKernels::Wide, SparseExpertKernels::Narrow, SparseExpertKernels::Composition}) {
+          const std::string label = std::string(rows ? " ExpertRows " : " ExpertCols ") +
+                                    ops::sparse_expert_kernels_name(choice) + tag;
+          ops::set_sparse_expert_kernels(choice);
+          // Gather GEMM over NaN-free garbage (every row must be written);
+          // scatter GEMM and weight gradient into existing values.
+          c.device = to_device(c0);
+          y.device = to_device(y0);
+          dw.device = to_device(dw0);
+          ops::expert_gather_gemm(c.device, x.device, tokens, w.device, split, offsets, D);
+          ops::expert_scatter_gemm(y.device, g.device, tokens, w.device, split, offsets, D);
+          ops::expert_weight_grad(dw.device, split, g.device, x.device, tokens, offsets, D);
+          compare("expert_gather_gemm" + label, c, kBf16);
+          compare("expert_scatter_gemm" + label, y, kBf16);
+          // The composition's float32 weight gradient is a cuBLAS product:
+          // float32 rounding of a different summation order.
+          compare("expert_weight_grad" + label, dw, kF32);
+          if (choice == SparseExpertKernels::Composition) continue;
+          Buffer y_again = to_device(y0);
+          ops::expert_scatter_gemm(y_again, g.device, tokens, w.device, split, offsets, D);
+          expect_equal("expert_scatter_gemm rerun" + label, to_host(y.device), to_host(y_again));
+          if (choice == SparseExpertKernels::Wide) {
+            first.push_back(to_host(c.device));
+            first.push_back(to_host(y.device));
+            first.push_back(to_host(dw.device));
+          } else {
+            expect_equal("expert_gather_gemm wide = narrow" + label, first[0], to_host(c.device));
+            expect_equal("expert_scatter_gemm wide = narrow" + label, first[1], to_host(y.device));
+            expect_equal("expert_weight_grad wide = narrow" + label, first[2], to_host(dw.device));
+          }
+        }
+        ops::set_sparse_expert_kernels(SparseExpertKernels::Wide);
       }
-    Buffer offsets(DType::I32, Device::CPU, {E + 1}), token(DType::I32, Device::CPU, {N * E}),
-        flat(DType::I32, Device::CPU, {N * E});
-    const int64_t P = ops::build_routing(offsets, token, flat, z);
-    if (P == 0) continue;
-    const Tensor tokens_host = token.tensor().slice(0, P);
-    Buffer tokens_dev = to_device(token);
-    const Tensor tokens = tokens_dev.tensor().slice(0, P);
-    Pair x = bf16_pair({N, H}, 51), g = bf16_pair({P, D}, 52), w_rows = bf16_pair({E * D, H}, 53, 0.1),
-         w_cols = bf16_pair({H, E * D}, 54, 0.1);
-    for (GroupSplit split : {GroupSplit::ExpertRows, GroupSplit::ExpertCols}) {
-      const bool rows = split == GroupSplit::ExpertRows;
-      const Pair& w = rows ? w_rows : w_cols;
-      const std::string layout = std::string(rows ? " ExpertRows" : " ExpertCols") + tag;
-      // Gather GEMM, from NaN-free garbage: every row must be written.
-      Pair c = bf16_pair({P, D}, 55);
-      ops::expert_gather_gemm(c.host, x.host, tokens_host, w.host, split, offsets, D);
-      ops::expert_gather_gemm(c.device, x.device, tokens, w.device, split, offsets, D);
-      compare("expert_gather_gemm" + layout, c, kBf16);
-      // Scatter GEMM into existing values.
-      Pair y = bf16_pair({N, H}, 56);
-      Buffer y0 = to_host(y.device);
-      ops::expert_scatter_gemm(y.host, g.host, tokens_host, w.host, split, offsets, D);
-      ops::expert_scatter_gemm(y.device, g.device, tokens, w.device, split, offsets, D);
-      compare("expert_scatter_gemm" + layout, y, kBf16);
-      // Weight gradient into existing float32 values.
-      Pair dw = f32_pair(rows ? Shape{E * D, H} : Shape{H, E * D}, 57);
-      ops::expert_weight_grad(dw.host, split, g.host, x.host, tokens_host, offsets, D);
-      ops::expert_weight_grad(dw.device, split, g.device, x.device, tokens, offsets, D);
-      compare("expert_weight_grad" + layout, dw, kF32);
-
-      // Bit-identical reruns; and the GPU's composition on the same tensors.
-      Buffer y_again = to_device(y0);
-      ops::expert_scatter_gemm(y_again, g.device, tokens, w.device, split, offsets, D);
-      Buffer y_first = to_device(y0);
-      ops::expert_scatter_gemm(y_first, g.device, tokens, w.device, split, offsets, D);
-      expect_equal("expert_scatter_gemm rerun" + layout, to_host(y_first), to_host(y_again));
-      ops::set_sparse_expert_kernels(false);
-      Buffer c_comp(DType::BF16, Device::CUDA, {P, D}), y_comp = to_device(y0);
-      ops::expert_gather_gemm(c_comp, x.device, tokens, w.device, split, offsets, D);
-      ops::expert_scatter_gemm(y_comp, g.device, tokens, w.device, split, offsets, D);
-      ops::set_sparse_expert_kernels(true);
-      expect_close("expert_gather_gemm kernels vs GPU composition" + layout, bf16_values(to_host(c_comp)),
-                   bf16_values(to_host(c.device)), kBf16);
-      expect_close("expert_scatter_gemm kernels vs GPU composition" + layout, bf16_values(to_host(y_comp)),
-                   bf16_values(to_host(y.device)), kBf16);
     }
-  }
 }
