@@ -42,10 +42,12 @@ std::string with_commas(int64_t n) {
 int train(const TrainArgs& args) {
   const LaunchInfo launch = detect_launch();
   const Config config = load_config(args.cfg.config, args.cfg.sets, launch.world_size);
+  // GPU local_rank % GPUs, for the device work to come (-1 without one);
+  // before MPI starts, so that a CUDA-aware MPI opens its context there.
+  select_local_device(launch);
   ProcessGroups groups = make_process_groups(launch, config.parallel.expert_model_parallel_size,
                                              config.model.num_experts);
   set_collective_timeout(config.parallel.distributed_timeout_minutes * 60.0);
-  select_local_device(launch);  // GPU local_rank % GPUs, for the device work to come; -1 without one
   TrainerOptions options;
   options.run_dir = !args.run_dir.empty()              ? args.run_dir
                     : !config.logging.run_dir.empty() ? config.logging.run_dir

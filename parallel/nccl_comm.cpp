@@ -130,7 +130,14 @@ void NcclComm::after_compute() {
 
 Tensor NcclComm::stage(const Tensor& t, Buffer& staging, bool copy_in) {
   if (t.device() == Device::CUDA) return t;
+  const void* before = staging.tensor().raw();
   staging.ensure(t.dtype(), Device::CUDA, Shape{t.numel()});
+  // A new buffer is zero-filled by cudaMemset on the legacy default stream,
+  // which this non-blocking stream does not wait for by itself.
+  if (staging.tensor().raw() != before) {
+    DECO_CUDA_CALL(cudaEventRecord(ready_, cudaStreamLegacy));
+    DECO_CUDA_CALL(cudaStreamWaitEvent(stream_, ready_, 0));
+  }
   if (copy_in && t.numel() > 0)
     DECO_CUDA_CALL(cudaMemcpyAsync(staging.tensor().raw(), t.raw(), t.nbytes(), cudaMemcpyHostToDevice, stream_));
   return staging.tensor();

@@ -6,6 +6,7 @@
 // cublasDgemm in basic.cu.
 #include <cstring>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 
 #include <cublasLt.h>
@@ -40,14 +41,21 @@ struct Key {
   int64_t m, n, k, lda, ldb, ldc;
   uint8_t ta, tb, dtype_a, dtype_b, dtype_c;
   uint32_t align_a, align_b, align_c;
-  bool operator==(const Key& o) const { return std::memcmp(this, &o, sizeof(Key)) == 0; }
+  // Field by field: the struct has padding, which memcmp would compare too.
+  auto fields() const {
+    return std::tie(m, n, k, lda, ldb, ldc, ta, tb, dtype_a, dtype_b, dtype_c, align_a, align_b, align_c);
+  }
+  bool operator==(const Key& o) const { return fields() == o.fields(); }
 };
 
 struct KeyHash {
-  size_t operator()(const Key& k) const {
-    const unsigned char* p = reinterpret_cast<const unsigned char*>(&k);
-    size_t h = 1469598103934665603ull;  // FNV-1a over the bytes
-    for (size_t i = 0; i < sizeof(Key); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  size_t operator()(const Key& key) const {
+    size_t h = 1469598103934665603ull;  // FNV-1a over the fields' values
+    const uint64_t values[] = {static_cast<uint64_t>(key.m), static_cast<uint64_t>(key.n), static_cast<uint64_t>(key.k),
+                               static_cast<uint64_t>(key.lda), static_cast<uint64_t>(key.ldb),
+                               static_cast<uint64_t>(key.ldc), key.ta, key.tb, key.dtype_a, key.dtype_b, key.dtype_c,
+                               key.align_a, key.align_b, key.align_c};
+    for (uint64_t v : values) h = (h ^ v) * 1099511628211ull;
     return h;
   }
 };
@@ -99,8 +107,13 @@ class Lt {
       DECO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(uint32_t)));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    DECO_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+    // No algorithm can come back as found == 0, as a result whose state is
+    // not success, or as CUBLAS_STATUS_NOT_SUPPORTED from the call itself.
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
     cublasLtMatmulPreferenceDestroy(pref);
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED) DECO_CUBLAS_CHECK(status);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || result.state != CUBLAS_STATUS_SUCCESS) found = 0;
     if (found == 0) {
       if (key.dtype_a != key.dtype_b)
         fail("cuBLASLt has no algorithm for a ", key.m, "x", key.n, "x", key.k, " GEMM of ",

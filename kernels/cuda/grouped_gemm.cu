@@ -7,9 +7,11 @@
 // (a 64-wide tile per expert, the gather fused into its loads) is faster at
 // D = 64 is for measurement on a GPU; this is the library's answer.
 //
-// float32 and bfloat16 operands with float32 accumulation (bf16 x bf16 ->
-// bf16 or float32, the weight gradients' case); float64 (tests only) keeps
-// a cuBLAS GEMM per expert.
+// float32 or bfloat16 operands with float32 accumulation. The grouped call
+// takes one type for A, B and C (bf16 x bf16 -> bf16, or float32 throughout);
+// bf16 x bf16 -> float32, the weight gradients' case, is not among its type
+// combinations, so those run one cuBLASLt GEMM per expert. float64 (tests
+// only) keeps a cuBLAS GEMM per expert.
 #include <cublas_v2.h>
 
 #include <vector>
@@ -36,6 +38,10 @@ void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool tran
   const Matrix& first_c = problems.front().C;
   const Matrix& first_a = problems.front().A;
   const Matrix& first_b = problems.front().B;
+  if (first_c.dtype != first_a.dtype || first_b.dtype != first_a.dtype) {
+    for (const GroupedProblem& p : problems) gemm_lt(p.C, p.A, trans_a, p.B, trans_b, alpha, beta);
+    return;
+  }
   const int groups = static_cast<int>(problems.size());
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS's
   // first operand is B's memory, its second A's, and its m x n is our n x m.

@@ -74,6 +74,8 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
                              const Tensor& w, const Tensor& targets, double grad_scale) {
   const int64_t N = x.size(0), V = w.size(0), chunk = logits.size(0);
   const bool backward = dx.defined();
+  DECO_ASSERT(targets.device() == Device::CUDA && targets.dtype() == DType::I32 && targets.numel() >= N,
+              "lm_head_cross_entropy: the targets are read on the GPU: int32 device memory, one per token");
   Buffer row_loss(DType::F64, Device::CUDA, Shape{std::max<int64_t>(N, 1)});
   Buffer bad(DType::I32, Device::CUDA, Shape{1});
   for (int64_t c0 = 0; c0 < N; c0 += chunk) {

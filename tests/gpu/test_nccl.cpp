@@ -26,8 +26,8 @@ int main() {
   }
   try {
     const LaunchInfo launch = detect_launch();
+    const int device = select_local_device(launch);  // before MPI, as deco train does
     ProcessGroups groups = make_process_groups(launch, 1, 0);
-    const int device = select_local_device(launch);
     cudaStream_t stream = nullptr;
     if (cudaStreamCreate(&stream) != cudaSuccess) abort_job("cudaStreamCreate failed", 1);
     std::unique_ptr<Communicator> nccl = make_nccl_comm(*groups.world, device, stream);
