@@ -20,9 +20,8 @@
 // The backward pass is FlashAttention-2's, in three kernels that each write
 // every output element from exactly one thread, summing in a fixed order:
 // no atomics, so the gradients are bit-identical run to run.
-//  1. delta: D_i = sum_j P_ij (dO_i . v_j) per query row (the signature
-//     has no `out`, so D comes from recomputed probabilities rather than
-//     dO_i . O_i; it is the same quantity the CPU reference computes);
+//  1. delta: D_i = dO_i . O_i per query row (equal to sum_j P_ij (dO_i . v_j),
+//     the quantity the CPU reference computes from its probabilities);
 //  2. dK, dV: one block per (batch, kv group, key tile) walks every head of
 //     its group and every query tile that sees the key tile, in order;
 //  3. dQ: one block per (batch, head, query tile) walks its key tiles.
@@ -82,7 +81,7 @@ template <int CH> constexpr int forward_smem_floats() {
   return kTile * row_stride<CH>() + 2 * width<CH>() * kTileStride;
 }
 template <int CH> constexpr int query_side_smem_floats() {
-  // delta and dQ: Q and dO rows, K and V columns (dS reuses V's space).
+  // dQ: Q and dO rows, K and V columns (dS reuses V's space).
   return 2 * kTile * row_stride<CH>() + 2 * width<CH>() * kTileStride;
 }
 template <int CH> constexpr int key_side_smem_floats() {
@@ -262,56 +261,24 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// delta[b, h, i] = sum_{j <= i} P_ij (dO_i . v_j), the row term of
-// dS = P (dP - delta).
-template <int CH, typename T>
-__global__ void __launch_bounds__(kThreads)
-    attention_delta_kernel(float* delta, const T* dout, const float* lse, const T* q, const T* k, const T* v,
-                           AttnDims a) {
-  extern __shared__ float smem[];
-  float* Qs = smem;                                  // [64][W + 1]
-  float* dOs = Qs + kTile * row_stride<CH>();        // [64][W + 1]
-  float* Kt = dOs + kTile * row_stride<CH>();        // [W][65]
-  float* Vt = Kt + width<CH>() * kTileStride;        // [W][65]
-  const int64_t bh_count = a.batch * a.heads;
-  const int qt = query_tile_of_block(a.tiles, bh_count);
-  const int64_t bh = blockIdx.x % bh_count, b = bh / a.heads;
-  const int h = static_cast<int>(bh % a.heads), g = h / a.heads_per_group;
-  const int tx = static_cast<int>(threadIdx.x) % kSub, ty = static_cast<int>(threadIdx.x) / kSub;
-  const int i0 = qt * kTile, q_rows = min(kTile, a.seq - i0);
-  const int64_t row0 = b * a.seq;
-
-  load_rows(Qs, row_stride<CH>(), q + (row0 + i0) * a.ldq + h * a.hd, a.ldq, q_rows, a.hd, width<CH>());
-  load_rows(dOs, row_stride<CH>(), dout + (row0 + i0) * a.ldq + h * a.hd, a.ldq, q_rows, a.hd,
-            width<CH>());
-  float row_lse[kPer], part[kPer];
+// delta[b, h, i] = dO_i . O_i, the row term of dS = P (dP - delta): equal
+// to sum_{j <= i} P_ij (dO_i . v_j) since O_i = sum_j P_ij v_j (as in
+// FlashAttention), so no pass over the keys. A warp per row, summing in
+// the accumulation type.
+template <typename T>
+__global__ void attention_delta_kernel(float* delta, const T* dout, const T* out, AttnDims a) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // (b, s, h)
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (row >= a.batch * a.seq * a.heads) return;
+  const int64_t h = row % a.heads, token = row / a.heads;
+  const int64_t s = token % a.seq, b = token / a.seq;
+  const T* x = dout + token * a.ldq + h * a.hd;
+  const T* y = out + token * a.ldq + h * a.hd;
+  acc_t<T> sum = 0;
+  for (int d = lane; d < a.hd; d += 32) sum += ld(x[d]) * ld(y[d]);
 #pragma unroll
-  for (int r = 0; r < kPer; ++r) {
-    const int i = i0 + ty + kSub * r;
-    row_lse[r] = i < a.seq ? lse[bh * a.seq + i] : 0.0f;
-    part[r] = 0.0f;
-  }
-  for (int kt = 0; kt <= qt; ++kt) {
-    const int j0 = kt * kTile, rows = min(kTile, a.seq - j0);
-    __syncthreads();  // the previous tile's K and V are read to the end
-    load_cols(Kt, k + (row0 + j0) * a.ldk + g * a.hd, a.ldk, rows, a.hd, width<CH>());
-    load_cols(Vt, v + (row0 + j0) * a.ldk + g * a.hd, a.ldk, rows, a.hd, width<CH>());
-    __syncthreads();
-    float s[kPer][kPer] = {}, dp[kPer][kPer] = {};
-    tile_dot(s, Qs, row_stride<CH>(), Kt, a.hd, ty, tx);
-    tile_dot(dp, dOs, row_stride<CH>(), Vt, a.hd, ty, tx);
-#pragma unroll
-    for (int r = 0; r < kPer; ++r)
-#pragma unroll
-      for (int c = 0; c < kPer; ++c)
-        if (j0 + tx + kSub * c <= i0 + ty + kSub * r) part[r] += prob(s[r][c], a.scale, row_lse[r]) * dp[r][c];
-  }
-#pragma unroll
-  for (int r = 0; r < kPer; ++r) {
-    const float total = row_sum(part[r]);
-    const int i = i0 + ty + kSub * r;
-    if (tx == 0 && i < a.seq) delta[bh * a.seq + i] = total;
-  }
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) delta[(b * a.heads + h) * a.seq + s] = static_cast<float>(sum);
 }
 
 // dQ_i = scale sum_{j <= i} dS_ij k_j for one (batch, head, query tile).
@@ -601,8 +568,9 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
       const T* pdo = ptr<T>(dout);
       const float* lse = saved.data<float>();
       float* pdelta = delta.data<float>();
-      launch(attention_delta_kernel<CH, T>, a.tiles * a.batch * a.heads, query_side_smem_floats<CH>(), pdelta, pdo,
-             lse, pq, pk, pv, a);
+      const int64_t rows = a.batch * a.seq * a.heads;
+      attention_delta_kernel<T><<<static_cast<unsigned>((rows + 7) / 8), 256>>>(pdelta, pdo, ptr<T>(out), a);
+      DECO_CUDA_CHECK(cudaGetLastError());
       launch(attention_dkdv_kernel<CH, T>, a.tiles * a.batch * a.groups, key_side_smem_floats<CH>(), ptr<T>(dk),
              ptr<T>(dv), pdo, lse, pdelta, pq, pk, pv, a);
       launch(attention_dq_kernel<CH, T>, a.tiles * a.batch * a.heads, query_side_smem_floats<CH>(), ptr<T>(dq), pdo,
