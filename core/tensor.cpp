@@ -219,12 +219,27 @@ int cuda_device_count() {
   }
   return count;
 }
+int cuda_current_device() {
+  if (cuda_device_count() == 0) return -1;
+  int device = -1;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return device;
+}
+void cuda_set_current_device(int device) {
+  const cudaError_t status = cudaSetDevice(device);
+  if (status != cudaSuccess) fail("could not make GPU ", device, " current: ", cudaGetErrorString(status), ".");
+}
 #else
 CachingAllocator* cuda_caching_allocator() { return nullptr; }
 std::string cuda_device_description() { return ""; }
 void cuda_memory_info(size_t& free_bytes, size_t& total_bytes) { free_bytes = total_bytes = 0; }
 bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
+int cuda_current_device() { return -1; }
+void cuda_set_current_device(int) {}
 [[noreturn]] static void no_cuda() {
   fail("this deco binary was built without CUDA; rebuild on a machine with nvcc (scripts/setup.sh) "
        "to use a GPU.");

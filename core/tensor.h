@@ -185,6 +185,11 @@ class HostStaging {
 bool cuda_built();
 // Number of visible CUDA devices; 0 without the CUDA backend, a driver or a GPU.
 int cuda_device_count();
+// The calling thread's current GPU (cudaGetDevice), -1 without one; and
+// making `device` current on the calling thread (a thread other than the
+// one that selected the rank's GPU starts on GPU 0).
+int cuda_current_device();
+void cuda_set_current_device(int device);
 // The current GPU as "NVIDIA H100 80GB HBM3 (GPU 0, sm_90, 79.1 GiB)"; "" without one.
 std::string cuda_device_description();
 // Free and total memory of the current GPU (cudaMemGetInfo); 0 and 0 without one.

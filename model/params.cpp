@@ -209,40 +209,54 @@ void init_params(const ParamStore& store, const ModelConfig& config, uint64_t se
     return specs[a].full_shape.numel() > specs[b].full_shape.numel();
   });
   std::exception_ptr error;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (size_t i = 0; i < order.size(); ++i) {
-    try {
-      const ParamSpec& spec = specs[order[i]];
-      // Values are drawn in double on the host, then copied in the store's
-      // dtype and device, so every backend starts from the same numbers.
-      std::vector<double> values(static_cast<size_t>(spec.full_shape.numel()));
-      if (spec.init == InitKind::Constant) {
-        std::fill(values.begin(), values.end(), spec.init_value);
-      } else {
-        const double std = spec.init == InitKind::Normal ? config.init_method_std : scaled_std;
-        Rng rng(stream_key(seed, spec.name));
-        for (double& v : values) v = std * rng.normal();
-      }
-      if (spec.sharded()) values = shard_of(values, spec);
-      const Tensor host(values.data(), DType::F64, Device::CPU, spec.shape);
-      std::exception_ptr copy_error;  // an exception may not leave a critical region
-#pragma omp critical(deco_init_params_copy)
+  // The copies run on the worker threads: each makes the rank's GPU current
+  // (a thread starts on GPU 0, not the one parallel/launch.cpp selected).
+  const int device = cuda_current_device();
+#pragma omp parallel
+  {
+    if (device >= 0) {
       try {
-        const Tensor dst = store.get(spec);
-        if (dst.device() == Device::CPU) {
-          ops::copy(dst, host);
-        } else {
-          Buffer staging(dst.dtype(), Device::CPU, spec.shape);
-          ops::copy(staging, host);
-          ops::copy(dst, staging);
-        }
+        cuda_set_current_device(device);
       } catch (...) {
-        copy_error = std::current_exception();
-      }
-      if (copy_error) std::rethrow_exception(copy_error);
-    } catch (...) {
 #pragma omp critical(deco_init_params_error)
-      if (!error) error = std::current_exception();
+        if (!error) error = std::current_exception();
+      }
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (size_t i = 0; i < order.size(); ++i) {
+      try {
+        const ParamSpec& spec = specs[order[i]];
+        // Values are drawn in double on the host, then copied in the store's
+        // dtype and device, so every backend starts from the same numbers.
+        std::vector<double> values(static_cast<size_t>(spec.full_shape.numel()));
+        if (spec.init == InitKind::Constant) {
+          std::fill(values.begin(), values.end(), spec.init_value);
+        } else {
+          const double std = spec.init == InitKind::Normal ? config.init_method_std : scaled_std;
+          Rng rng(stream_key(seed, spec.name));
+          for (double& v : values) v = std * rng.normal();
+        }
+        if (spec.sharded()) values = shard_of(values, spec);
+        const Tensor host(values.data(), DType::F64, Device::CPU, spec.shape);
+        std::exception_ptr copy_error;  // an exception may not leave a critical region
+#pragma omp critical(deco_init_params_copy)
+        try {
+          const Tensor dst = store.get(spec);
+          if (dst.device() == Device::CPU) {
+            ops::copy(dst, host);
+          } else {
+            Buffer staging(dst.dtype(), Device::CPU, spec.shape);
+            ops::copy(staging, host);
+            ops::copy(dst, staging);
+          }
+        } catch (...) {
+          copy_error = std::current_exception();
+        }
+        if (copy_error) std::rethrow_exception(copy_error);
+      } catch (...) {
+#pragma omp critical(deco_init_params_error)
+        if (!error) error = std::current_exception();
+      }
     }
   }
   if (error) std::rethrow_exception(error);

@@ -130,14 +130,13 @@ void NcclComm::after_compute() {
 
 Tensor NcclComm::stage(const Tensor& t, Buffer& staging, bool copy_in) {
   if (t.device() == Device::CUDA) return t;
-  const void* before = staging.tensor().raw();
   staging.ensure(t.dtype(), Device::CUDA, Shape{t.numel()});
-  // A new buffer is zero-filled by cudaMemset on the legacy default stream,
-  // which this non-blocking stream does not wait for by itself.
-  if (staging.tensor().raw() != before) {
-    DECO_CUDA_CALL(cudaEventRecord(ready_, cudaStreamLegacy));
-    DECO_CUDA_CALL(cudaStreamWaitEvent(stream_, ready_, 0));
-  }
+  // A buffer ensure() allocated (possibly at the old address) is zero-filled
+  // by cudaMemset on the legacy default stream, which this non-blocking
+  // stream does not wait for by itself: wait for it every time (host
+  // tensors are the slow path anyway).
+  DECO_CUDA_CALL(cudaEventRecord(ready_, cudaStreamLegacy));
+  DECO_CUDA_CALL(cudaStreamWaitEvent(stream_, ready_, 0));
   if (copy_in && t.numel() > 0)
     DECO_CUDA_CALL(cudaMemcpyAsync(staging.tensor().raw(), t.raw(), t.nbytes(), cudaMemcpyHostToDevice, stream_));
   return staging.tensor();
@@ -279,8 +278,8 @@ void NcclComm::broadcast(const Tensor& x, int64_t root) {
 void NcclComm::barrier() {
   // NCCL has no barrier: an all-reduce of one element that every rank must
   // join, waited for.
-  after_compute();
   staging_out_.ensure(DType::I32, Device::CUDA, Shape{1});
+  after_compute();  // after ensure(): its zero fill, on the legacy stream, is waited for too
   DECO_NCCL_CALL(ncclAllReduce(staging_out_.tensor().raw(), staging_out_.tensor().raw(), 1, ncclInt32, ncclSum,
                                comm_, stream_));
   wait("barrier");
