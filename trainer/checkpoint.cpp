@@ -331,6 +331,7 @@ void make_save_dir(const std::string& save_dir, const std::string& name) {
 std::map<std::string, H5Scalar> state_values(const TrainingState& state, const std::string& config_yaml) {
   return {
       {"step", state.step},
+      {"optimizer_steps", state.optimizer_steps >= 0 ? state.optimizer_steps : state.step},
       {"consumed_samples", state.consumed_samples},
       {"evaluations", state.evaluations},
       {"reg_coef", state.reg_coef},
@@ -402,6 +403,10 @@ int64_t write_sharded_checkpoint(const std::string& save_dir, int64_t keep_last,
   const std::string final_dir = join(save_dir, name);
   const std::string tmp = final_dir + kTmpMarker + sharded.job_id;
   int64_t bytes = 0;
+  const bool writer = (model && !model->layout().specs().empty()) || (exp_avg && !exp_avg->layout().specs().empty());
+  // A rank with nothing to write stays out of the directory: a late one
+  // would recreate it after the leader has published it.
+  if (!leader && !writer) return 0;
   try {
     std::error_code ec;
     fs::create_directories(tmp, ec);
@@ -656,11 +661,13 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const CheckpointTensors
   out.state.reg_coef = real_field(values, "reg_coef", state_path);
   out.state.elapsed_s = real_field(values, "elapsed_s", state_path);
   out.state.seed = uint_field(values, "seed", state_path);
+  if (values.count("optimizer_steps")) out.state.optimizer_steps = int_field(values, "optimizer_steps", state_path);
   if (values.count("expert_crossover")) out.state.expert_crossover = real_field(values, "expert_crossover", state_path);
   out.config_yaml = text_field(values, "config", state_path);
   out.version = text_field(values, "version", state_path);
-  if (out.state.step < 0 || out.state.consumed_samples < 0 || out.state.evaluations < 0)
-    fail(state_path, ": negative step or sample count; the training state is damaged: ", kResumeFix);
+  if (out.state.step < 0 || out.state.consumed_samples < 0 || out.state.evaluations < 0 ||
+      out.state.optimizer_steps > out.state.step)
+    fail(state_path, ": negative step or sample count, or more optimizer steps than steps; the training state is damaged: ", kResumeFix);
 
   std::vector<std::pair<std::string, std::vector<StoreGroup>>> files;
   if (into.params != nullptr) files.push_back({join(dir, kModelFile), {{"model", into.params}}});

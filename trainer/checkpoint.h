@@ -33,7 +33,11 @@ namespace deco {
 // function of (seed, consumed samples), so the seed and the sample count
 // restore both exactly.
 struct TrainingState {
-  int64_t step = 0;               // optimizer steps taken (also AdamW's bias-correction count)
+  int64_t step = 0;               // training steps taken, skipped non-finite ones included
+  // AdamW's bias-correction count: the steps whose update was applied (step
+  // less the skipped ones). Optional in state.h5 (older checkpoints: -1,
+  // read as `step`).
+  int64_t optimizer_steps = -1;
   int64_t consumed_samples = 0;   // data loader position
   int64_t evaluations = 0;        // validations run (each reads the next validation batches)
   double reg_coef = 0.0;          // the sparsity coefficient lambda for the next step

@@ -143,7 +143,7 @@ void Trainer::restore() {
   elapsed_s_ = s.elapsed_s;
   sparsity_.set_coef(s.reg_coef);
   expert_crossover_ = s.expert_crossover;
-  optimizer_->restore_steps(s.step);
+  optimizer_->restore_steps(s.optimizer_steps >= 0 ? s.optimizer_steps : s.step);
   model_->refresh_derived();
   last_saved_step_ = s.step;
   resumed_from_ = str(dir, " at step ", s.step, " (", s.consumed_samples, " samples consumed)");
@@ -212,6 +212,7 @@ void Trainer::save_checkpoint() {
   if (!checkpoints_ || last_saved_step_ == step_) return;
   TrainingState state;
   state.step = step_;
+  state.optimizer_steps = optimizer_->steps_taken();
   state.consumed_samples = consumed_samples_;
   state.evaluations = evaluations_;
   state.reg_coef = sparsity_.coef();

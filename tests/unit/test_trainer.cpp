@@ -311,9 +311,10 @@ TEST_CASE("non-finite steps are skipped, counted, and too many in a row stop the
   // A learning rate this large overflows the logits within a few steps; a
   // skipped step leaves the weights as they are, so every later step is
   // non-finite too and the limit is reached.
-  const Config config = short_tiny(40, {"optimizer.lr=1e9", "optimizer.min_lr=0", "training.max_nonfinite_skips=3"});
-  ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
   const std::string dir = fresh_dir("nonfinite");
+  const Config config = short_tiny(40, {"optimizer.lr=1e9", "optimizer.min_lr=0", "training.max_nonfinite_skips=3",
+                                        "checkpoint.save=" + dir + "/ckpt", "checkpoint.save_interval=1"});
+  ProcessGroups groups = make_process_groups(LaunchInfo{}, 1, config.model.num_experts);
   std::ostringstream console;
   Trainer trainer(config, groups, TrainerOptions{dir, &console, ""});
   const std::string msg = test::error_of([&] { trainer.train(); });
@@ -330,6 +331,14 @@ TEST_CASE("non-finite steps are skipped, counted, and too many in a row stop the
   }
   CHECK(flagged == 2);  // the third skip stops the run before its row is written
   CHECK_THAT(console.str(), Catch::Matchers::Contains("the step was skipped (2 in a row"));
+  // The last checkpoint (after the second skip) counts AdamW's updates apart
+  // from the steps, so a resumed run's bias correction continues exactly.
+  std::ifstream latest(dir + "/ckpt/latest");
+  std::string name;
+  std::getline(latest, name);
+  const LoadedCheckpoint saved = load_checkpoint(dir + "/ckpt/" + name, {});
+  CHECK(saved.state.step == static_cast<int64_t>(rows.size()));
+  CHECK(saved.state.optimizer_steps == saved.state.step - 2);
 }
 
 TEST_CASE("monitor: expert load imbalance, dead experts, idle tokens and the ratio alert", "[monitor]") {
