@@ -67,8 +67,10 @@ double deco_layer_bytes(const ModelConfig& c, double tokens, double rows, size_t
   const double projections = c.expert_gated ? 3.0 : 2.0;
   const double weights = E * H + 3 * H * S + projections * E * D * H;
   const double streams = 4 * tokens * H;                                  // x, y, dy, dx
-  const double kept = 2 * (tokens * E + (projections - 1) * rows * D);    // z, pre (and lin): written, read
-  return (streams + 2 * weights + 2 * weights + kept) * static_cast<double>(dtype_bytes);
+  const double z = 2 * tokens * E;                                       // router pre-activations: written, read
+  const double kept = 2 * (projections - 1) * rows * D;                  // pre (and lin): written, read
+  // Weight gradients and z are float32 whatever the activations' dtype.
+  return (streams + 2 * weights + kept) * static_cast<double>(dtype_bytes) + (2 * weights + z) * 4.0;
 }
 
 double sparse_pair_row_bytes(const ModelConfig& c, double pairs, size_t dtype_bytes) {

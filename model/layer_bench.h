@@ -22,7 +22,8 @@ double deco_layer_flops(const ModelConfig& config, double tokens, double rows, E
 // backward; weight gradients read and written (they accumulate); and the
 // activations it keeps from forward to backward (router pre-activations and
 // the [rows, D] projections), written once and read once. Elements of
-// `dtype_bytes` each.
+// `dtype_bytes` each, except the weight gradients and the router's
+// pre-activations (float32 under mixed precision too).
 double deco_layer_bytes(const ModelConfig& config, double tokens, double rows, size_t dtype_bytes);
 
 // What the sparse path's composition (gather + grouped GEMM + scatter, the

@@ -246,10 +246,16 @@ DECO_GPU_TEST(bf16_attention_tensor_cores) {
     expect_close(std::string("tc vs CUDA-core attention out") + tag, bf16_values(to_host(out_c)),
                  bf16_values(to_host(out.device)), kBf16);
     expect_close(std::string("tc vs CUDA-core attention lse") + tag, to_host(lse_c), to_host(lse), kF32);
-    expect_close(std::string("tc vs CUDA-core attention dq") + tag, bf16_values(to_host(dq2)),
-                 bf16_values(to_host(dq.device)), kBf16);
-    expect_close(std::string("tc vs CUDA-core attention dk") + tag, bf16_values(to_host(dk2)),
-                 bf16_values(to_host(dk.device)), kBf16);
+    // With one key P = 1 and dS = dP - D, so the true dq and dk are 0 and
+    // both kernels return rounding noise (dP and D are the same products
+    // summed in other orders): relative to each other that is O(1). The CPU
+    // comparisons above hold them to kBf16 in absolute terms instead.
+    if (s.seq > 1) {
+      expect_close(std::string("tc vs CUDA-core attention dq") + tag, bf16_values(to_host(dq2)),
+                   bf16_values(to_host(dq.device)), kBf16);
+      expect_close(std::string("tc vs CUDA-core attention dk") + tag, bf16_values(to_host(dk2)),
+                   bf16_values(to_host(dk.device)), kBf16);
+    }
     expect_close(std::string("tc vs CUDA-core attention dv") + tag, bf16_values(to_host(dv2)),
                  bf16_values(to_host(dv.device)), kBf16);
   }

@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "trainer/config.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using Catch::Contains;
@@ -195,14 +196,14 @@ void require_same(const Config& a, const Config& b) {
 
 std::vector<std::string> shipped_configs() {
   std::vector<std::string> paths;
-  for (const auto& entry : fs::directory_iterator(fs::path(DECO_SOURCE_DIR) / "configs"))
+  for (const auto& entry : fs::directory_iterator(fs::path(deco::test::source_dir()) / "configs"))
     if (entry.path().extension() == ".yaml") paths.push_back(entry.path().string());
   std::sort(paths.begin(), paths.end());
   return paths;
 }
 
 std::string config_path(const std::string& name) {
-  return (fs::path(DECO_SOURCE_DIR) / "configs" / name).string();
+  return (fs::path(deco::test::source_dir()) / "configs" / name).string();
 }
 
 }  // namespace

@@ -26,6 +26,7 @@ using deco::test::TempDir;
 using deco::test::error_of;
 using deco::test::kPython;
 using deco::test::run_command;
+using deco::test::source_dir;
 
 namespace {
 
@@ -50,7 +51,7 @@ bool have_numpy() {
 }
 
 std::string check_io(const std::string& args, int* rc) {
-  return run_command(std::string(kPython) + " " DECO_SOURCE_DIR "/tests/reference/check_io.py " + args, rc);
+  return run_command(std::string(kPython) + " " + source_dir() + "/tests/reference/check_io.py " + args, rc);
 }
 
 template <typename T>

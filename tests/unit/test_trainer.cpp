@@ -25,7 +25,7 @@ std::string fresh_dir(const std::string& name) {
 }
 
 Config tiny(const std::vector<std::string>& overrides = {}) {
-  return load_config(std::string(DECO_SOURCE_DIR) + "/configs/tiny.yaml", overrides);
+  return load_config(deco::test::source_dir() + "/configs/tiny.yaml", overrides);
 }
 
 // tiny.yaml for a run of a few steps: the schedule must fit inside the run.

@@ -20,6 +20,14 @@ namespace deco::test {
 // Debian's Python with numpy and h5py, for checks by independent readers.
 inline const char* kPython = "/usr/bin/python3";
 
+// The source tree (configs/, tests/reference/): where CMake saw it, unless
+// the environment's DECO_SOURCE_DIR says otherwise (a bundle of the test
+// binaries run from another checkout, as scripts/gpu_suite.sh does).
+inline std::string source_dir() {
+  const char* env = std::getenv("DECO_SOURCE_DIR");
+  return env != nullptr && *env != '\0' ? std::string(env) : std::string(DECO_SOURCE_DIR);
+}
+
 // A fresh directory under /tmp, removed with everything in it at scope exit.
 struct TempDir {
   std::filesystem::path path;
