@@ -8,13 +8,13 @@
 namespace deco::ops {
 
 void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
+  DECO_ASSERT(out.numel() == gate.numel() && gate.numel() == up.numel(), "swiglu_forward shapes");
   DECO_CUDA_DISPATCH(out, cuda::swiglu_forward(out, gate, up));
   if (cpu::any_bf16({&out, &gate, &up})) {
     cpu::Widen w;
     swiglu_forward(w.out(out), w.in(gate), w.in(up));
     return;
   }
-  DECO_ASSERT(out.numel() == gate.numel() && gate.numel() == up.numel(), "swiglu_forward shapes");
   const int64_t n = out.numel();
   dispatch_float(out.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
@@ -28,6 +28,9 @@ void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
 
 void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                      const Tensor& up) {
+  DECO_ASSERT(dgate.numel() == dout.numel() && dup.numel() == dout.numel() && gate.numel() == dout.numel() &&
+                  up.numel() == dout.numel(),
+              "swiglu_backward shapes");
   DECO_CUDA_DISPATCH(dout, cuda::swiglu_backward(dgate, dup, dout, gate, up));
   if (cpu::any_bf16({&dgate, &dup, &dout, &gate, &up})) {
     cpu::Widen w;

@@ -14,6 +14,9 @@ namespace deco::ops {
 
 void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight,
                      double eps) {
+  DECO_ASSERT(weight.numel() == x.shape()[-1] && rstd.numel() * x.shape()[-1] == x.numel() &&
+                  out.numel() == x.numel(),
+              "rmsnorm_forward shapes");  // before the dispatch: the CUDA kernels trust them
   DECO_CUDA_DISPATCH(x, cuda::rmsnorm_forward(out, rstd, x, weight, eps));
   if (cpu::any_bf16({&out, &rstd, &x, &weight})) {
     cpu::Widen w;
@@ -21,8 +24,6 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
     return;
   }
   const Matrix m = x.matrix();
-  DECO_ASSERT(weight.numel() == m.cols && rstd.numel() == m.rows && out.numel() == x.numel(),
-              "rmsnorm_forward shapes");
   dispatch_float(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* px = x.data<T>();
@@ -43,6 +44,9 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
 
 void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor& rstd, const Tensor& residual,
                               const Tensor& branch, const Tensor& weight, double eps) {
+  DECO_ASSERT(residual.numel() == sum.numel() && branch.numel() == sum.numel() && out.numel() == sum.numel() &&
+                  weight.numel() == sum.shape()[-1] && rstd.numel() * weight.numel() == sum.numel(),
+              "residual_rmsnorm_forward shapes");
   DECO_CUDA_DISPATCH(sum, cuda::residual_rmsnorm_forward(sum, out, rstd, residual, branch, weight, eps));
   if (cpu::any_bf16({&sum, &out, &rstd, &residual, &branch, &weight})) {
     // The norm reads the rounded sum, as the stream holds it.
@@ -56,9 +60,6 @@ void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor
     return;
   }
   const Matrix m = sum.matrix();
-  DECO_ASSERT(residual.numel() == sum.numel() && branch.numel() == sum.numel() && out.numel() == sum.numel() &&
-                  weight.numel() == m.cols && rstd.numel() == m.rows,
-              "residual_rmsnorm_forward shapes");
   dispatch_float(sum.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const T* pa = residual.data<T>();
@@ -84,6 +85,9 @@ void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor
 
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
                       const Tensor& weight, const Tensor& rstd) {
+  DECO_ASSERT(weight.numel() == x.shape()[-1] && dweight.numel() == weight.numel() &&
+                  rstd.numel() * weight.numel() == x.numel() && dx.numel() == x.numel() && dout.numel() == x.numel(),
+              "rmsnorm_backward shapes");
   DECO_CUDA_DISPATCH(x, cuda::rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
   if (cpu::any_bf16({&dx, &dweight, &dout, &x, &weight, &rstd})) {
     cpu::Widen w;
