@@ -15,8 +15,12 @@ Measured 2026-12-02 (relative norm errors, all from bf16 rounding of O, P
 and dS): out 1.8e-3, lse 4e-8, dq/dk/dv 2.2e-3..2.8e-3 at S 37, 70, 129,
 D 64 and 128, MHA and GQA; S = 1 exact.
 
-Exits non-zero when an error exceeds 1e-2 (the GPU test's bf16 bound) or
-a value the kernels must write is left unwritten (NaN). CTest runs it
+The replay works on one (batch, head) view at a time; the kernels' block
+and row decodes into the flat layouts (batch > 1, GQA) are transcribed and
+checked separately (check_grid_decode).
+
+Exits non-zero when an error exceeds 1e-2 (the GPU test's bf16 bound), a
+value the kernels must write is left unwritten (NaN), or a decode fails. CTest runs it
 (attention_tc_emulation, a few seconds).
 
 The warp primitives (bf16 rounding, mma, ldmatrix) are in mma_emulation.py.
@@ -266,9 +270,73 @@ def reference(q, k, v, dout, heads, groups, D):
     return out, lse, dq, dk, dv
 
 
+def check_grid_decode(Bn, S, heads, groups, D):
+    """The kernels' block and row decodes, which the replay above does not use (it loops over
+    (batch, head) views): query_tile (forward and dQ grids), tc_dkdv_kernel's block decode and
+    tc_delta_kernel's row decode, transcribed, must visit every tile or row once and address it
+    in the flat [B*S, heads*D] / [B*S, groups*D] layouts the ops take (TcDims: ldq = heads*D,
+    ldk = groups*D; statistics [B, heads, S]). Returns a list of failures."""
+    tiles, hpg = (S + KT - 1) // KT, heads // groups
+    ldq, ldk = heads * D, groups * D
+    bad = []
+    seen = set()
+    for block in range(tiles * Bn * heads):  # query_tile
+        idx = block
+        qt = tiles - 1 - idx % tiles
+        idx //= tiles
+        h, b = idx % heads, idx // heads
+        grp = h // hpg
+        qoff, koff, stats = b * S * ldq + h * D, b * S * ldk + grp * D, (b * heads + h) * S
+        seen.add((b, h, qt))
+        s_ = min(S - 1, qt * KT)
+        if qoff + s_ * ldq + 3 != ((b * S + s_) * heads + h) * D + 3:
+            bad.append(f"query_tile q offset of (b {b}, h {h}, row {s_})")
+        if koff + s_ * ldk + 3 != ((b * S + s_) * groups + grp) * D + 3:
+            bad.append(f"query_tile k offset of (b {b}, group {grp}, row {s_})")
+        if stats + s_ != (b * heads + h) * S + s_:
+            bad.append("query_tile statistics offset")
+    if seen != {(b, h, t) for b in range(Bn) for h in range(heads) for t in range(tiles)}:
+        bad.append("query_tile does not visit every (batch, head, query tile) once")
+    seen = set()
+    for block in range(tiles * Bn * groups):  # tc_dkdv_kernel
+        idx = block
+        kt = idx % tiles
+        idx //= tiles
+        grp, b = idx % groups, idx // groups
+        seen.add((b, grp, kt))
+        for i in range(hpg):
+            h = grp * hpg + i
+            if h // hpg != grp:
+                bad.append("dK/dV block walks a head outside its group")
+            qs = min(S - 1, kt * KT)
+            if b * S * ldq + h * D + qs * ldq != ((b * S + qs) * heads + h) * D:
+                bad.append("dK/dV block's q offset")
+        if b * S * ldk + grp * D + kt * KT * ldk != ((b * S + kt * KT) * groups + grp) * D:
+            bad.append("dK/dV block's k offset")
+    if seen != {(b, g, t) for b in range(Bn) for g in range(groups) for t in range(tiles)}:
+        bad.append("tc_dkdv_kernel's grid does not visit every (batch, group, key tile) once")
+    seen = set()
+    for row in range(Bn * S * heads):  # tc_delta_kernel, a warp per row
+        h, token = row % heads, row // heads
+        s_, b = token % S, token // S
+        if token * ldq + h * D != ((b * S + s_) * heads + h) * D:
+            bad.append("tc_delta_kernel's row offset")
+        seen.add((b * heads + h) * S + s_)
+    if seen != set(range(Bn * heads * S)):
+        bad.append("tc_delta_kernel does not write every delta once")
+    return sorted(set(bad))
+
+
 if __name__ == "__main__":
     rng = np.random.default_rng(0)
     worst, unwritten = 0.0, 0
+    decode_failures = []
+    for shape in [(2, 130, 4, 2, 64), (3, 64, 6, 2, 128), (2, 1, 2, 1, 64), (1, 257, 6, 3, 128)]:
+        decode_failures += [f"B{shape[0]} S{shape[1]} h{shape[2]} g{shape[3]}: {f}" for f in check_grid_decode(*shape)]
+    for f in decode_failures:
+        print(f"FAIL grid decode {f}")
+    print(f"grid decodes (query_tile, dK/dV blocks, delta rows) at batch 1-3, GQA: "
+          f"{'ok' if not decode_failures else 'FAIL'}")
     for (Bn, S, heads, groups, D) in [(1, 70, 2, 1, 64), (1, 37, 3, 3, 64), (1, 129, 2, 1, 128), (1, 1, 2, 2, 64)]:
         q = bf16(rng.standard_normal((Bn, S, heads, D)))
         k = bf16(rng.standard_normal((Bn, S, groups, D)))
@@ -284,6 +352,6 @@ if __name__ == "__main__":
         print(f"S{S} h{heads} g{groups} D{D}: out {errs[0]:.2e} lse {errs[1]:.2e} dq {errs[2]:.2e} "
               f"dk {errs[3]:.2e} dv {errs[4]:.2e} unwritten {nans}")
         sys.stdout.flush()
-    ok = worst < 1e-2 and unwritten == 0
+    ok = worst < 1e-2 and unwritten == 0 and not decode_failures
     print(f"worst relative error {worst:.2e}, unwritten values {unwritten}: {'ok' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)
