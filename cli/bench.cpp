@@ -72,11 +72,10 @@ int bench(const BenchArgs& args) {
   std::printf("  %-22s %12.4f s   (min %.4f, max %.4f)\n", "step time (median)", median(time),
               *std::min_element(time.begin(), time.end()), *std::max_element(time.begin(), time.end()));
   // The causal kernels skip the masked half of the scores that the model
-  // FLOPs' 12 x layers x hidden x seq (PaLM's and Megatron's MFU convention)
-  // count: what ran is that much less.
+  // FLOPs' attention term (PaLM's and Megatron's MFU convention) counts:
+  // what ran is that much less.
   const double tokens_per_step = static_cast<double>(config.training.global_batch_size * mc.seq_length);
-  const double masked_half = tokens_per_step * 6.0 * static_cast<double>(mc.num_layers) *
-                             static_cast<double>(mc.hidden_size) * static_cast<double>(mc.seq_length);
+  const double masked_half = tokens_per_step * attention_flops_per_token(mc) / 2.0;
   std::vector<double> executed;
   for (size_t i = 0; i < steps.size(); ++i) executed.push_back((flops[i] - masked_half) / time[i] / 1e12);
   std::printf("  %-22s %12.3f     (model FLOPs: 6 x matrix parameters per token + 12 x layers x hidden x seq, the "

@@ -41,10 +41,12 @@ double training_flops_per_token(const ModelConfig& config, double routed_fractio
   const double matmul = static_cast<double>(c.attention + c.dense_ffn + c.shared_experts + c.router +
                                             c.lm_head) +
                         routed_fraction * static_cast<double>(c.routed_experts);
-  const double attention = 12.0 * static_cast<double>(config.num_layers) *
-                           static_cast<double>(config.hidden_size) *
-                           static_cast<double>(config.seq_length);
-  return 6.0 * matmul + attention;
+  return 6.0 * matmul + attention_flops_per_token(config);
+}
+
+double attention_flops_per_token(const ModelConfig& config) {
+  return 12.0 * static_cast<double>(config.num_layers) * static_cast<double>(config.hidden_size) *
+         static_cast<double>(config.seq_length);
 }
 
 double activation_bytes(const ModelConfig& c, int64_t batch, DType dtype, Device device,

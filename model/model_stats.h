@@ -31,6 +31,9 @@ ParamCounts count_params(const ModelConfig& config);
 // sparse one), plus attention scores and values, 12 x layers x hidden x
 // seq_length (PaLM's convention: the causal mask's skipped half is counted).
 double training_flops_per_token(const ModelConfig& config, double routed_fraction);
+// Its attention term, 12 x layers x hidden x seq_length per token: half of
+// it is the causal mask's skipped half, which the kernels do not execute.
+double attention_flops_per_token(const ModelConfig& config);
 
 // Bytes of activations and backward temporaries the model holds for a
 // micro-batch of `batch` sequences of seq_length tokens with activations in

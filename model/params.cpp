@@ -208,7 +208,11 @@ void init_params(const ParamStore& store, const ModelConfig& config, uint64_t se
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return specs[a].full_shape.numel() > specs[b].full_shape.numel();
   });
-  std::exception_ptr error;
+  std::exception_ptr error;  // the first failure of any thread, rethrown after the loop
+  auto keep_error = [&error] {
+#pragma omp critical(deco_init_params_error)
+    if (!error) error = std::current_exception();
+  };
   // The copies run on the worker threads: each makes the rank's GPU current
   // (a thread starts on GPU 0, not the one parallel/launch.cpp selected).
   const int device = cuda_current_device();
@@ -218,8 +222,7 @@ void init_params(const ParamStore& store, const ModelConfig& config, uint64_t se
       try {
         cuda_set_current_device(device);
       } catch (...) {
-#pragma omp critical(deco_init_params_error)
-        if (!error) error = std::current_exception();
+        keep_error();
       }
     }
 #pragma omp for schedule(dynamic, 1)
@@ -254,8 +257,7 @@ void init_params(const ParamStore& store, const ModelConfig& config, uint64_t se
         }
         if (copy_error) std::rethrow_exception(copy_error);
       } catch (...) {
-#pragma omp critical(deco_init_params_error)
-        if (!error) error = std::current_exception();
+        keep_error();
       }
     }
   }

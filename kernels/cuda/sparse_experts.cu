@@ -47,6 +47,9 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <mutex>
+#include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/check.h"
@@ -429,11 +432,28 @@ Buffer device_offsets(const int32_t* offsets, int64_t experts) {
   return d;
 }
 
-// A kernel's dynamic shared memory: past 48 KB it must be asked for.
+// A kernel's dynamic shared memory: past 48 KB it must be asked for, once
+// per kernel and size (the most asked so far is remembered, not asked again
+// on every launch).
 template <typename Kernel>
 void allow_smem(Kernel kernel, int bytes) {
-  if (bytes > 48 * 1024)
-    DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mutex;
+  static std::unordered_map<const void*, int> allowed;
+  std::lock_guard<std::mutex> lock(mutex);
+  int& most = allowed[reinterpret_cast<const void*>(kernel)];
+  if (bytes <= most) return;
+  DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  most = bytes;
+}
+
+// f(std::integral_constant<int, WARPS>) for the block shape asked for.
+template <typename F>
+void with_warps(bool wide, F&& f) {
+  if (wide)
+    f(std::integral_constant<int, 8>{});
+  else
+    f(std::integral_constant<int, 4>{});
 }
 
 void check_launch() { DECO_CUDA_CHECK(cudaGetLastError()); }
@@ -517,20 +537,18 @@ bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer
 
 void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
                         const int32_t* offsets, int64_t experts, bool wide) {
-  if (wide)
-    gather<8>(c.matrix(), x.matrix(), index, w.matrix(), expert_rows, offsets, experts);
-  else
-    gather<4>(c.matrix(), x.matrix(), index, w.matrix(), expert_rows, offsets, experts);
+  with_warps(wide, [&](auto warps) {
+    gather<decltype(warps)::value>(c.matrix(), x.matrix(), index, w.matrix(), expert_rows, offsets, experts);
+  });
 }
 
 void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,
                          const int32_t* offsets, int64_t experts, bool wide) {
   const Matrix my = y.matrix();
   if (offsets[experts] == offsets[0] || my.rows == 0) return;
-  if (wide)
-    scatter<8>(my, g.matrix(), index, w.matrix(), expert_rows, offsets, experts);
-  else
-    scatter<4>(my, g.matrix(), index, w.matrix(), expert_rows, offsets, experts);
+  with_warps(wide, [&](auto warps) {
+    scatter<decltype(warps)::value>(my, g.matrix(), index, w.matrix(), expert_rows, offsets, experts);
+  });
 }
 
 void expert_weight_grad(const Tensor& dw, bool expert_rows, const Tensor& g, const Tensor& x, const Tensor& index,
@@ -538,10 +556,9 @@ void expert_weight_grad(const Tensor& dw, bool expert_rows, const Tensor& g, con
   if (offsets[experts] == offsets[0]) return;
   DECO_ASSERT(dw.dtype() == DType::F32, "expert_weight_grad: float32 gradients on the GPU");
   // The wide block's 128 columns need H a multiple of 128; otherwise the narrow block.
-  if (wide && x.matrix().cols % Blocks<8>::columns == 0)
-    weight_grad<8>(dw.matrix(), expert_rows, g.matrix(), x.matrix(), index, offsets, experts);
-  else
-    weight_grad<4>(dw.matrix(), expert_rows, g.matrix(), x.matrix(), index, offsets, experts);
+  with_warps(wide && x.matrix().cols % Blocks<8>::columns == 0, [&](auto warps) {
+    weight_grad<decltype(warps)::value>(dw.matrix(), expert_rows, g.matrix(), x.matrix(), index, offsets, experts);
+  });
 }
 
 }  // namespace deco::cuda

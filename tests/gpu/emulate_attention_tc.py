@@ -289,9 +289,9 @@ def check_grid_decode(Bn, S, heads, groups, D):
         qoff, koff, stats = b * S * ldq + h * D, b * S * ldk + grp * D, (b * heads + h) * S
         seen.add((b, h, qt))
         s_ = min(S - 1, qt * KT)
-        if qoff + s_ * ldq + 3 != ((b * S + s_) * heads + h) * D + 3:
+        if qoff + s_ * ldq != ((b * S + s_) * heads + h) * D:
             bad.append(f"query_tile q offset of (b {b}, h {h}, row {s_})")
-        if koff + s_ * ldk + 3 != ((b * S + s_) * groups + grp) * D + 3:
+        if koff + s_ * ldk != ((b * S + s_) * groups + grp) * D:
             bad.append(f"query_tile k offset of (b {b}, group {grp}, row {s_})")
         if stats + s_ != (b * heads + h) * S + s_:
             bad.append("query_tile statistics offset")

@@ -333,10 +333,7 @@ TEST_CASE("non-finite steps are skipped, counted, and too many in a row stop the
   CHECK_THAT(console.str(), Catch::Matchers::Contains("the step was skipped (2 in a row"));
   // The last checkpoint (after the second skip) counts AdamW's updates apart
   // from the steps, so a resumed run's bias correction continues exactly.
-  std::ifstream latest(dir + "/ckpt/latest");
-  std::string name;
-  std::getline(latest, name);
-  const LoadedCheckpoint saved = load_checkpoint(dir + "/ckpt/" + name, {});
+  const LoadedCheckpoint saved = load_checkpoint(resolve_checkpoint("auto", dir + "/ckpt"), {});
   CHECK(saved.state.step == static_cast<int64_t>(rows.size()));
   CHECK(saved.state.optimizer_steps == saved.state.step - 2);
 }

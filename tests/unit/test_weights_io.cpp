@@ -190,7 +190,7 @@ TEST_CASE("weights: h5py reads the files deco writes", "[io]") {
 
   int rc = 0;
   std::istringstream lines(
-      run_command(std::string(kPython) + " " DECO_SOURCE_DIR "/tests/reference/check_io.py h5-summary " +
+      run_command(std::string(kPython) + " " + deco::test::source_dir() + "/tests/reference/check_io.py h5-summary " +
               path,
           &rc));
   REQUIRE(rc == 0);
@@ -235,7 +235,7 @@ TEST_CASE("weights: h5py reads the files deco writes", "[io]") {
   CHECK(layout.spec("lm_head.weight").shape == deco::Shape{32, 16});
 
   // A tensor deleted by another tool is reported by name.
-  REQUIRE(std::system((std::string(kPython) + " " DECO_SOURCE_DIR
+  REQUIRE(std::system((std::string(kPython) + " " + deco::test::source_dir() +
                        "/tests/reference/check_io.py h5-delete " + path +
                        " /model/model.layers.1.mlp.moe_router.weight")
                           .c_str()) == 0);
