@@ -62,29 +62,39 @@ int bench_layer(const BenchLayerArgs& args) {
   const bool both_sparse = device == Device::CUDA && dtype == DType::BF16 && m.moe_ffn_hidden_size == 64 &&
                            m.hidden_size % 64 == 0;
   using ops::SparseExpertKernels;
+  // On a GPU, with model.moe_shared_expert_overlap (the shared expert on a
+  // second stream, beside the router and routed experts), each path is also
+  // timed with the shared expert in line ("dn-serial", "sp-serial").
+  const bool serial_too = device == Device::CUDA && m.moe_shared_expert_overlap &&
+                          m.moe_shared_expert_intermediate_size > 0;
   struct Variant {
     const char* label;
     ExpertCompute path;
     SparseExpertKernels kernels;
+    bool overlap;
   };
   const SparseExpertKernels chosen = ops::sparse_expert_kernels();
   std::vector<Variant> variants;
   for (ExpertCompute path : paths) {
-    variants.push_back({expert_compute_name(path), path, chosen});
-    if (path == ExpertCompute::Sparse && both_sparse) {
-      variants.push_back({"sp-narrow", path, SparseExpertKernels::Narrow});
-      variants.push_back({"sp-cublas", path, SparseExpertKernels::Composition});
+    const bool sparse = path == ExpertCompute::Sparse;
+    variants.push_back({expert_compute_name(path), path, chosen, m.moe_shared_expert_overlap});
+    if (serial_too) variants.push_back({sparse ? "sp-serial" : "dn-serial", path, chosen, false});
+    if (sparse && both_sparse) {
+      variants.push_back({"sp-narrow", path, SparseExpertKernels::Narrow, m.moe_shared_expert_overlap});
+      variants.push_back({"sp-cublas", path, SparseExpertKernels::Composition, m.moe_shared_expert_overlap});
     }
   }
   for (double ratio : args.ratios) {
     double dense_seconds = 0.0;
     for (const Variant& v : variants) {
       ops::set_sparse_expert_kernels(v.kernels);
-      const LayerBench r = bench_deco_layer(m, tokens, v.path, ratio, device, static_cast<int>(args.warmup),
+      ModelConfig variant = m;
+      variant.moe_shared_expert_overlap = v.overlap;
+      const LayerBench r = bench_deco_layer(variant, tokens, v.path, ratio, device, static_cast<int>(args.warmup),
                                             static_cast<int>(args.iters), dtype);
       ops::set_sparse_expert_kernels(chosen);
       const double flop_floor = r.flops / peak, byte_floor = r.bytes / bandwidth;
-      if (v.path == ExpertCompute::Dense) dense_seconds = r.seconds;
+      if (v.path == ExpertCompute::Dense && v.overlap == m.moe_shared_expert_overlap) dense_seconds = r.seconds;
       char versus[32] = "";
       if (v.path == ExpertCompute::Sparse && dense_seconds > 0)
         std::snprintf(versus, sizeof(versus), "%.2fx", dense_seconds / r.seconds);
@@ -100,7 +110,9 @@ int bench_layer(const BenchLayerArgs& args) {
   }
   std::printf("\nflop fl. = FLOPs / peak, byte fl. = bytes / bandwidth; 'of floor' = the larger floor / time; "
               "'vs dense' = dense time / sparse time at the same ratio; sparse and sp-narrow: the tensor-core kernels in "
-              "8- and 4-warp blocks, sp-cublas: gather + cuBLAS grouped GEMM + scatter; rows ms = the H-wide rows per pair that the "
+              "8- and 4-warp blocks, sp-cublas: gather + cuBLAS grouped GEMM + scatter; dn-serial and sp-serial: the shared "
+              "expert in line instead of on a second stream beside the routed experts (model.moe_shared_expert_overlap); "
+              "rows ms = the H-wide rows per pair that the "
               "gather + grouped GEMM + scatter composition moves (model/layer_bench.h: sparse_pair_row_bytes) / "
               "bandwidth; the tensor-core kernels (sparse on a GPU) read them by index instead.\n");
   return 0;

@@ -159,7 +159,32 @@ void CachingAllocator::free(void* ptr) {
   if (ptr == nullptr) return;
   std::lock_guard<std::mutex> lock(mutex_);
   const auto it = live_.find(ptr);
-  DECO_ASSERT(it != live_.end(), "free of a pointer the caching allocator did not hand out (or freed twice)");
+  DECO_ASSERT(it != live_.end() && held_.count(ptr) == 0,
+              "free of a pointer the caching allocator did not hand out (or freed twice)");
+  if (hold_depth_ > 0) {
+    held_.emplace(ptr, it->second->size);
+    stats_.held += it->second->size;
+    return;
+  }
+  free_locked(ptr);
+}
+
+void CachingAllocator::hold_frees() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++hold_depth_;
+}
+
+void CachingAllocator::release_held_frees() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DECO_ASSERT(hold_depth_ > 0, "release_held_frees without hold_frees");
+  if (--hold_depth_ > 0) return;
+  for (const auto& [ptr, size] : held_) free_locked(const_cast<void*>(ptr));
+  held_.clear();
+  stats_.held = 0;
+}
+
+void CachingAllocator::free_locked(void* ptr) {
+  const auto it = live_.find(ptr);
   Block* b = it->second;
   live_.erase(it);
   ++stats_.frees;

@@ -21,8 +21,10 @@
 // The raw allocator is a parameter: cudaMalloc/cudaFree on the GPU, malloc
 // in the CPU tests that check the policy (tests/unit/test_caching_allocator.cpp).
 //
-// Blocks are not tied to streams: memory freed while a kernel on another
-// stream may still use it must be freed after synchronizing that stream.
+// Blocks are not tied to streams. Where work on two streams may overlap
+// (core/stream.h's SideStream), frees are held back from fork to join
+// (hold_frees): a block one stream freed is handed out again only once
+// both streams are ordered after its last use.
 #pragma once
 
 #include <array>
@@ -66,6 +68,7 @@ struct AllocatorStats {
   std::array<size_t, kMemoryCategories> by_category{};       // live bytes per category
   std::array<size_t, kMemoryCategories> peak_by_category{};  // the most each category held
   int64_t segments = 0;
+  size_t held = 0;  // bytes freed while frees are held, still counted in allocated
 };
 
 class CachingAllocator {
@@ -92,6 +95,13 @@ class CachingAllocator {
   void free(void* ptr);
   // Returns fully free segments to the raw allocator; live blocks stay.
   void release_cached();
+  // While work on two streams may overlap, a block freed by one could be
+  // handed to the other's next allocation while a kernel queued on the
+  // first still reads it. Between hold_frees() and the matching
+  // release_held_frees() (they nest) free() only records the pointer: the
+  // block stays allocated until the last release frees it for real.
+  void hold_frees();
+  void release_held_frees();
 
   AllocatorStats stats() const;
   void reset_peaks();  // peaks restart from the current values
@@ -113,6 +123,7 @@ class CachingAllocator {
   void split(Block* block, size_t size, FreeSet& pool, bool small);
   void release_cached_locked();
   void add_live(Block* block, size_t requested, MemoryCategory category);
+  void free_locked(void* ptr);
 
   RawAlloc raw_alloc_;
   RawFree raw_free_;
@@ -121,6 +132,8 @@ class CachingAllocator {
   FreeSet small_free_, large_free_;
   std::unordered_map<const void*, Block*> live_;
   std::map<const char*, Block*> segments_;  // segment start -> its first block
+  int hold_depth_ = 0;
+  std::unordered_map<const void*, size_t> held_;  // freed while held -> its block size
   AllocatorStats stats_;
 };
 

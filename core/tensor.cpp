@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "core/caching_allocator.h"
+#include "core/stream.h"
 
 #ifdef DECO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -337,7 +338,8 @@ void device_memset_zero(Device device, void* ptr, size_t bytes) {
     return;
   }
 #ifdef DECO_WITH_CUDA
-  cuda_check(cudaMemset(ptr, 0, bytes), "cudaMemset", bytes);
+  // On the current stream (core/stream.h), like every op's kernels.
+  cuda_check(cudaMemsetAsync(ptr, 0, bytes, static_cast<cudaStream_t>(cuda_current_stream())), "cudaMemset", bytes);
 #else
   no_cuda();
 #endif
@@ -349,7 +351,16 @@ void device_copy(Device dst_device, void* dst, Device src_device, const void* sr
     return;
   }
 #ifdef DECO_WITH_CUDA
-  cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy", bytes);
+  cudaStream_t stream = static_cast<cudaStream_t>(cuda_current_stream());
+  if (stream == nullptr) {
+    cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), "cudaMemcpy", bytes);
+    return;
+  }
+  // As cudaMemcpy on the legacy stream: ordered after the stream's work, and
+  // a copy to or from host memory complete on return.
+  cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream), "cudaMemcpyAsync", bytes);
+  if (dst_device == Device::CPU || src_device == Device::CPU)
+    cuda_check(cudaStreamSynchronize(stream), "cudaStreamSynchronize", bytes);
 #else
   no_cuda();
 #endif
@@ -405,7 +416,9 @@ void HostStaging::fetch(std::initializer_list<const Tensor*> tensors) {
     }
 #ifdef DECO_WITH_CUDA
     if (t->nbytes() > 0)
-      cuda_check(cudaMemcpyAsync(dst, t->raw(), t->nbytes(), cudaMemcpyDeviceToHost, nullptr), "cudaMemcpyAsync",
+      cuda_check(cudaMemcpyAsync(dst, t->raw(), t->nbytes(), cudaMemcpyDeviceToHost,
+                                 static_cast<cudaStream_t>(cuda_current_stream())),
+                 "cudaMemcpyAsync",
                  t->nbytes());
 #endif
   }
@@ -416,7 +429,8 @@ void HostStaging::fetch(std::initializer_list<const Tensor*> tensors) {
       cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate", 0);
       event_ = e;
     }
-    cuda_check(cudaEventRecord(static_cast<cudaEvent_t>(event_), nullptr), "cudaEventRecord", 0);
+    cuda_check(cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(cuda_current_stream())),
+               "cudaEventRecord", 0);
     pending_ = true;
   }
 #endif

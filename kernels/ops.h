@@ -48,6 +48,10 @@ void mul(const Tensor& out, const Tensor& a, const Tensor& b);
 // C = alpha * op(A) @ op(B) + beta * C, op = transpose when trans_* is set.
 void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b,
           double alpha = 1.0, double beta = 0.0);
+// On a GPU: allocates the GEMMs' workspace of the current stream (cuBLASLt
+// takes one per stream) now rather than at the first GEMM, so a memory
+// report at set-up counts it. Nothing on the CPU.
+void reserve_gemm_workspace(Device device);
 
 // Linear layers without bias, weight w[out, in] as the parameter names store it.
 // y[N, out] (= or +=) x[N, in] @ w^T

@@ -31,6 +31,7 @@ DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStor
       act_kind_(c.expert_act),
       gated_(c.expert_gated),
       compute_(c.expert_compute),
+      overlap_shared_(c.moe_shared_expert_overlap),
       eps_(c.norm_epsilon),
       router_(bind_param(master ? *master : values, grads, layer_param(layer, "mlp.moe_router.weight"))),
       scale_(bind_param(master ? *master : values, grads, layer_param(layer, "mlp.router_norm.weight"))),
@@ -51,8 +52,21 @@ DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStor
   w_bar_.ensure(router_.value.dtype(), w.device(), Shape{1, w.size(1)});
   if (w.dtype() != router_.value.dtype()) w_bar_compute_.ensure(w.dtype(), w.device(), Shape{1, w.size(1)});
   router_stats_.ensure(DType::F64, w.device(), Shape{3});
+  if (shared_ && overlap_shared_ && w.device() == Device::CUDA) {
+    // The side stream's GEMM workspace now, so the set-up memory report counts it.
+    CudaStreamScope on_side(thread_side_stream().stream());
+    ops::reserve_gemm_workspace(Device::CUDA);
+  }
   DECO_ASSERT((ep_ ? ep_->size() : 1) == values.layout().ep_size(),
               "the parameter layout's expert-parallel size differs from the group's");
+}
+
+DecoFfn::~DecoFfn() {
+  if (side_ == nullptr) return;  // an exception left the shared expert forked
+  try {
+    side_->join();
+  } catch (...) {  // the GPU's error is being reported by whoever threw
+  }
 }
 
 void DecoFfn::use_memory(Saved* saved, Recomputable* recomputable, Scratch* scratch) {
@@ -71,6 +85,24 @@ void DecoFfn::refresh_derived() {
   if (w_bar_compute_.numel()) ops::copy(w_bar_compute_, w_bar_);
 }
 
+template <typename F> void DecoFfn::start_shared(const Tensor& out, F&& run) {
+  if (!overlap_shared_ || out.device() != Device::CUDA) {
+    run();
+    return;
+  }
+  SideStream& side = thread_side_stream();
+  side.fork();
+  side_ = &side;
+  CudaStreamScope on_side(side.stream());
+  run();
+}
+
+void DecoFfn::join_shared() {
+  if (side_ == nullptr) return;
+  side_->join();
+  side_ = nullptr;
+}
+
 DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, bool statistics) {
   if (saved_ == nullptr) {
     own_memory_ = std::make_unique<OwnMemory>();
@@ -81,6 +113,12 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   const Device dev = x.device();
   Saved& s = *saved_;
   Scratch& w = *scratch_;
+  // The shared expert first: overlapped, it runs beside everything below.
+  if (shared_)
+    start_shared(y, [&] { shared_->forward(y, x, false); });
+  else
+    ops::zero(y);
+
   const DType rt = router_.value.dtype();  // float32 under mixed precision, the activations' dtype otherwise
   s.z.ensure(rt, dev, Shape{N, E_total_});
   w.g.ensure(rt, dev, Shape{N, E_total_});
@@ -122,16 +160,13 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
     stats.idle_tokens = static_cast<int64_t>(r[2]);
   };
 
-  if (shared_)
-    shared_->forward(y, x, false);
-  else
-    ops::zero(y);
   if (!ep_) {
     s.compute = choose_path(total(counts), N * E_total_);
     stats.compute = s.compute;
     zx_ = s.z;
     gx_ = w.g;
     experts_forward(y, x);
+    join_shared();
     finish();
     return stats;
   }
@@ -161,6 +196,7 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   gx_ = w.gr;
   ops::zero(w.yr);
   experts_forward(w.yr, s.xr);
+  join_shared();
   s.exchange.combine_add(y, w.yr);
   finish();
   return stats;
@@ -249,6 +285,7 @@ void DecoFfn::experts_forward_dense(const Tensor& y, const Tensor& x) {
   s.gscale.ensure(gx_.dtype(), dev, Shape{N * E_});
   ops::copy(s.gscale, gx_.view(Shape{N * E_}));
   activation_forward();
+  join_shared();  // y holds the shared expert's output, which the routed one is added to
   ops::linear_forward(y, recomp_->ga.tensor().view(Shape{N, ED}), down_.value, /*accumulate=*/true);
 }
 
@@ -281,6 +318,7 @@ void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
   activation_forward();
 
   // Down-projection per expert, every pair's row added into its token.
+  join_shared();  // y holds the shared expert's output
   ops::expert_scatter_gemm(y, recomp_->ga, tokens, down_.value, GroupSplit::ExpertCols, s.offsets, D_);
 }
 
@@ -292,7 +330,7 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
   Saved& s = *saved_;
   Scratch& w = *scratch_;
   if (shared_)
-    shared_->backward(dx, dy, x, false);
+    start_shared(dx, [&] { shared_->backward(dx, dy, x, false); });
   else
     ops::zero(dx);
 
@@ -311,6 +349,7 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
     ops::zero(w.dxr);
     dgx_ = w.dgr;
     experts_backward(w.dxr, w.dyr, s.xr);
+    join_shared();
     s.exchange.combine_add(dx, w.dxr);
     s.exchange.combine_blocks(w.dg, w.dgr);
     if (ops::expert_act_has_mean(act_kind_)) {
@@ -333,6 +372,7 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
   w.dz.ensure(rt, dev, Shape{N, E_total_});
   ops::relu_route_backward(w.dz, scale_.grad, w.dg, dr, s.z, scale_.value);
   ops::linear_backward_weight(router_.grad, w.dz, router_input(x));
+  join_shared();  // (already joined by the expert paths)
   if (dt == rt) {
     ops::linear_backward_input(dx, w.dz, router_.value, true);
   } else {  // the fp32 router's input gradient, added into the bf16 one
@@ -389,6 +429,7 @@ void DecoFfn::experts_backward_dense(const Tensor& dx, const Tensor& dy, const T
       ops::sub_row_scalar(dc, dc, w.kappa);
   }
   ops::linear_backward_weight(act_proj_.grad, dc, x);
+  join_shared();  // dx holds the shared expert's input gradient
   ops::linear_backward_input(dx, dc, act_proj_.value, true);
   if (gated_) {
     const Tensor dlin = w.dlin.tensor().view(Shape{N, ED});
@@ -416,6 +457,7 @@ void DecoFfn::experts_backward_sparse(const Tensor& dx, const Tensor& dy, const 
 
   // Through the up (and gate) projections of the active pairs, into dx by token.
   ops::expert_weight_grad(act_proj_.grad, GroupSplit::ExpertRows, w.dc, x, tokens, s.offsets, D_);
+  join_shared();  // dx holds the shared expert's input gradient
   ops::expert_scatter_gemm(dx, w.dc, tokens, act_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
   if (gated_) {
     ops::expert_weight_grad(lin_proj_.grad, GroupSplit::ExpertRows, w.dlin, x, tokens, s.offsets, D_);

@@ -39,6 +39,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/stream.h"
 #include "model/expert_exchange.h"
 #include "model/params.h"
 #include "model/swiglu_ffn.h"
@@ -97,6 +98,7 @@ class DecoFfn {
   // along with NormSiLU's mean row; null: `values` for everything.
   DecoFfn(const ModelConfig& config, const ParamStore& values, const ParamStore& grads, int64_t layer,
           Communicator* expert_parallel = nullptr, const ParamStore* master = nullptr);
+  ~DecoFfn();
   // Where this layer keeps its activations (set once, before the first
   // forward). A DecoFfn used on its own (tests) owns one set instead.
   void use_memory(Saved* saved, Recomputable* recomputable, Scratch* scratch);
@@ -138,6 +140,14 @@ class DecoFfn {
   void experts_backward_sparse(const Tensor& dx, const Tensor& dy, const Tensor& x);
   // NormSiLU (and the gate product) from pre/lin/mean/gscale into Recomputable, shared by both paths.
   void activation_forward();
+  // The shared expert's forward (y =) or backward (dx =, its weights'
+  // gradients +=). With moe_shared_expert_overlap on a GPU it is queued on
+  // the thread's side stream and runs beside what follows, which must not
+  // touch y / dx until join_shared(): the routed part adds into them after
+  // it, so every sum is formed in the same order as without overlap.
+  template <typename F> void start_shared(const Tensor& out, F&& run);
+  // The current stream waits for the shared expert (nothing when it ran in line).
+  void join_shared();
   // From q (d of the scaled activation) to dc (and dlin), shared by both paths.
   void activation_backward();
 
@@ -149,6 +159,8 @@ class DecoFfn {
   ops::ExpertAct act_kind_;
   bool gated_;
   ExpertCompute compute_;  // as configured (auto included)
+  bool overlap_shared_;    // model.moe_shared_expert_overlap
+  SideStream* side_ = nullptr;  // while the shared expert runs beside: the stream it runs on
   double crossover_ = 1.0;
   double eps_;
 

@@ -81,6 +81,7 @@ Model::Model(const ModelConfig& config, DType dtype, Device device, Communicator
       final_norm_(bind_param(compute_ ? *compute_ : params_, grads_, "model.norm.weight")),
       lm_head_(bind_param(compute_ ? *compute_ : params_, grads_, "lm_head.weight")) {
   DECO_ASSERT(dtype == DType::F32 || dtype == DType::F64 || dtype == DType::BF16, "model dtype ", dtype_name(dtype));
+  ops::reserve_gemm_workspace(device);  // counted in the set-up memory report, not first seen at step 1
   const ParamStore& values = compute_ ? *compute_ : params_;
   for (int64_t l = 0; l < config_.num_layers; ++l)
     layers_.push_back(std::make_unique<Layer>(config_, values, params_, grads_, l, expert_parallel));

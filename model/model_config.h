@@ -48,6 +48,10 @@ struct ModelConfig {
   bool expert_gated = false;
   double router_scale_init = 0.1;
   ExpertCompute expert_compute = ExpertCompute::Sparse;
+  // On a GPU, a DECO layer's shared expert runs on a second stream beside
+  // its router and routed experts (Megatron's --moe-shared-expert-overlap);
+  // the results are bit-identical either way. No effect on the CPU.
+  bool moe_shared_expert_overlap = true;
   Recompute recompute = Recompute::None;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }

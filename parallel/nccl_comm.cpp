@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/stream.h"
 #include "parallel/collective_args.h"
 #include "parallel/mpi_runtime.h"
 
@@ -132,10 +133,10 @@ Tensor NcclComm::stage(const Tensor& t, Buffer& staging, bool copy_in) {
   if (t.device() == Device::CUDA) return t;
   staging.ensure(t.dtype(), Device::CUDA, Shape{t.numel()});
   // A buffer ensure() allocated (possibly at the old address) is zero-filled
-  // by cudaMemset on the legacy default stream, which this non-blocking
-  // stream does not wait for by itself: wait for it every time (host
-  // tensors are the slow path anyway).
-  DECO_CUDA_CALL(cudaEventRecord(ready_, cudaStreamLegacy));
+  // on the calling thread's current stream (core/stream.h), which this
+  // non-blocking stream does not wait for by itself: wait for it every time
+  // (host tensors are the slow path anyway).
+  DECO_CUDA_CALL(cudaEventRecord(ready_, static_cast<cudaStream_t>(cuda_current_stream())));
   DECO_CUDA_CALL(cudaStreamWaitEvent(stream_, ready_, 0));
   if (copy_in && t.numel() > 0)
     DECO_CUDA_CALL(cudaMemcpyAsync(staging.tensor().raw(), t.raw(), t.nbytes(), cudaMemcpyHostToDevice, stream_));

@@ -7,8 +7,9 @@
 #               the GPU (about 2-3 minutes)
 #     kernels   deco bench-attention against PyTorch's SDPA (dense-0.1b and
 #               dense-1.2b shapes), deco bench-layer at the deco-0.1b and
-#               deco-1.2b shapes (dense, sparse wide and narrow, composition;
-#               forced ratios) (about 3-4 minutes)
+#               deco-1.2b shapes (dense, sparse wide and narrow, composition,
+#               each path also with the shared expert in line; forced ratios)
+#               (about 4-5 minutes)
 #     steps     deco bench of the four paper configs beside the PyTorch
 #               reference (bf16 autocast, SDPA, torch.compile per layer)
 #               (about 5-6 minutes)
@@ -110,6 +111,13 @@ stage_steps() {
       note "deco bench $c bf16=$bf16: exit $rc ($(grep -m1 'tokens/s' "$out/bench-$c-bf16-$bf16.log"))"
       [ $rc -eq 0 ] || status=1
     done
+    # The shared expert in line instead of on its second stream, side by side (deco-0.1b; bench-layer has both sizes).
+    if [ $c = deco-0.1b ]; then
+      limit 150 "$run" "$bin/deco" bench --config configs/$c.yaml --set training.device=cuda --set training.bf16=true \
+        --set model.moe_shared_expert_overlap=false $small --steps 5 --warmup 2 > "$out/bench-$c-serial.log" 2>&1; rc=$?
+      note "deco bench $c shared expert in line: exit $rc ($(grep -m1 'tokens/s' "$out/bench-$c-serial.log"))"
+      [ $rc -eq 0 ] || status=1
+    fi
     ref_micro=""; case $c in *1.2b) ref_micro="--set training.micro_batch_size=2";; esac
     limit 300 python3 tests/reference/bench_reference.py --config configs/$c.yaml --tokens random --steps 5 --warmup 2 \
       --threads 16 --device cuda --bf16 --sdpa --compile $small $ref_micro > "$out/reference-$c.json" \

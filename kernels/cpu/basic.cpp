@@ -298,6 +298,15 @@ void mul(const Tensor& out, const Tensor& a, const Tensor& b) {
   });
 }
 
+void reserve_gemm_workspace(Device device) {
+  if (device == Device::CPU) return;
+#ifdef DECO_WITH_CUDA
+  cuda::reserve_gemm_workspace();
+#else
+  detail::no_cuda_kernel(__func__);
+#endif
+}
+
 void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b,
           double alpha, double beta) {
   const int64_t m = trans_a ? A.cols : A.rows;

@@ -37,7 +37,7 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
   const double wd_factor = decay ? 1.0 - hp.lr * hp.weight_decay : 1.0;
   dispatch_float(param.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    adamw_kernel<T><<<static_cast<unsigned>((n + 255) / 256), 256>>>(
+    adamw_kernel<T><<<static_cast<unsigned>((n + 255) / 256), 256, 0, current_stream()>>>(
         param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), n, static_cast<T>(hp.beta1),
         static_cast<T>(hp.beta2), static_cast<T>(hp.grad_scale), static_cast<T>(hp.lr), static_cast<T>(hp.eps),
         static_cast<T>(wd_factor), static_cast<T>(1.0 / bc1), static_cast<T>(1.0 / std::sqrt(bc2)));

@@ -491,7 +491,7 @@ void launch(void (*kernel)(KArgs...), int64_t blocks, int floats, Args... args) 
   DECO_ASSERT(bytes <= limit, "the attention kernel needs ", bytes,
               " bytes of shared memory per block and this GPU allows ", limit, "; head_dim <= 64 needs less");
   DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes)>>>(args...);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), current_stream()>>>(args...);
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -504,7 +504,7 @@ void rope_apply(const Tensor& x, const Tensor& table, int64_t seq, double sign) 
   if (pairs == 0) return;
   dispatch_activation(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    rope_kernel<T><<<blocks_for(pairs), kThreads>>>(ptr<T>(x), acc_data<T>(table, "rope", "table"), pairs,
+    rope_kernel<T><<<blocks_for(pairs), kThreads, 0, current_stream()>>>(ptr<T>(x), acc_data<T>(table, "rope", "table"), pairs,
                                                     x.size(1), half, seq, static_cast<acc_t<T>>(sign));
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -569,7 +569,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
       const float* lse = saved.data<float>();
       float* pdelta = delta.data<float>();
       const int64_t rows = a.batch * a.seq * a.heads;
-      attention_delta_kernel<T><<<static_cast<unsigned>((rows + 7) / 8), 256>>>(pdelta, pdo, ptr<T>(out), a);
+      attention_delta_kernel<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, current_stream()>>>(pdelta, pdo, ptr<T>(out), a);
       DECO_CUDA_CHECK(cudaGetLastError());
       launch(attention_dkdv_kernel<CH, T>, a.tiles * a.batch * a.groups, key_side_smem_floats<CH>(), ptr<T>(dk),
              ptr<T>(dv), pdo, lse, pdelta, pq, pk, pv, a);

@@ -511,7 +511,7 @@ template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), int64_t blocks, int bytes, Args... args) {
   DECO_ASSERT(blocks <= INT_MAX, "attention grid of ", blocks, " blocks exceeds the grid limit");
   if (bytes > 48 * 1024) DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes)>>>(args...);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), current_stream()>>>(args...);
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -556,7 +556,7 @@ void tc_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
   with_head_dim(shape.head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
     const int64_t rows = a.batch * a.seq * a.heads, per_block = 256 / 32;
-    tc_delta_kernel<D><<<static_cast<unsigned>((rows + per_block - 1) / per_block), 256>>>(
+    tc_delta_kernel<D><<<static_cast<unsigned>((rows + per_block - 1) / per_block), 256, 0, current_stream()>>>(
         delta.data<float>(), cptr(dout), cptr(out), a);
     DECO_CUDA_CHECK(cudaGetLastError());
     launch(tc_dkdv_kernel<D>, a.tiles * a.batch * (a.heads / a.heads_per_group), dkdv_smem_bytes<D>(), mptr(dk),

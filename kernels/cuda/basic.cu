@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <utility>
+#include <vector>
 #include <cub/cub.cuh>
 
 #include "kernels/cuda/check.h"
@@ -15,12 +17,16 @@
 namespace deco::cuda {
 
 cublasHandle_t blas_handle() {
-  thread_local cublasHandle_t handle = [] {
-    cublasHandle_t h = nullptr;
-    DECO_CUBLAS_CHECK(cublasCreate(&h));
-    return h;
-  }();
-  return handle;
+  // Few entries: the legacy stream and a side stream or two.
+  thread_local std::vector<std::pair<cudaStream_t, cublasHandle_t>> handles;
+  const cudaStream_t stream = current_stream();
+  for (const auto& [s, h] : handles)
+    if (s == stream) return h;
+  cublasHandle_t h = nullptr;
+  DECO_CUBLAS_CHECK(cublasCreate(&h));
+  DECO_CUBLAS_CHECK(cublasSetStream(h, stream));
+  handles.emplace_back(stream, h);
+  return h;
 }
 
 namespace {
@@ -48,7 +54,7 @@ void axpy(const Tensor& y, const Tensor& x, double alpha) {
   dispatch_with_acc(y.dtype(), x.dtype(), "axpy", [&](auto T_tag, auto X_tag) {
     using T = decltype(T_tag);
     using X = decltype(X_tag);
-    axpy_kernel<T, X><<<blocks_for(n, 256), 256>>>(ptr<T>(y), ptr<X>(x), static_cast<acc_t<T>>(alpha), n);
+    axpy_kernel<T, X><<<blocks_for(n, 256), 256, 0, current_stream()>>>(ptr<T>(y), ptr<X>(x), static_cast<acc_t<T>>(alpha), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -76,7 +82,7 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& ta
   if (n == 0) return;
   dispatch_activation(out.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    embedding_forward_kernel<T><<<blocks_for(n * hidden, 256), 256>>>(
+    embedding_forward_kernel<T><<<blocks_for(n * hidden, 256), 256, 0, current_stream()>>>(
         ptr<T>(out), tokens.data<int32_t>(), ptr<T>(table), n, hidden);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -241,7 +247,7 @@ struct Scratch {
 }  // namespace
 
 void zero(const Tensor& x) {
-  if (x.numel() > 0) DECO_CUDA_CHECK(cudaMemsetAsync(x.raw(), 0, x.nbytes()));
+  if (x.numel() > 0) DECO_CUDA_CHECK(cudaMemsetAsync(x.raw(), 0, x.nbytes(), current_stream()));
 }
 
 void scale(const Tensor& x, double alpha) {
@@ -249,7 +255,7 @@ void scale(const Tensor& x, double alpha) {
   if (n == 0) return;
   dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    scale_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(x), static_cast<acc_t<T>>(alpha), n);
+    scale_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(x), static_cast<acc_t<T>>(alpha), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -261,12 +267,12 @@ double sum_squares(const Tensor& x) {
   double* p = partial.data<double>();
   dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    sum_squares_partial_kernel<T><<<kSumBlocks, kThreads>>>(p, ptr<T>(x), n);
+    sum_squares_partial_kernel<T><<<kSumBlocks, kThreads, 0, current_stream()>>>(p, ptr<T>(x), n);
   });
-  sum_partials_kernel<<<1, kSumBlocks>>>(p + kSumBlocks, p, kSumBlocks);
+  sum_partials_kernel<<<1, kSumBlocks, 0, current_stream()>>>(p + kSumBlocks, p, kSumBlocks);
   DECO_CUDA_CHECK(cudaGetLastError());
   double total = 0.0;
-  DECO_CUDA_CHECK(cudaMemcpy(&total, p + kSumBlocks, sizeof(double), cudaMemcpyDeviceToHost));
+  copy_sync(&total, p + kSumBlocks, sizeof(double), cudaMemcpyDeviceToHost);
   return total;
 }
 
@@ -275,7 +281,7 @@ void row_mean(const Tensor& out, const Tensor& x) {
   if (m.rows == 0) return;
   dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    row_mean_kernel<T><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(x), m.rows, m.cols);
+    row_mean_kernel<T><<<blocks_for(m.rows * 32, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(out), ptr<T>(x), m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -285,7 +291,7 @@ void col_mean(const Tensor& out, const Tensor& x) {
   if (m.cols == 0) return;
   dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    col_mean_kernel<T><<<blocks_for(m.cols, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(x), m.rows, m.cols);
+    col_mean_kernel<T><<<blocks_for(m.cols, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(out), ptr<T>(x), m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -296,7 +302,7 @@ void row_dot(const Tensor& out, const Tensor& a, const Tensor& b) {
   dispatch_with_acc(a.dtype(), out.dtype(), "row_dot", [&](auto tag, auto out_tag) {
     using T = decltype(tag);
     using O = decltype(out_tag);
-    row_dot_kernel<T, O><<<blocks_for(m.rows * 32, kThreads), kThreads>>>(ptr<O>(out), ptr<T>(a), ptr<T>(b), m.rows,
+    row_dot_kernel<T, O><<<blocks_for(m.rows * 32, kThreads), kThreads, 0, current_stream()>>>(ptr<O>(out), ptr<T>(a), ptr<T>(b), m.rows,
                                                                             m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -308,7 +314,7 @@ void scale_rows(const Tensor& out, const Tensor& x, const Tensor& s) {
   dispatch_with_acc(x.dtype(), s.dtype(), "scale_rows", [&](auto tag, auto s_tag) {
     using T = decltype(tag);
     using S = decltype(s_tag);
-    row_scalar_kernel<T, S, 0><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(x), ptr<S>(s),
+    row_scalar_kernel<T, S, 0><<<blocks_for(m.rows * m.cols, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(out), ptr<T>(x), ptr<S>(s),
                                                                                     m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -320,7 +326,7 @@ void sub_row_scalar(const Tensor& y, const Tensor& x, const Tensor& s) {
   dispatch_with_acc(x.dtype(), s.dtype(), "sub_row_scalar", [&](auto tag, auto s_tag) {
     using T = decltype(tag);
     using S = decltype(s_tag);
-    row_scalar_kernel<T, S, 1><<<blocks_for(m.rows * m.cols, kThreads), kThreads>>>(ptr<T>(y), ptr<T>(x), ptr<S>(s),
+    row_scalar_kernel<T, S, 1><<<blocks_for(m.rows * m.cols, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(y), ptr<T>(x), ptr<S>(s),
                                                                                     m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -331,7 +337,7 @@ void add_to_rows(const Tensor& m, const Tensor& v, double alpha) {
   if (mm.rows * mm.cols == 0) return;
   dispatch_activation(m.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    add_to_rows_kernel<T><<<blocks_for(mm.rows * mm.cols, kThreads), kThreads>>>(
+    add_to_rows_kernel<T><<<blocks_for(mm.rows * mm.cols, kThreads), kThreads, 0, current_stream()>>>(
         ptr<T>(m), ptr<T>(v), static_cast<acc_t<T>>(alpha), mm.rows, mm.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -342,7 +348,7 @@ void mul(const Tensor& out, const Tensor& a, const Tensor& b) {
   if (n == 0) return;
   dispatch_activation(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    mul_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(out), ptr<T>(a), ptr<T>(b), n);
+    mul_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(out), ptr<T>(a), ptr<T>(b), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -354,7 +360,7 @@ void convert(const Tensor& dst, const Tensor& src) {
     dispatch_storage(src.dtype(), [&](auto src_tag) {
       using TD = decltype(dst_tag);
       using TS = decltype(src_tag);
-      convert_kernel<TD, TS><<<blocks_for(n, kThreads), kThreads>>>(static_cast<TD*>(dst.raw()),
+      convert_kernel<TD, TS><<<blocks_for(n, kThreads), kThreads, 0, current_stream()>>>(static_cast<TD*>(dst.raw()),
                                                                     static_cast<const TS*>(src.raw()), n);
     });
   });
@@ -366,7 +372,7 @@ void gather_rows(const Tensor& out, const Tensor& x, const Tensor& index) {
   if (mo.rows * mo.cols == 0) return;
   dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    gather_rows_kernel<T><<<blocks_for(mo.rows * mo.cols, kThreads), kThreads>>>(
+    gather_rows_kernel<T><<<blocks_for(mo.rows * mo.cols, kThreads), kThreads, 0, current_stream()>>>(
         ptr<T>(out), ptr<T>(x), index.data<int32_t>(), mo.rows, mo.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -384,7 +390,7 @@ void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index) {
       keys_sorted(DType::I32, Device::CUDA, Shape{P}), run_dest(DType::I32, Device::CUDA, Shape{P}),
       run_length(DType::I32, Device::CUDA, Shape{P}), run_start(DType::I32, Device::CUDA, Shape{P}),
       num_runs(DType::I32, Device::CUDA, Shape{1});
-  iota_kernel<<<blocks_for(P, kThreads), kThreads>>>(rows_in.data<int32_t>(), P);
+  iota_kernel<<<blocks_for(P, kThreads), kThreads, 0, current_stream()>>>(rows_in.data<int32_t>(), P);
   DECO_CUDA_CHECK(cudaGetLastError());
   int end_bit = 1;
   while (end_bit < 31 && (int64_t{1} << end_bit) < my.rows) ++end_bit;  // sort only the bits row ids use
@@ -410,7 +416,7 @@ void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index) {
   dispatch_with_acc(src.dtype(), y.dtype(), "scatter_add_rows", [&](auto tag, auto y_tag) {
     using T = decltype(tag);
     using Y = decltype(y_tag);
-    scatter_runs_kernel<Y, T><<<static_cast<unsigned>(P), 128>>>(
+    scatter_runs_kernel<Y, T><<<static_cast<unsigned>(P), 128, 0, current_stream()>>>(
         ptr<Y>(y), ptr<T>(src), run_dest.data<int32_t>(), run_length.data<int32_t>(), run_start.data<int32_t>(),
         rows_sorted.data<int32_t>(), num_runs.data<int32_t>(), my.cols);
   });

@@ -6,10 +6,16 @@
 #include <cuda_runtime.h>
 
 #include "core/error.h"
+#include "core/stream.h"
 
 namespace deco::cuda {
-// The calling thread's cuBLAS handle (created on first use, kept for the
-// process lifetime: creating one costs milliseconds). basic.cu.
+// The stream every launch, copy and library call of the CUDA backend is
+// queued on: the legacy default stream unless a CudaStreamScope says
+// otherwise (core/stream.h).
+inline cudaStream_t current_stream() { return static_cast<cudaStream_t>(cuda_current_stream()); }
+// A cuBLAS handle bound to the current stream: one per thread and stream,
+// each with its own workspace, created on first use and kept for the
+// process lifetime (creating one costs milliseconds). basic.cu.
 cublasHandle_t blas_handle();
 }  // namespace deco::cuda
 
@@ -30,3 +36,12 @@ cublasHandle_t blas_handle();
       ::deco::fail("cuBLAS error at ", __FILE__, ":", __LINE__, ": ", #call, " returned ",    \
                    cublasGetStatusString(status_), ". Check the matrix shapes and GPU memory."); \
   } while (0)
+
+namespace deco::cuda {
+// cudaMemcpy's semantics on the current stream: ordered after the work
+// queued on it, and complete on return when either side is host memory.
+inline void copy_sync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  DECO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, current_stream()));
+  if (kind != cudaMemcpyDeviceToDevice) DECO_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+}
+}  // namespace deco::cuda

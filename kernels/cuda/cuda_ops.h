@@ -25,10 +25,12 @@ void gemm(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool 
 // C = alpha op(A) op(B) + beta C through cuBLASLt (gemm_lt.cu): A and B
 // float32 or bfloat16, C float32 or bfloat16, float32 accumulation; row-major
 // strided matrices as ops::gemm takes them. The heuristic's choice per shape
-// (and pointer alignment) is cached.
+// (and pointer alignment) is cached. On the current stream, with a
+// workspace of that stream's own.
 void gemm_lt(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b, float alpha,
-             float beta, cudaStream_t stream = nullptr);
+             float beta);
 size_t gemm_lt_cached_plans();  // distinct GEMM shapes seen so far
+void reserve_gemm_workspace();  // the current stream's workspace, allocated now
 // One expert's GEMM of a grouped GEMM: C = alpha op(A) op(B) + beta C.
 struct GroupedProblem {
   Matrix C, A, B;

@@ -67,8 +67,9 @@ Slabs slabs_for(int64_t rows, int64_t min_rows) {
 
 // Device memory for partial sums and counters, tagged as workspace. It goes
 // back to the allocator's cache at scope exit without a synchronization:
-// every kernel here runs on the legacy default stream, so whoever gets the
-// memory next is ordered after the kernels that used it.
+// the kernels that used it run on the current stream, and whoever gets the
+// memory next is ordered after them (the same stream, or, while a side
+// stream runs, after the join: core/stream.h holds frees until then).
 class Scratch {
  public:
   explicit Scratch(size_t bytes) {
@@ -108,7 +109,7 @@ __global__ void column_sum_kernel(Out* out, const double* partial, int64_t parts
 }
 
 template <typename Out> void column_sum(Out* out, const double* partial, int64_t parts, int64_t cols, bool accumulate) {
-  column_sum_kernel<Out><<<static_cast<unsigned>(cols), kThreads>>>(out, partial, parts, cols, accumulate);
+  column_sum_kernel<Out><<<static_cast<unsigned>(cols), kThreads, 0, current_stream()>>>(out, partial, parts, cols, accumulate);
 }
 
 // ---------------------------------------------------------------- routing
@@ -142,7 +143,7 @@ __global__ void route_forward_kernel(T* g, unsigned long long* counts, const T* 
 template <typename T>
 void launch_route_forward(T* g, unsigned long long* counts, const T* z, const T* scale, int64_t n, int64_t E) {
   const size_t shared = counts != nullptr ? static_cast<size_t>(E) * sizeof(unsigned int) : 0;
-  route_forward_kernel<T><<<blocks_for(n, kCountChunk), kThreads, shared>>>(g, counts, z, scale, n, E);
+  route_forward_kernel<T><<<blocks_for(n, kCountChunk), kThreads, shared, current_stream()>>>(g, counts, z, scale, n, E);
 }
 
 // One warp per row of z [N, E]: a row is idle when no lane saw a positive
@@ -534,7 +535,7 @@ void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& d
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const dim3 grid(static_cast<unsigned>(slabs.count), blocks_for(E, kWarp));
-    route_backward_kernel<T><<<grid, dim3(kWarp, kWarps)>>>(
+    route_backward_kernel<T><<<grid, dim3(kWarp, kWarps), 0, current_stream()>>>(
         dz.data<T>(), partial.as<double>(), dg.data<T>(), dr_extra.defined() ? dr_extra.data<T>() : nullptr,
         z.data<T>(), scale.data<T>(), N, E, slabs.rows);
     column_sum<T>(dscale.data<T>(), partial.as<double>(), slabs.count, E, true);
@@ -548,18 +549,18 @@ template <typename Into> static double device_value(Into&& into, const Tensor& z
   Scratch scratch(sizeof(double));
   into(scratch.as<double>(), z);
   double host = 0.0;
-  DECO_CUDA_CHECK(cudaMemcpy(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost));
+  copy_sync(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost);
   return host;
 }
 
 // Rows of z with no positive entry.
 static void idle_rows_into(double* idle, const Tensor& z) {
   const Matrix m = z.matrix();
-  DECO_CUDA_CHECK(cudaMemsetAsync(idle, 0, sizeof(double)));
+  DECO_CUDA_CHECK(cudaMemsetAsync(idle, 0, sizeof(double), current_stream()));
   if (m.rows == 0) return;
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    idle_rows_kernel<T><<<blocks_for(m.rows, kWarps), kThreads>>>(idle, z.data<T>(), m.rows, m.cols);
+    idle_rows_kernel<T><<<blocks_for(m.rows, kWarps), kThreads, 0, current_stream()>>>(idle, z.data<T>(), m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -571,7 +572,7 @@ static void entropy_sum_into(double* total, const Tensor& z) {
   const Matrix m = z.matrix();
   const int64_t N = m.rows, E = m.cols;
   if (N == 0 || E == 0) {
-    DECO_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(double)));
+    DECO_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(double), current_stream()));
     return;
   }
   const Slabs slabs = slabs_for(N, kMinSlabRows);
@@ -579,7 +580,7 @@ static void entropy_sum_into(double* total, const Tensor& z) {
   double* partial = scratch.as<double>();
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    entropy_forward_kernel<T><<<static_cast<unsigned>(slabs.count), kThreads>>>(partial, z.data<T>(), N, E,
+    entropy_forward_kernel<T><<<static_cast<unsigned>(slabs.count), kThreads, 0, current_stream()>>>(partial, z.data<T>(), N, E,
                                                                                  slabs.rows);
   });
   column_sum<double>(total, partial, slabs.count, 1, false);
@@ -596,7 +597,7 @@ void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
   if (N == 0 || E == 0) return;
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    entropy_backward_kernel<T><<<blocks_for(N, kWarps), kThreads>>>(dr.data<T>(), z.data<T>(), N, E,
+    entropy_backward_kernel<T><<<blocks_for(N, kWarps), kThreads, 0, current_stream()>>>(dr.data<T>(), z.data<T>(), N, E,
                                                                      static_cast<T>(coef));
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -606,7 +607,7 @@ void entropy_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
 static void relu_sum_into(double* total, const Tensor& z) {
   const int64_t n = z.numel();
   if (n == 0) {
-    DECO_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(double)));
+    DECO_CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof(double), current_stream()));
     return;
   }
   const Slabs slabs = slabs_for(n, 8 * kThreads);
@@ -614,7 +615,7 @@ static void relu_sum_into(double* total, const Tensor& z) {
   double* partial = scratch.as<double>();
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    relu_sum_kernel<T><<<static_cast<unsigned>(slabs.count), kThreads>>>(partial, z.data<T>(), n, slabs.rows);
+    relu_sum_kernel<T><<<static_cast<unsigned>(slabs.count), kThreads, 0, current_stream()>>>(partial, z.data<T>(), n, slabs.rows);
   });
   column_sum<double>(total, partial, slabs.count, 1, false);
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -638,7 +639,7 @@ void l1_reg_backward(const Tensor& dr, const Tensor& z, double coef) {
   if (n == 0) return;
   dispatch_float(dr.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    add_scalar_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(dr.data<T>(), static_cast<T>(coef), n);
+    add_scalar_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, current_stream()>>>(dr.data<T>(), static_cast<T>(coef), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -667,24 +668,24 @@ int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token, co
   unsigned long long* counts = scratch.as<unsigned long long>();
   int32_t* offsets = host_offsets ? scratch.as<int32_t>(counts_bytes) : expert_offsets.data<int32_t>();
 
-  DECO_CUDA_CHECK(cudaMemsetAsync(counts, 0, counts_bytes));
+  DECO_CUDA_CHECK(cudaMemsetAsync(counts, 0, counts_bytes, current_stream()));
   dispatch_float(z.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     if (N > 0 && E > 0) launch_route_forward<T>(nullptr, counts, z.data<T>(), nullptr, N * E, E);
-    offsets_kernel<<<1, 1>>>(offsets, counts, E);
+    offsets_kernel<<<1, 1, 0, current_stream()>>>(offsets, counts, E);
     if (N > 0 && E > 0)
-      place_pairs_kernel<T><<<static_cast<unsigned>(E), kPlaceThreads>>>(tok, flat, offsets, z.data<T>(), N, E);
+      place_pairs_kernel<T><<<static_cast<unsigned>(E), kPlaceThreads, 0, current_stream()>>>(tok, flat, offsets, z.data<T>(), N, E);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
   // The one synchronization of the layer: the host needs P (and the
   // offsets) to size and split the expert GEMMs.
   int32_t pairs = 0;
   if (host_offsets) {
-    DECO_CUDA_CHECK(cudaMemcpy(offsets_host, offsets, static_cast<size_t>(E + 1) * sizeof(int32_t),
-                               cudaMemcpyDeviceToHost));
+    copy_sync(offsets_host, offsets, static_cast<size_t>(E + 1) * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost);
     pairs = offsets_host[E];
   } else {
-    DECO_CUDA_CHECK(cudaMemcpy(&pairs, offsets + E, sizeof(int32_t), cudaMemcpyDeviceToHost));
+    copy_sync(&pairs, offsets + E, sizeof(int32_t), cudaMemcpyDeviceToHost);
   }
   return pairs;
 }
@@ -729,7 +730,7 @@ void launch_normsilu_forward(const Tensor& act, const Tensor& xhat, const Tensor
     const acc_t<T>* ps = ga.defined() ? acc_data<T>(score, "normsilu_scaled_forward", "score") : nullptr;
     with_values_per_lane(D, [&](auto K_tag) {
       constexpr int K = decltype(K_tag)::value;
-      normsilu_forward_kernel<T, K><<<blocks_for(P, kWarps), kThreads>>>(
+      normsilu_forward_kernel<T, K><<<blocks_for(P, kWarps), kThreads, 0, current_stream()>>>(
           ptr<T>(act), ptr<T>(xhat), pr, ptr<T>(u), pm, bt, blocks_per_token, pg, P, D, static_cast<acc_t<T>>(eps),
           has_rms, pga, ps);
     });
@@ -776,11 +777,11 @@ void launch_normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tens
     dispatch_activation(grad.dtype(), [&](auto T_tag) {
       using T = decltype(T_tag);
       if (scaled)
-        silu_scaled_backward_kernel<T><<<blocks_for(P, kWarps), kThreads>>>(
+        silu_scaled_backward_kernel<T><<<blocks_for(P, kWarps), kThreads, 0, current_stream()>>>(
             ptr<T>(dc), acc_data<T>(dscore, "normsilu_scaled_backward", "dscore"), ptr<T>(q), ptr<T>(act),
             ptr<T>(xhat), acc_data<T>(score, "normsilu_scaled_backward", "score"), P, D);
       else
-        silu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads>>>(ptr<T>(dc), ptr<T>(dact), ptr<T>(xhat), n);
+        silu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(dc), ptr<T>(dact), ptr<T>(xhat), n);
     });
     DECO_CUDA_CHECK(cudaGetLastError());
     return;
@@ -802,7 +803,7 @@ void launch_normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tens
     acc_t<T>* pds = scaled ? acc_data<T>(dscore, "normsilu_scaled_backward", "dscore") : nullptr;
     with_values_per_lane(D, [&](auto K_tag) {
       constexpr int K = decltype(K_tag)::value;
-      normsilu_backward_kernel<T, K><<<static_cast<unsigned>(slabs.count), kThreads, shared>>>(
+      normsilu_backward_kernel<T, K><<<static_cast<unsigned>(slabs.count), kThreads, shared, current_stream()>>>(
           ptr<T>(dc), partial.as<double>(), scaled ? nullptr : ptr<T>(dact), ptr<T>(xhat),
           acc_data<T>(rs, "normsilu_backward", "rs"), ptr<T>(gamma), P, D, slabs.rows, pq, pa, ps, pds);
     });

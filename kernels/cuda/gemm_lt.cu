@@ -1,6 +1,6 @@
 // GEMMs on the GPU through cuBLASLt: float32 and bfloat16 operands with
 // float32 accumulation (bf16 x bf16 -> bf16 or fp32 output), one handle, a
-// 32 MiB workspace from the caching allocator, and the algorithm cuBLASLt's
+// 32 MiB workspace per stream from the caching allocator, and the algorithm cuBLASLt's
 // heuristic picks for a shape cached, so each distinct GEMM of a training
 // step asks once. float64 (the finite-difference tests' dtype) stays on
 // cublasDgemm in basic.cu.
@@ -8,6 +8,8 @@
 #include <mutex>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <cublasLt.h>
 
@@ -129,7 +131,15 @@ class Lt {
   }
 
   cublasLtHandle_t handle() const { return handle_; }
-  void* workspace() const { return workspace_; }
+  // A workspace per stream: two GEMMs running side by side must not share one.
+  void* workspace(cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [s, w] : workspaces_)
+      if (s == stream) return w;
+    void* w = cuda_caching_allocator()->allocate(kWorkspaceBytes, MemoryCategory::Workspace);
+    workspaces_.emplace_back(stream, w);
+    return w;
+  }
   size_t cached_plans() {
     std::lock_guard<std::mutex> lock(mutex_);
     return plans_.size();
@@ -138,10 +148,10 @@ class Lt {
  private:
   Lt() {
     DECO_CUBLAS_CHECK(cublasLtCreate(&handle_));
-    workspace_ = cuda_caching_allocator()->allocate(kWorkspaceBytes, MemoryCategory::Workspace);
+    workspace(nullptr);  // the legacy stream's, allocated up front like the model's buffers
   }
   cublasLtHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;
+  std::vector<std::pair<cudaStream_t, void*>> workspaces_;  // few: the legacy stream and a side stream
   std::mutex mutex_;
   std::unordered_map<Key, Plan, KeyHash> plans_;
 };
@@ -157,7 +167,8 @@ __global__ void scale_matrix_kernel(float* c, int64_t rows, int64_t cols, int64_
 }  // namespace
 
 void gemm_lt(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bool trans_b, float alpha,
-             float beta, cudaStream_t stream) {
+             float beta) {
+  const cudaStream_t stream = current_stream();
   const int64_t m = C.rows, n = C.cols, k = trans_a ? A.rows : A.cols;
   if (m == 0 || n == 0) return;
   if (k == 0) {  // C = beta C exactly (cuBLASLt refuses k = 0)
@@ -188,20 +199,18 @@ void gemm_lt(const Matrix& C, const Matrix& A, bool trans_a, const Matrix& B, bo
   Lt& lt = Lt::get();
   const Plan& p = lt.plan(key);
   if (p.gemm_ex) {
-    cublasHandle_t h = blas_handle();
-    cudaStream_t before = nullptr;
-    DECO_CUBLAS_CHECK(cublasGetStream(h, &before));
-    DECO_CUBLAS_CHECK(cublasSetStream(h, stream));
+    cublasHandle_t h = blas_handle();  // bound to the current stream
     DECO_CUBLAS_CHECK(cublasGemmEx(h, key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, key.tb ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k,
                                    &alpha, B.ptr, lt_type(B.dtype), B.ld, A.ptr, lt_type(A.dtype), A.ld, &beta, C.ptr,
                                    lt_type(C.dtype), C.ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    DECO_CUBLAS_CHECK(cublasSetStream(h, before));
     return;
   }
   DECO_CUBLAS_CHECK(cublasLtMatmul(lt.handle(), p.desc, &alpha, B.ptr, p.a, A.ptr, p.b, &beta, C.ptr, p.c, C.ptr,
-                                     p.c, &p.algo, lt.workspace(), kWorkspaceBytes, stream));
+                                     p.c, &p.algo, lt.workspace(stream), kWorkspaceBytes, stream));
 }
 
 size_t gemm_lt_cached_plans() { return Lt::get().cached_plans(); }
+
+void reserve_gemm_workspace() { Lt::get().workspace(current_stream()); }
 
 }  // namespace deco::cuda

@@ -66,10 +66,11 @@ void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool tran
   for (const GroupedProblem& p : problems) pointers.push_back(p.C.ptr);
   // The pointer arrays live in device memory (cuBLAS reads them on the GPU);
   // freed to the caching allocator right after, which is safe because the
-  // GEMM runs on the same (legacy default) stream as whatever reuses the block.
+  // GEMM runs on the current stream, which whatever reuses the block is
+  // ordered after (core/stream.h: frees are held while a second stream runs).
   Buffer device_pointers(DType::I64, Device::CUDA, Shape{static_cast<int64_t>(pointers.size())});
   DECO_CUDA_CHECK(cudaMemcpyAsync(device_pointers.tensor().raw(), pointers.data(), pointers.size() * sizeof(void*),
-                                  cudaMemcpyHostToDevice, nullptr));
+                                  cudaMemcpyHostToDevice, current_stream()));
   const void* const* dp = static_cast<const void* const*>(device_pointers.tensor().raw());
   DECO_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
       blas_handle(), ta.data(), tb.data(), m.data(), n.data(), k.data(), alphas.data(), dp, blas_type(first_b.dtype),

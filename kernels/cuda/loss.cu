@@ -85,7 +85,7 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
     ops::linear_forward(lc, xc, w);
     dispatch_activation(logits.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      cross_entropy_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads>>>(
+      cross_entropy_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, current_stream()>>>(
           ptr<T>(lc), row_loss.data<double>(), bad.data<int32_t>(), targets.data<int32_t>(), c0, V, backward,
           grad_scale);
     });
@@ -97,11 +97,11 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
   }
   std::vector<double> host(static_cast<size_t>(N));
   int host_bad = 0;
-  DECO_CUDA_CHECK(cudaMemcpy(&host_bad, bad.tensor().raw(), sizeof(int), cudaMemcpyDeviceToHost));
+  copy_sync(&host_bad, bad.tensor().raw(), sizeof(int), cudaMemcpyDeviceToHost);
   DECO_ASSERT(host_bad == 0, "a target id outside the vocabulary [0, ", V, ") reached lm_head_cross_entropy");
   if (N > 0)
-    DECO_CUDA_CHECK(cudaMemcpy(host.data(), row_loss.tensor().raw(), static_cast<size_t>(N) * sizeof(double),
-                               cudaMemcpyDeviceToHost));
+    copy_sync(host.data(), row_loss.tensor().raw(), static_cast<size_t>(N) * sizeof(double),
+                               cudaMemcpyDeviceToHost);
   double loss = 0.0;
   for (double l : host) loss += l;  // in token order, as the CPU
   return loss;

@@ -115,7 +115,7 @@ void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, con
   if (m.rows == 0) return;
   dispatch_activation(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    rmsnorm_forward_kernel<T><<<static_cast<unsigned>(m.rows), kThreads>>>(
+    rmsnorm_forward_kernel<T><<<static_cast<unsigned>(m.rows), kThreads, 0, current_stream()>>>(
         ptr<T>(out), acc_data<T>(rstd, __func__, "rstd"), ptr<T>(x), ptr<T>(weight), m.cols,
         static_cast<acc_t<T>>(eps));
   });
@@ -128,7 +128,7 @@ void residual_rmsnorm_forward(const Tensor& sum, const Tensor& out, const Tensor
   if (m.rows == 0) return;
   dispatch_activation(sum.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    residual_rmsnorm_forward_kernel<T><<<static_cast<unsigned>(m.rows), kThreads>>>(
+    residual_rmsnorm_forward_kernel<T><<<static_cast<unsigned>(m.rows), kThreads, 0, current_stream()>>>(
         ptr<T>(sum), ptr<T>(out), acc_data<T>(rstd, __func__, "rstd"), ptr<T>(residual), ptr<T>(branch),
         ptr<T>(weight), m.cols, static_cast<acc_t<T>>(eps));
   });
@@ -142,14 +142,14 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dou
   dispatch_activation(x.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
     const acc_t<T>* rs = acc_data<T>(rstd, __func__, "rstd");
-    rmsnorm_backward_dx_kernel<T><<<static_cast<unsigned>(m.rows), kThreads>>>(
+    rmsnorm_backward_dx_kernel<T><<<static_cast<unsigned>(m.rows), kThreads, 0, current_stream()>>>(
         ptr<T>(dx), ptr<T>(dout), ptr<T>(x), ptr<T>(weight), rs, m.cols);
     const int64_t slabs = std::min<int64_t>(kDwMaxSlabs, (m.rows + kDwSlabRows - 1) / kDwSlabRows);
     const int64_t slab_rows = (m.rows + slabs - 1) / slabs;
     Buffer partial(dtype_of<acc_t<T>>::value, Device::CUDA, Shape{slabs, m.cols});  // from the caching allocator
-    rmsnorm_dw_partial_kernel<T><<<dim3(blocks_for(m.cols), static_cast<unsigned>(slabs)), kThreads>>>(
+    rmsnorm_dw_partial_kernel<T><<<dim3(blocks_for(m.cols), static_cast<unsigned>(slabs)), kThreads, 0, current_stream()>>>(
         partial.data<acc_t<T>>(), ptr<T>(dout), ptr<T>(x), rs, m.rows, m.cols, slab_rows);
-    rmsnorm_dw_sum_kernel<acc_t<T>><<<blocks_for(m.cols), kThreads>>>(acc_data<T>(dweight, __func__, "dweight"),
+    rmsnorm_dw_sum_kernel<acc_t<T>><<<blocks_for(m.cols), kThreads, 0, current_stream()>>>(acc_data<T>(dweight, __func__, "dweight"),
                                                                        partial.data<acc_t<T>>(), slabs, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
@@ -160,7 +160,7 @@ void swiglu_forward(const Tensor& out, const Tensor& gate, const Tensor& up) {
   if (n == 0) return;
   dispatch_activation(out.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    swiglu_forward_kernel<T><<<blocks_for(n), kThreads>>>(ptr<T>(out), ptr<T>(gate), ptr<T>(up), n);
+    swiglu_forward_kernel<T><<<blocks_for(n), kThreads, 0, current_stream()>>>(ptr<T>(out), ptr<T>(gate), ptr<T>(up), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -171,7 +171,7 @@ void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout,
   if (n == 0) return;
   dispatch_activation(dout.dtype(), [&](auto T_tag) {
     using T = decltype(T_tag);
-    swiglu_backward_kernel<T><<<blocks_for(n), kThreads>>>(ptr<T>(dgate), ptr<T>(dup), ptr<T>(dout), ptr<T>(gate),
+    swiglu_backward_kernel<T><<<blocks_for(n), kThreads, 0, current_stream()>>>(ptr<T>(dgate), ptr<T>(dup), ptr<T>(dout), ptr<T>(gate),
                                                            ptr<T>(up), n);
   });
   DECO_CUDA_CHECK(cudaGetLastError());

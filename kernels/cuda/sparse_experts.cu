@@ -428,7 +428,7 @@ __global__ void __launch_bounds__(32 * WARPS)
 Buffer device_offsets(const int32_t* offsets, int64_t experts) {
   Buffer d(DType::I32, Device::CUDA, Shape{experts + 1});
   DECO_CUDA_CHECK(cudaMemcpyAsync(d.tensor().raw(), offsets, static_cast<size_t>(experts + 1) * sizeof(int32_t),
-                                  cudaMemcpyHostToDevice, nullptr));
+                                  cudaMemcpyHostToDevice, current_stream()));
   return d;
 }
 
@@ -469,12 +469,12 @@ void gather(const Matrix& mc, const Matrix& mx, const Tensor& index, const Matri
   DECO_ASSERT(tiles.size() <= INT_MAX, "expert_gather_gemm: too many tiles");
   Buffer dtiles(DType::I32, Device::CUDA, Shape{static_cast<int64_t>(2 * tiles.size())});
   DECO_CUDA_CHECK(cudaMemcpyAsync(dtiles.tensor().raw(), tiles.data(), tiles.size() * sizeof(int2),
-                                  cudaMemcpyHostToDevice, nullptr));
+                                  cudaMemcpyHostToDevice, current_stream()));
   const Buffer doff = device_offsets(offsets, experts);
   auto kernel = expert_rows ? gather_gemm_kernel<true, WARPS> : gather_gemm_kernel<false, WARPS>;
   constexpr int bytes = GatherSmem<WARPS>::bytes;
   allow_smem(kernel, bytes);
-  kernel<<<static_cast<unsigned>(tiles.size()), Blocks<WARPS>::threads, bytes>>>(
+  kernel<<<static_cast<unsigned>(tiles.size()), Blocks<WARPS>::threads, bytes, current_stream()>>>(
       static_cast<bf16*>(mc.ptr), mc.ld, static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
       static_cast<const bf16*>(mw.ptr), mw.ld, static_cast<const int2*>(dtiles.tensor().raw()),
       doff.tensor().data<int32_t>(), static_cast<int>(mx.cols));
@@ -493,7 +493,7 @@ void scatter(const Matrix& my, const Matrix& mg, const Tensor& index, const Matr
   const int64_t chunks = (my.rows + kChunk - 1) / kChunk, entries = (chunks + 1) * experts;
   DECO_ASSERT(entries <= INT_MAX, "expert_scatter_gemm: too many token chunks x experts");
   Buffer bounds(DType::I32, Device::CUDA, Shape{entries});
-  chunk_bounds_kernel<<<static_cast<unsigned>((entries + 255) / 256), 256>>>(
+  chunk_bounds_kernel<<<static_cast<unsigned>((entries + 255) / 256), 256, 0, current_stream()>>>(
       bounds.tensor().data<int32_t>(), index.data<int32_t>(), doff.tensor().data<int32_t>(), static_cast<int>(experts),
       static_cast<int>(entries), kChunk);
   check_launch();
@@ -501,7 +501,7 @@ void scatter(const Matrix& my, const Matrix& mg, const Tensor& index, const Matr
   auto kernel = expert_rows ? scatter_gemm_kernel<false, WARPS> : scatter_gemm_kernel<true, WARPS>;
   allow_smem(kernel, bytes);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(my.cols / kD));
-  kernel<<<grid, Blocks<WARPS>::threads, static_cast<size_t>(bytes)>>>(
+  kernel<<<grid, Blocks<WARPS>::threads, static_cast<size_t>(bytes), current_stream()>>>(
       static_cast<bf16*>(my.ptr), my.ld, static_cast<const bf16*>(mg.ptr), mg.ld, index.data<int32_t>(),
       static_cast<const bf16*>(mw.ptr), mw.ld, bounds.tensor().data<int32_t>(), static_cast<int>(experts),
       static_cast<int>(my.rows));
@@ -517,7 +517,7 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
   constexpr int bytes = WeightGradSmem<WARPS>::bytes;
   allow_smem(kernel, bytes);
   const dim3 grid(static_cast<unsigned>(mx.cols / Blocks<WARPS>::columns), static_cast<unsigned>(experts));
-  kernel<<<grid, Blocks<WARPS>::threads, bytes>>>(static_cast<float*>(mdw.ptr), mdw.ld,
+  kernel<<<grid, Blocks<WARPS>::threads, bytes, current_stream()>>>(static_cast<float*>(mdw.ptr), mdw.ld,
                                                   static_cast<const bf16*>(mg.ptr), mg.ld,
                                                   static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
                                                   doff.tensor().data<int32_t>());

@@ -229,6 +229,50 @@ TEST_CASE("caching allocator: random traffic keeps blocks disjoint and the books
   CHECK(dev.in_use == 0);
 }
 
+TEST_CASE("caching allocator: frees held while two streams overlap are reused only after the release",
+          "[allocator]") {
+  Backend dev;
+  CachingAllocator a = dev.make();
+  void* before = a.allocate(4096, MemoryCategory::Workspace);
+  a.free(before);  // freed before the fork: reusable inside it
+  a.hold_frees();
+  void* inside = a.allocate(4096, MemoryCategory::Workspace);
+  CHECK(inside == before);
+  void* big = a.allocate(8 * MiB, MemoryCategory::Activations);
+  a.free(inside);
+  a.free(big);
+  // Held: still allocated, and never handed out again, to either size class.
+  AllocatorStats s = a.stats();
+  CHECK(s.allocated == 4096 + 8 * MiB);
+  CHECK(s.held == 4096 + 8 * MiB);
+  CHECK(s.frees == 1);
+  a.check_invariants();
+  void* again = a.allocate(4096, MemoryCategory::Workspace);
+  void* again_big = a.allocate(8 * MiB, MemoryCategory::Activations);
+  CHECK(again != inside);
+  CHECK(again_big != big);
+  CHECK_THROWS_AS(a.free(inside), std::logic_error);  // a held pointer freed twice is still a double free
+  // Nested holds release at the outermost release only.
+  a.hold_frees();
+  a.release_held_frees();
+  CHECK(a.stats().held == 4096 + 8 * MiB);
+  a.release_held_frees();
+  s = a.stats();
+  CHECK(s.held == 0);
+  CHECK(s.allocated == 4096 + 8 * MiB);  // again and again_big
+  CHECK(s.frees == 3);
+  a.check_invariants();
+  // Released: the held blocks serve the next requests.
+  void* reused = a.allocate(4096, MemoryCategory::Workspace);
+  CHECK(reused == inside);
+  a.free(reused);
+  a.free(again);
+  a.free(again_big);
+  CHECK_THROWS_AS(a.release_held_frees(), std::logic_error);  // no hold open
+  CHECK(a.stats().allocated == 0);
+  a.check_invariants();
+}
+
 // core/tensor.h's HostStaging on host tensors (copied at once); the device
 // side (pinned memory, an event) is checked by tests/gpu (host_staging).
 #include "core/tensor.h"
