@@ -598,6 +598,15 @@ StepMetrics Trainer::train_step() {
       if (bar_shown_ && (log_line || !warnings.empty())) out << "\r\033[K";
       for (const std::string& w : warnings) out << w << "\n";
       if (log_line) out << format_console_line(m, config_.logging.log_per_layer) << "\n";
+      if (device_ == Device::CUDA && !step_memory_reported_) {
+        // As Megatron-LM reports memory after its first iteration: the
+        // set-up report lacks the activations and temporaries a step allocates.
+        size_t free_bytes = 0, total_bytes = 0;
+        cuda_memory_info(free_bytes, total_bytes);
+        out << "device memory after the first step (peaks include it):\n"
+            << memory_report(cuda_caching_allocator()->stats(), total_bytes);
+        step_memory_reported_ = true;
+      }
       bar_shown_ = options_.console_is_terminal && step_ < t.train_iters;
       if (bar_shown_) out << "\r" << format_progress_bar(m);
       out.flush();

@@ -84,6 +84,7 @@ class Trainer {
   double elapsed_s_ = 0.0;
   std::vector<int32_t> batch_;  // host tokens of the current validation micro-batch
   std::string memory_note_;     // the memory estimate, for the banner
+  bool step_memory_reported_ = false;  // the GPU memory report after this run's first step
   double expert_crossover_ = -1.0;  // model.expert_compute auto (TrainingState::expert_crossover)
   std::string crossover_note_;      // how it was found, for the banner
   // ZeRO-1 (parallel.use_distributed_optimizer): the flat ranges of the
