@@ -485,12 +485,10 @@ template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), int64_t blocks, int floats, Args... args) {
   DECO_ASSERT(blocks <= INT_MAX, "attention grid of ", blocks, " blocks exceeds the grid limit");
   const int bytes = floats * static_cast<int>(sizeof(float));
-  int device = 0, limit = 0;
-  DECO_CUDA_CHECK(cudaGetDevice(&device));
-  DECO_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int limit = smem_optin_bytes();
   DECO_ASSERT(bytes <= limit, "the attention kernel needs ", bytes,
               " bytes of shared memory per block and this GPU allows ", limit, "; head_dim <= 64 needs less");
-  DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
   kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), current_stream()>>>(args...);
   DECO_CUDA_CHECK(cudaGetLastError());
 }

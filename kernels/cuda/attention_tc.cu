@@ -37,6 +37,7 @@
 // of FlashAttention-2's 5 with atomic dQ) for that determinism.
 #include "kernels/cuda/attention_tc.h"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -162,11 +163,12 @@ struct QueryTile {
 };
 __device__ __forceinline__ QueryTile query_tile(const TcDims& a, int D) {
   QueryTile t;
-  int64_t idx = blockIdx.x;
-  t.qt = a.tiles - 1 - static_cast<int>(idx % a.tiles);
-  idx /= a.tiles;
-  t.h = idx % a.heads;
-  t.b = idx / a.heads;
+  // The tile is the slowest-varying index: blocks are dispatched in about
+  // blockIdx order, so the first B * heads blocks are the last query tiles.
+  const int64_t idx = blockIdx.x, bh = idx % (a.batch * a.heads);
+  t.qt = a.tiles - 1 - static_cast<int>(idx / (a.batch * a.heads));
+  t.h = bh % a.heads;
+  t.b = bh / a.heads;
   t.grp = t.h / a.heads_per_group;
   t.q0 = t.qt * kTile;
   t.qoff = t.b * a.seq * a.ldq + t.h * D;
@@ -322,12 +324,12 @@ __global__ void __launch_bounds__(kThreads)
   float* slse = reinterpret_cast<float*>(sdo + 2 * kQBlock * LD);  // [2][32], log2 units
   float* sdelta = slse + 2 * kQBlock;                              // [2][32]
 
-  // The first key tiles see the most query rows: they go first.
-  int64_t idx = blockIdx.x;
-  const int kt = static_cast<int>(idx % a.tiles);
-  idx /= a.tiles;
+  // The first key tiles see the most query rows: they go first (the tile is
+  // the slowest-varying index of the grid, dispatched in about blockIdx order).
   const int64_t groups = a.heads / a.heads_per_group;
-  const int64_t grp = idx % groups, b = idx / groups;
+  const int64_t idx = blockIdx.x, bg = idx % (a.batch * groups);
+  const int kt = static_cast<int>(idx / (a.batch * groups));
+  const int64_t grp = bg % groups, b = bg / groups;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int k0 = kt * kTile;
   const bf16* kb = k + b * a.seq * a.ldk + grp * D;
@@ -510,16 +512,22 @@ TcDims dims_of(const ops::AttentionShape& s) {
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), int64_t blocks, int bytes, Args... args) {
   DECO_ASSERT(blocks <= INT_MAX, "attention grid of ", blocks, " blocks exceeds the grid limit");
-  if (bytes > 48 * 1024) DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
   kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), current_stream()>>>(args...);
   DECO_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename F> void with_head_dim(int64_t hd, F&& f) {
+  DECO_ASSERT(hd == 64 || hd == 128, "tensor-core attention for head_dim ", hd, " (tc_attention_applies admits 64 and 128)");
   if (hd == 64)
     f(std::integral_constant<int, 64>{});
   else
     f(std::integral_constant<int, 128>{});
+}
+
+// The most shared memory any of the three kernels asks for at head size D.
+template <int D> constexpr int max_smem_bytes() {
+  return std::max(forward_smem_bytes<D>(), std::max(dkdv_smem_bytes<D>(), dq_smem_bytes<D>()));
 }
 
 const bf16* cptr(const Tensor& t) { return static_cast<const bf16*>(t.raw()); }
@@ -531,6 +539,9 @@ bool tc_attention_applies(DType dtype, const ops::AttentionShape& shape,
                           std::initializer_list<const Tensor*> operands) {
   if (!ops::attention_tensor_cores()) return false;
   if (dtype != DType::BF16 || (shape.head_dim != 64 && shape.head_dim != 128)) return false;
+  // dQ at head size 128 needs 102 KB, more than sm_86/89 GPUs give a block:
+  // those take the CUDA-core kernels.
+  if ((shape.head_dim == 64 ? max_smem_bytes<64>() : max_smem_bytes<128>()) > smem_optin_bytes()) return false;
   for (const Tensor* t : operands)
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;
   return true;

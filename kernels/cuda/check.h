@@ -5,6 +5,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <mutex>
+#include <unordered_map>
+
 #include "core/error.h"
 #include "core/stream.h"
 
@@ -43,5 +46,33 @@ namespace deco::cuda {
 inline void copy_sync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   DECO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, current_stream()));
   if (kind != cudaMemcpyDeviceToDevice) DECO_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+}
+}  // namespace deco::cuda
+
+namespace deco::cuda {
+// A kernel's dynamic shared memory: past 48 KB it must be asked for, once
+// per kernel and size (the most asked so far is remembered, not asked again
+// on every launch; one GPU per process).
+inline void allow_dynamic_smem(const void* kernel, int bytes) {
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mutex;
+  static std::unordered_map<const void*, int> allowed;
+  std::lock_guard<std::mutex> lock(mutex);
+  int& most = allowed[kernel];
+  if (bytes <= most) return;
+  DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  most = bytes;
+}
+// The most dynamic shared memory a block may ask for on the current GPU
+// (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB on sm_90, 99 KB on
+// sm_86/89), read once.
+inline int smem_optin_bytes() {
+  static const int bytes = [] {
+    int device = 0, limit = 0;
+    DECO_CUDA_CHECK(cudaGetDevice(&device));
+    DECO_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return limit;
+  }();
+  return bytes;
 }
 }  // namespace deco::cuda

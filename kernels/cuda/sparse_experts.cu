@@ -47,9 +47,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <mutex>
 #include <type_traits>
-#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/check.h"
@@ -432,19 +430,8 @@ Buffer device_offsets(const int32_t* offsets, int64_t experts) {
   return d;
 }
 
-// A kernel's dynamic shared memory: past 48 KB it must be asked for, once
-// per kernel and size (the most asked so far is remembered, not asked again
-// on every launch).
-template <typename Kernel>
-void allow_smem(Kernel kernel, int bytes) {
-  if (bytes <= 48 * 1024) return;
-  static std::mutex mutex;
-  static std::unordered_map<const void*, int> allowed;
-  std::lock_guard<std::mutex> lock(mutex);
-  int& most = allowed[reinterpret_cast<const void*>(kernel)];
-  if (bytes <= most) return;
-  DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  most = bytes;
+template <typename Kernel> void allow_smem(Kernel kernel, int bytes) {
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
 }
 
 // f(std::integral_constant<int, WARPS>) for the block shape asked for.

@@ -273,18 +273,22 @@ def reference(q, k, v, dout, heads, groups, D):
 def check_grid_decode(Bn, S, heads, groups, D):
     """The kernels' block and row decodes, which the replay above does not use (it loops over
     (batch, head) views): query_tile (forward and dQ grids), tc_dkdv_kernel's block decode and
-    tc_delta_kernel's row decode, transcribed, must visit every tile or row once and address it
+    tc_delta_kernel's row decode, transcribed, must visit every tile or row once, the tiles with the
+    most work first, and address it
     in the flat [B*S, heads*D] / [B*S, groups*D] layouts the ops take (TcDims: ldq = heads*D,
     ldk = groups*D; statistics [B, heads, S]). Returns a list of failures."""
     tiles, hpg = (S + KT - 1) // KT, heads // groups
     ldq, ldk = heads * D, groups * D
     bad = []
     seen = set()
+    last = tiles
     for block in range(tiles * Bn * heads):  # query_tile
-        idx = block
-        qt = tiles - 1 - idx % tiles
-        idx //= tiles
-        h, b = idx % heads, idx // heads
+        bh = block % (Bn * heads)
+        qt = tiles - 1 - block // (Bn * heads)
+        h, b = bh % heads, bh // heads
+        if qt > last:
+            bad.append("query_tile hands out a longer tile after a shorter one (the longest go first)")
+        last = qt
         grp = h // hpg
         qoff, koff, stats = b * S * ldq + h * D, b * S * ldk + grp * D, (b * heads + h) * S
         seen.add((b, h, qt))
@@ -298,11 +302,14 @@ def check_grid_decode(Bn, S, heads, groups, D):
     if seen != {(b, h, t) for b in range(Bn) for h in range(heads) for t in range(tiles)}:
         bad.append("query_tile does not visit every (batch, head, query tile) once")
     seen = set()
+    last = 0
     for block in range(tiles * Bn * groups):  # tc_dkdv_kernel
-        idx = block
-        kt = idx % tiles
-        idx //= tiles
-        grp, b = idx % groups, idx // groups
+        bg = block % (Bn * groups)
+        kt = block // (Bn * groups)
+        grp, b = bg % groups, bg // groups
+        if kt < last:
+            bad.append("tc_dkdv_kernel hands out a longer key tile after a shorter one (the longest go first)")
+        last = kt
         seen.add((b, grp, kt))
         for i in range(hpg):
             h = grp * hpg + i
