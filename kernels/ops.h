@@ -192,7 +192,8 @@ void swiglu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout,
 // g[N, E] = relu(z) * scale[E]. counts int64[E] (+=) active (z > 0) tokens per expert.
 void relu_route_forward(const Tensor& g, const Tensor& counts, const Tensor& z, const Tensor& scale);
 // From dg[N, E] (and dr_extra[N, E], the regularizer's gradient on r = relu(z),
-// when defined): dz[N, E] (=), dscale[E] (+=).
+// when defined): dz[N, E] (=), dscale[E] (+=). dz must not alias dg (dscale
+// reads dg after dz is written).
 void relu_route_backward(const Tensor& dz, const Tensor& dscale, const Tensor& dg,
                          const Tensor& dr_extra, const Tensor& z, const Tensor& scale);
 

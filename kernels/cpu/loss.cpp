@@ -14,7 +14,7 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
                              const Tensor& x, const Tensor& w, const Tensor& targets,
                              double grad_scale) {
   const int64_t N = x.size(0), V = w.size(0), chunk = logits.size(0);
-  DECO_ASSERT(logits.size(1) == V && targets.numel() == N, "lm_head_cross_entropy shapes");
+  DECO_ASSERT(logits.size(1) == V && targets.numel() == N && (chunk > 0 || N == 0), "lm_head_cross_entropy shapes");
 #ifdef DECO_WITH_CUDA
   if (x.device() == Device::CUDA) return cuda::lm_head_cross_entropy(dx, dw, logits, x, w, targets, grad_scale);
 #else

@@ -150,13 +150,29 @@ __global__ void row_dot_kernel(O* out, const T* a, const T* b, int64_t rows, int
   if (lane == 0) out[r] = st<O>(static_cast<acc_t<O>>(acc));
 }
 
-// One thread per column walking the rows in order, in double: deterministic.
+// Column means in double, in two passes over a partition that depends on
+// the row count only (deterministic): partial[slab, c] sums a slab of rows
+// of column c, then one thread per column adds the slabs in order. One pass
+// of a thread per column would run on cols / 256 blocks (7 SMs for w_bar at
+// deco-1.2b's 6528 x 1792), each thread walking every row.
+constexpr int64_t kColSlabRows = 64, kColMaxSlabs = 256;
+
 template <typename T>
-__global__ void col_mean_kernel(T* out, const T* x, int64_t rows, int64_t cols) {
+__global__ void col_sum_partial_kernel(double* partial, const T* x, int64_t rows, int64_t cols, int64_t slab_rows) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  const int64_t begin = blockIdx.y * slab_rows, end = begin + slab_rows < rows ? begin + slab_rows : rows;
+  double acc = 0.0;
+  for (int64_t r = begin; r < end; ++r) acc += static_cast<double>(ld(x[r * cols + c]));
+  partial[blockIdx.y * cols + c] = acc;
+}
+
+template <typename T>
+__global__ void col_mean_finish_kernel(T* out, const double* partial, int64_t slabs, int64_t rows, int64_t cols) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= cols) return;
   double acc = 0.0;
-  for (int64_t r = 0; r < rows; ++r) acc += static_cast<double>(ld(x[r * cols + c]));
+  for (int64_t s = 0; s < slabs; ++s) acc += partial[s * cols + c];
   out[c] = st<T>(static_cast<acc_t<T>>(acc / static_cast<double>(rows)));
 }
 
@@ -291,7 +307,13 @@ void col_mean(const Tensor& out, const Tensor& x) {
   if (m.cols == 0) return;
   dispatch_activation(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    col_mean_kernel<T><<<blocks_for(m.cols, kThreads), kThreads, 0, current_stream()>>>(ptr<T>(out), ptr<T>(x), m.rows, m.cols);
+    const int64_t slabs = std::max<int64_t>(1, std::min(kColMaxSlabs, (m.rows + kColSlabRows - 1) / kColSlabRows));
+    const int64_t slab_rows = (m.rows + slabs - 1) / slabs;
+    Buffer partial(DType::F64, Device::CUDA, Shape{slabs, m.cols});  // from the caching allocator, on this stream
+    col_sum_partial_kernel<T><<<dim3(blocks_for(m.cols, kThreads), static_cast<unsigned>(slabs)), kThreads, 0,
+                                current_stream()>>>(partial.data<double>(), ptr<T>(x), m.rows, m.cols, slab_rows);
+    col_mean_finish_kernel<T><<<blocks_for(m.cols, kThreads), kThreads, 0, current_stream()>>>(
+        ptr<T>(out), partial.data<double>(), slabs, m.rows, m.cols);
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }
@@ -396,23 +418,24 @@ void scatter_add_rows(const Tensor& y, const Tensor& src, const Tensor& index) {
   while (end_bit < 31 && (int64_t{1} << end_bit) < my.rows) ++end_bit;  // sort only the bits row ids use
   size_t sort_bytes = 0, rle_bytes = 0, scan_bytes = 0;
   DECO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, index.data<int32_t>(), keys_sorted.data<int32_t>(),
-                                                  rows_in.data<int32_t>(), rows_sorted.data<int32_t>(), n, 0, end_bit));
+                                                  rows_in.data<int32_t>(), rows_sorted.data<int32_t>(), n, 0, end_bit,
+                                                  current_stream()));
   DECO_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, rle_bytes, keys_sorted.data<int32_t>(),
                                                      run_dest.data<int32_t>(), run_length.data<int32_t>(),
-                                                     num_runs.data<int32_t>(), n));
+                                                     num_runs.data<int32_t>(), n, current_stream()));
   DECO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, run_length.data<int32_t>(),
-                                                run_start.data<int32_t>(), n));
+                                                run_start.data<int32_t>(), n, current_stream()));
   Scratch scratch(std::max({sort_bytes, rle_bytes, scan_bytes}));
   DECO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch.ptr(), sort_bytes, index.data<int32_t>(),
                                                   keys_sorted.data<int32_t>(), rows_in.data<int32_t>(),
-                                                  rows_sorted.data<int32_t>(), n, 0, end_bit));
+                                                  rows_sorted.data<int32_t>(), n, 0, end_bit, current_stream()));
   DECO_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(scratch.ptr(), rle_bytes, keys_sorted.data<int32_t>(),
                                                      run_dest.data<int32_t>(), run_length.data<int32_t>(),
-                                                     num_runs.data<int32_t>(), n));
+                                                     num_runs.data<int32_t>(), n, current_stream()));
   // Lengths past the number of runs stay 0 (fresh buffers are zeroed), and
   // blocks beyond num_runs return at once.
   DECO_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch.ptr(), scan_bytes, run_length.data<int32_t>(),
-                                                run_start.data<int32_t>(), n));
+                                                run_start.data<int32_t>(), n, current_stream()));
   dispatch_with_acc(src.dtype(), y.dtype(), "scatter_add_rows", [&](auto tag, auto y_tag) {
     using T = decltype(tag);
     using Y = decltype(y_tag);

@@ -8,8 +8,8 @@
 // first kernel cuts the rows into slabs that depend only on the row count,
 // sums each slab in a fixed pattern (in double) and writes one partial per
 // slab; column_sum_kernel then adds the partials of each column in a fixed
-// tree. Float atomics appear nowhere; the only atomics are on integer counts,
-// whose sums are exact in any order. Row-wise work on expert blocks (NormSiLU)
+// tree. The only atomics are on integer counts (and idle_rows_kernel's
+// double count of rows, integers below 2^53), whose sums are exact in any order. Row-wise work on expert blocks (NormSiLU)
 // and on tokens (the entropy) runs one warp per row, the natural shape for
 // D = 64 and E of 16 to 102.
 #include <algorithm>

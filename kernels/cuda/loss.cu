@@ -4,7 +4,8 @@
 // exponentials (in double, as the CPU) and the loss, and writes the logits'
 // gradient over them; two GEMMs take it back to x and w. The per-token losses
 // stay on the device and are summed on the host in token order once, at the
-// end: one synchronization per call, and the same sum the CPU forms.
+// end (one wait for the GPU per call: the bad-target flag, then the losses
+// right behind it), the same sum the CPU forms.
 #include <type_traits>
 #include <vector>
 
