@@ -12,6 +12,7 @@
 
 #include "cli/commands.h"
 #include "cli/device_peaks.h"
+#include "core/profile.h"
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
 #include "model/model_stats.h"
@@ -20,6 +21,28 @@
 #include "trainer/trainer.h"
 
 namespace deco::cli {
+namespace {
+
+// The profiled steps' regions: time per step, share of the step, calls per step.
+void print_profile(const std::vector<profile::Entry>& regions, int64_t steps, Device device) {
+  double step = 0;
+  for (const profile::Entry& e : regions)
+    if (e.name == "step") step = e.seconds;
+  std::printf("\nwhere a step's time goes (%lld profiled steps after the timed ones; %s; a region includes the "
+              "regions named inside it, so shares do not add up to 100%%):\n",
+              static_cast<long long>(steps),
+              device == Device::CUDA ? "GPU time between CUDA events on the stream the work ran on"
+                                     : "wall-clock time");
+  std::printf("  %-40s %12s %8s %12s\n", "region", "ms / step", "share", "calls / step");
+  const double n = static_cast<double>(steps);
+  for (const profile::Entry& e : regions)
+    std::printf("  %-40s %12.3f %7.1f%% %12.1f\n", (std::string(2 * static_cast<size_t>(e.depth), ' ') + e.name).c_str(),
+                e.seconds / n * 1e3,
+                step > 0 ? 100.0 * e.seconds / step : 0.0, static_cast<double>(e.calls) / n);
+}
+
+}  // namespace
+
 int bench(const BenchArgs& args) {
   std::vector<std::string> sets = args.cfg.sets;
   // Timing only: no evaluation, no checkpoints; the run directory is temporary.
@@ -28,14 +51,18 @@ int bench(const BenchArgs& args) {
   if (launch.world_size > 1)
     fail("deco bench runs one process; launch it without mpirun (scripts/bench_comm.sh measures collectives).");
   const Config config = load_config(args.cfg.config, sets, 1);
-  if (config.training.train_iters < args.warmup + args.steps)
-    fail(config.source, ": training.train_iters (", config.training.train_iters, ") is below --warmup + --steps (",
-         args.warmup + args.steps, "); raise it with --set training.train_iters=N.");
+  const int64_t total_steps = args.warmup + args.steps + args.profile;
+  if (config.training.train_iters < total_steps)
+    fail(config.source, ": training.train_iters (", config.training.train_iters, ") is below --warmup + --steps",
+         args.profile > 0 ? " + --profile" : "", " (", total_steps,
+         "); raise it with --set training.train_iters=N.");
   select_local_device(launch);
   const std::string dir = (std::filesystem::temp_directory_path() /
                            ("deco-bench-" + std::to_string(::getpid()))).string();
   std::filesystem::remove_all(dir);
   std::vector<StepMetrics> steps;
+  std::vector<profile::Entry> regions;
+  const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
   {
     ProcessGroups groups = make_process_groups(launch, 1, config.model.num_experts);
     TrainerOptions options;
@@ -45,10 +72,16 @@ int bench(const BenchArgs& args) {
       StepMetrics m = trainer.train_step();
       if (i >= args.warmup) steps.push_back(m);
     }
+    // The profiled steps come after the timed ones, so the events they record cost the timing nothing.
+    if (args.profile > 0) {
+      profile::enable(true, device);
+      for (int64_t i = 0; i < args.profile; ++i) trainer.train_step();
+      regions = profile::collect();
+      profile::enable(false);
+    }
   }
   std::filesystem::remove_all(dir);
 
-  const Device device = config.training.device == "cuda" ? Device::CUDA : Device::CPU;
   // MFU against the training dtype's GEMM: bfloat16 under training.bf16, float32 otherwise.
   const DType gemm_dtype = config.training.activation_dtype();
   const double peak = measured_peak_flops(device, device == Device::CUDA ? 8192 : 2048, gemm_dtype);
@@ -91,6 +124,7 @@ int bench(const BenchArgs& args) {
   if (!ratio.empty()) std::printf("  %-22s %12.4f\n", "activation ratio", median(ratio));
   std::printf("  %-22s %12.3f GiB (%s)\n", "peak memory", static_cast<double>(memory) / (1024.0 * 1024.0 * 1024.0),
               device == Device::CUDA ? "the most the GPU gave the caching allocator" : "peak resident set");
+  if (!regions.empty()) print_profile(regions, args.profile, device);
   return 0;
 }
 

@@ -100,6 +100,7 @@ struct BenchArgs {
   ConfigArgs cfg;
   int64_t steps = 20;
   int64_t warmup = 3;
+  int64_t profile = 0;  // > 0: that many more steps, timed region by region (core/profile.h)
 };
 int bench(const BenchArgs& args);
 

@@ -152,6 +152,10 @@ int main(int argc, char** argv) {
       "bench", "time training steps of a config on its training.device: tokens/s, step time, TFLOP/s, MFU, memory");
   add_config_options(bench_cmd, bench_args.cfg);
   bench_cmd->add_option("--steps", bench_args.steps, "steps to time (default 20)")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--profile", bench_args.profile,
+                        "after the timed steps, run this many more and print where their time went, region by "
+                        "region (attention, FFNs, routed and shared experts, LM head, optimizer...)")
+      ->check(CLI::NonNegativeNumber);
   bench_cmd->add_option("--warmup", bench_args.warmup, "untimed steps first (default 3)")
       ->check(CLI::NonNegativeNumber);
 

@@ -89,6 +89,14 @@ CachingAllocator::Block* CachingAllocator::new_segment(size_t segment_bytes, boo
   if (ptr == nullptr) {
     // Out of memory: give back what the cache holds and try once more.
     ++stats_.cache_flushes;
+    if (!held_.empty() && synchronize_) {
+      // Frees held while two streams overlap are safe to reuse once the
+      // device has finished everything queued: wait for it, then free them.
+      synchronize_();
+      for (const auto& [held_ptr, size] : held_) free_locked(const_cast<void*>(held_ptr));
+      held_.clear();
+      stats_.held = 0;
+    }
     release_cached_locked();
     ptr = raw_alloc_(segment_bytes);
   }
@@ -167,6 +175,11 @@ void CachingAllocator::free(void* ptr) {
     return;
   }
   free_locked(ptr);
+}
+
+void CachingAllocator::set_synchronize(std::function<void()> synchronize) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  synchronize_ = std::move(synchronize);
 }
 
 void CachingAllocator::hold_frees() {

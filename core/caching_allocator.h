@@ -102,6 +102,11 @@ class CachingAllocator {
   // block stays allocated until the last release frees it for real.
   void hold_frees();
   void release_held_frees();
+  // Waits until the device has finished all queued work (cudaDeviceSynchronize
+  // on the GPU). When set, running out of memory while frees are held
+  // waits and frees the held blocks before the retry, instead of failing
+  // with memory the streams are done with.
+  void set_synchronize(std::function<void()> synchronize);
 
   AllocatorStats stats() const;
   void reset_peaks();  // peaks restart from the current values
@@ -133,6 +138,7 @@ class CachingAllocator {
   std::unordered_map<const void*, Block*> live_;
   std::map<const char*, Block*> segments_;  // segment start -> its first block
   int hold_depth_ = 0;
+  std::function<void()> synchronize_;
   std::unordered_map<const void*, size_t> held_;  // freed while held -> its block size
   AllocatorStats stats_;
 };

@@ -65,6 +65,11 @@ void SideStream::fork() {
 void SideStream::join() {
   if (!forked_) return;
   forked_ = false;
+  // The hold ends whatever the CUDA calls do (an error of earlier work
+  // surfaces here and is thrown after it).
+  struct Release {
+    ~Release() { cuda_caching_allocator()->release_held_frees(); }
+  } release;
   check(cudaEventRecord(static_cast<cudaEvent_t>(join_event_), static_cast<cudaStream_t>(stream_)),
         "cudaEventRecord");
   check(cudaStreamWaitEvent(static_cast<cudaStream_t>(origin_), static_cast<cudaEvent_t>(join_event_), 0),
@@ -72,7 +77,6 @@ void SideStream::join() {
   // Every block freed since fork() was last used by work that what the
   // origin stream queues from now on waits for; the side stream queues
   // nothing more until the next fork(), which waits for the origin's work.
-  cuda_caching_allocator()->release_held_frees();
 }
 
 SideStream& thread_side_stream() {

@@ -20,7 +20,8 @@
 // (CachingAllocator::hold_frees), so neither stream's allocations are handed
 // a block the other stream's queued kernels may still use. Within the
 // region, the two streams' work must touch disjoint memory, or memory only
-// read by both. The DECO layer's shared expert is the one user
+// read by both; and memory one stream allocates there must not be passed
+// to the other before the join. The DECO layer's shared expert is the one user
 // (model/deco_ffn.cpp, model.moe_shared_expert_overlap).
 #pragma once
 

@@ -175,7 +175,7 @@ CachingAllocator* cuda_caching_allocator() {
   static CachingAllocator* allocator = [] {
     int device = 0;
     cudaGetDevice(&device);
-    return new CachingAllocator(
+    auto* a = new CachingAllocator(
         [](size_t bytes) -> void* {
           void* ptr = nullptr;
           const cudaError_t status = cudaMalloc(&ptr, bytes);
@@ -190,7 +190,10 @@ CachingAllocator* cuda_caching_allocator() {
         "GPU " + std::to_string(device),
         "lower training.micro_batch_size (gradient accumulation keeps the global batch), or spread the "
         "optimizer state over the data-parallel ranks with parallel.use_distributed_optimizer.");
+    a->set_synchronize([] { cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", 0); });
+    return a;
   }();
+
   return allocator;
 }
 

@@ -1,5 +1,7 @@
 #include "model/deco_ffn.h"
 
+#include "core/profile.h"
+
 #include <algorithm>
 #include <numeric>
 
@@ -18,6 +20,13 @@ std::vector<int64_t> host_counts(const Tensor& counts) {
 }
 
 int64_t total(const std::vector<int64_t>& counts) { return std::accumulate(counts.begin(), counts.end(), int64_t{0}); }
+
+// Runs f when the scope ends, normally or by an exception.
+template <typename F> struct AtScopeExit {
+  F f;
+  ~AtScopeExit() { f(); }
+};
+template <typename F> AtScopeExit(F) -> AtScopeExit<F>;
 
 }  // namespace
 
@@ -61,11 +70,15 @@ DecoFfn::DecoFfn(const ModelConfig& c, const ParamStore& values, const ParamStor
               "the parameter layout's expert-parallel size differs from the group's");
 }
 
-DecoFfn::~DecoFfn() {
-  if (side_ == nullptr) return;  // an exception left the shared expert forked
+DecoFfn::~DecoFfn() { join_shared_quietly(); }
+
+void DecoFfn::join_shared_quietly() noexcept {
+  if (side_ == nullptr) return;
+  SideStream* side = side_;
+  side_ = nullptr;
   try {
-    side_->join();
-  } catch (...) {  // the GPU's error is being reported by whoever threw
+    side->join();
+  } catch (...) {  // an error of earlier GPU work: whoever threw is reporting one already
   }
 }
 
@@ -114,8 +127,13 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
   Saved& s = *saved_;
   Scratch& w = *scratch_;
   // The shared expert first: overlapped, it runs beside everything below.
+  // (An exception before the join still joins, so the next layer can fork.)
+  AtScopeExit joined{[this] { join_shared_quietly(); }};
   if (shared_)
-    start_shared(y, [&] { shared_->forward(y, x, false); });
+    start_shared(y, [&] {
+      profile::Region region("deco_ffn.shared_expert.forward");  // on the side stream when overlapped
+      shared_->forward(y, x, false);
+    });
   else
     ops::zero(y);
 
@@ -222,6 +240,7 @@ ExpertCompute DecoFfn::choose_path(int64_t active, int64_t slots) const {
 }
 
 void DecoFfn::experts_forward(const Tensor& y, const Tensor& x) {
+  profile::Region region("deco_ffn.routed_experts.forward");  // with the routing and its host sync
   if (saved_->compute == ExpertCompute::Dense)
     experts_forward_dense(y, x);
   else
@@ -229,6 +248,7 @@ void DecoFfn::experts_forward(const Tensor& y, const Tensor& x) {
 }
 
 void DecoFfn::experts_backward(const Tensor& dx, const Tensor& dy, const Tensor& x) {
+  profile::Region region("deco_ffn.routed_experts.backward");
   if (saved_->compute == ExpertCompute::Dense)
     experts_backward_dense(dx, dy, x);
   else
@@ -285,7 +305,7 @@ void DecoFfn::experts_forward_dense(const Tensor& y, const Tensor& x) {
   s.gscale.ensure(gx_.dtype(), dev, Shape{N * E_});
   ops::copy(s.gscale, gx_.view(Shape{N * E_}));
   activation_forward();
-  join_shared();  // y holds the shared expert's output, which the routed one is added to
+  if (!ep_) join_shared();  // y holds the shared expert's output, which the routed one is added to
   ops::linear_forward(y, recomp_->ga.tensor().view(Shape{N, ED}), down_.value, /*accumulate=*/true);
 }
 
@@ -318,7 +338,7 @@ void DecoFfn::experts_forward_sparse(const Tensor& y, const Tensor& x) {
   activation_forward();
 
   // Down-projection per expert, every pair's row added into its token.
-  join_shared();  // y holds the shared expert's output
+  if (!ep_) join_shared();  // y holds the shared expert's output (with ep_, y is the received rows' own buffer)
   ops::expert_scatter_gemm(y, recomp_->ga, tokens, down_.value, GroupSplit::ExpertCols, s.offsets, D_);
 }
 
@@ -329,8 +349,12 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
   const Device dev = x.device();
   Saved& s = *saved_;
   Scratch& w = *scratch_;
+  AtScopeExit joined{[this] { join_shared_quietly(); }};  // as in forward
   if (shared_)
-    start_shared(dx, [&] { shared_->backward(dx, dy, x, false); });
+    start_shared(dx, [&] {
+      profile::Region region("deco_ffn.shared_expert.backward");
+      shared_->backward(dx, dy, x, false);
+    });
   else
     ops::zero(dx);
 
@@ -429,13 +453,11 @@ void DecoFfn::experts_backward_dense(const Tensor& dx, const Tensor& dy, const T
       ops::sub_row_scalar(dc, dc, w.kappa);
   }
   ops::linear_backward_weight(act_proj_.grad, dc, x);
-  join_shared();  // dx holds the shared expert's input gradient
+  const Tensor dlin = gated_ ? w.dlin.tensor().view(Shape{N, ED}) : Tensor();
+  if (gated_) ops::linear_backward_weight(lin_proj_.grad, dlin, x);
+  if (!ep_) join_shared();  // dx holds the shared expert's input gradient
   ops::linear_backward_input(dx, dc, act_proj_.value, true);
-  if (gated_) {
-    const Tensor dlin = w.dlin.tensor().view(Shape{N, ED});
-    ops::linear_backward_weight(lin_proj_.grad, dlin, x);
-    ops::linear_backward_input(dx, dlin, lin_proj_.value, true);
-  }
+  if (gated_) ops::linear_backward_input(dx, dlin, lin_proj_.value, true);
 }
 
 void DecoFfn::experts_backward_sparse(const Tensor& dx, const Tensor& dy, const Tensor& x) {
@@ -457,12 +479,10 @@ void DecoFfn::experts_backward_sparse(const Tensor& dx, const Tensor& dy, const 
 
   // Through the up (and gate) projections of the active pairs, into dx by token.
   ops::expert_weight_grad(act_proj_.grad, GroupSplit::ExpertRows, w.dc, x, tokens, s.offsets, D_);
-  join_shared();  // dx holds the shared expert's input gradient
+  if (gated_) ops::expert_weight_grad(lin_proj_.grad, GroupSplit::ExpertRows, w.dlin, x, tokens, s.offsets, D_);
+  if (!ep_) join_shared();  // dx holds the shared expert's input gradient
   ops::expert_scatter_gemm(dx, w.dc, tokens, act_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
-  if (gated_) {
-    ops::expert_weight_grad(lin_proj_.grad, GroupSplit::ExpertRows, w.dlin, x, tokens, s.offsets, D_);
-    ops::expert_scatter_gemm(dx, w.dlin, tokens, lin_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
-  }
+  if (gated_) ops::expert_scatter_gemm(dx, w.dlin, tokens, lin_proj_.value, GroupSplit::ExpertRows, s.offsets, D_);
 
   // The mean over all E*D entries: du_j = dc_j - kappa for every entry j of
   // the token (zero dc for inactive experts), kappa = sum(dc) / (E*D). Its

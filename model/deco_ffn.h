@@ -148,6 +148,9 @@ class DecoFfn {
   template <typename F> void start_shared(const Tensor& out, F&& run);
   // The current stream waits for the shared expert (nothing when it ran in line).
   void join_shared();
+  // join_shared for scope exits and the destructor: errors are swallowed
+  // (an exception is already on its way), the fork is closed either way.
+  void join_shared_quietly() noexcept;
   // From q (d of the scaled activation) to dc (and dlin), shared by both paths.
   void activation_backward();
 

@@ -1,5 +1,7 @@
 #include "model/model.h"
 
+#include "core/profile.h"
+
 #include <algorithm>
 
 #include "core/caching_allocator.h"
@@ -133,12 +135,17 @@ void Model::forward_layer(size_t l, int64_t batch, int64_t seq, RegType reg, Ste
 
   const bool recomputing = result == nullptr;
   if (l == 0 || recomputing) ops::rmsnorm_forward(r.normed1, s.rstd1, L.residual_in, L.ln1.value, eps);
-  L.attention.forward(branch_out_, r.normed1, rope_, batch, seq);
+  {
+    profile::Region region("attention.forward");
+    L.attention.forward(branch_out_, r.normed1, rope_, batch, seq);
+  }
   ops::residual_rmsnorm_forward(s.residual_mid, r.normed2, s.rstd2, L.residual_in, branch_out_, L.ln2.value, eps);
   if (L.deco_ffn) {
+    profile::Region region("deco_ffn.forward");
     DecoLayerStats stats = L.deco_ffn->forward(branch_out_, r.normed2, reg, !recomputing);
     if (!recomputing) result->deco_layers.push_back(std::move(stats));
   } else {
+    profile::Region region("dense_ffn.forward");
     L.dense_ffn->forward(branch_out_, r.normed2, false);
   }
   if (recomputing) return;
@@ -176,12 +183,18 @@ void Model::backward_layer(size_t l, RegType reg, double reg_grad_coef) {
   Layer& L = *layers_[l];
   const LayerSaved& s = *L.saved;
   const LayerRecomputable& r = *L.recomputable;
-  if (L.deco_ffn)
+  if (L.deco_ffn) {
+    profile::Region region("deco_ffn.backward");
     L.deco_ffn->backward(dnormed_, dresidual_, r.normed2, reg, reg_grad_coef);
-  else
+  } else {
+    profile::Region region("dense_ffn.backward");
     L.dense_ffn->backward(dnormed_, dresidual_, r.normed2, false);
+  }
   ops::rmsnorm_backward(dresidual_, L.ln2.grad, dnormed_, s.residual_mid, L.ln2.value, s.rstd2);
-  L.attention.backward(dnormed_, dresidual_, r.normed1, rope_);
+  {
+    profile::Region region("attention.backward");
+    L.attention.backward(dnormed_, dresidual_, r.normed1, rope_);
+  }
   ops::rmsnorm_backward(dresidual_, L.ln1.grad, dnormed_, L.residual_in, L.ln1.value, s.rstd1);
 }
 
@@ -242,9 +255,12 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
     dnormed_.ensure(dtype_, device_, hs);
     dnormed = dnormed_;
   }
-  result.lm_loss_sum = ops::lm_head_cross_entropy(dnormed, lm_head_.grad, logits_, normed_final_,
-                                                  lm_head_.value, targets_,
-                                                  opt.grad_scale / static_cast<double>(N));
+  {
+    profile::Region region("lm_head_loss");  // forward and backward
+    result.lm_loss_sum = ops::lm_head_cross_entropy(dnormed, lm_head_.grad, logits_, normed_final_,
+                                                    lm_head_.value, targets_,
+                                                    opt.grad_scale / static_cast<double>(N));
+  }
   if (!opt.backward) return result;
 
   // ---- backward: dresidual carries d(loss)/d(stream) down the layers.
@@ -260,7 +276,8 @@ StepResult Model::step(const Tensor& tokens, const StepOptions& opt) {
                                (static_cast<double>(config_.num_layers) * static_cast<double>(N));
   for (size_t i = layers_.size(); i-- > 0;) {
     // The last layer's shared state is what its forward just left (model/memory.h).
-    if (i + 1 < layers_.size()) {
+    if (i + 1 < layers_.size() && config_.recompute != Recompute::None) {
+      profile::Region region("recompute");
       if (config_.recompute == Recompute::Full) forward_layer(i, B, S, opt.reg, nullptr);
       if (config_.recompute == Recompute::Selective) recompute_layer(i);
     }

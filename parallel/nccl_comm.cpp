@@ -125,7 +125,8 @@ NcclComm::~NcclComm() {
 }
 
 void NcclComm::after_compute() {
-  DECO_CUDA_CALL(cudaEventRecord(ready_, compute_));
+  // The legacy stream's work, or (nullptr) the calling thread's current stream's.
+  DECO_CUDA_CALL(cudaEventRecord(ready_, compute_ ? compute_ : static_cast<cudaStream_t>(cuda_current_stream())));
   DECO_CUDA_CALL(cudaStreamWaitEvent(stream_, ready_, 0));
 }
 

@@ -27,8 +27,8 @@ namespace deco {
 
 // A communicator over the ranks of `bootstrap` (an MpiComm, or a SelfComm
 // for a single process), with the same ranks and name, on GPU `device`,
-// ordered after the work of `compute_stream` (nullptr: the legacy default
-// stream, where deco's kernels run). Collective over `bootstrap`: its rank 0
+// ordered after the work of `compute_stream` (nullptr: the calling thread's
+// current stream, core/stream.h, where deco's kernels run). Collective over `bootstrap`: its rank 0
 // creates NCCL's unique id and broadcasts it through `bootstrap`.
 std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device, cudaStream_t compute_stream);
 

@@ -107,7 +107,7 @@ stage_steps() {
     precisions="true"; case $c in *0.1b) precisions="false true";; esac
     for bf16 in $precisions; do
       limit 150 "$run" "$bin/deco" bench --config configs/$c.yaml --set training.device=cuda --set training.bf16=$bf16 \
-        $small --steps 5 --warmup 2 > "$out/bench-$c-bf16-$bf16.log" 2>&1; rc=$?
+        $small --steps 5 --warmup 2 --profile 2 > "$out/bench-$c-bf16-$bf16.log" 2>&1; rc=$?
       note "deco bench $c bf16=$bf16: exit $rc ($(grep -m1 'tokens/s' "$out/bench-$c-bf16-$bf16.log"))"
       [ $rc -eq 0 ] || status=1
     done

@@ -8,11 +8,13 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
 #include "core/caching_allocator.h"
 #include "core/file_io.h"
+#include "core/profile.h"
 #include "kernels/ops.h"
 #include "kernels/runtime.h"
 #include "model/layer_bench.h"
@@ -435,6 +437,7 @@ void Trainer::maybe_inject_fault() const {
 StepMetrics Trainer::train_step() {
   maybe_inject_fault();
   const Clock::time_point start = Clock::now();
+  profile::Region step_region("step");
   const TrainingConfig& t = config_.training;
   const int64_t micro_batches = plan_.micro_batches_per_step();
   const int64_t seq = config_.model.seq_length;
@@ -467,6 +470,7 @@ StepMetrics Trainer::train_step() {
   sums.resize(3 + n_deco, 0.0);  // then the routing entropy summed over tokens, per DECO layer
 
   const double wait_before = loader_->wait_seconds();
+  std::optional<profile::Region> passes(std::in_place, "forward_backward");
   for (int64_t micro = 0; micro < micro_batches; ++micro) {
     // The gradients are complete in the last micro-batch's backward pass: its units start the reduction.
     if (reducer_ && micro + 1 == micro_batches)
@@ -490,7 +494,11 @@ StepMetrics Trainer::train_step() {
       sums[3 + i] += layer.entropy_sum;
     }
   }
-  reduce_gradients();
+  passes.reset();
+  {
+    profile::Region region("grad_reduce");
+    reduce_gradients();
+  }
   groups_.world->all_reduce_sum(sums);
   groups_.world->all_reduce_sum(counts);
 
@@ -500,7 +508,10 @@ StepMetrics Trainer::train_step() {
   m.lm_loss = sums[0] / sums[1];
   m.reg_loss = sums[2] / static_cast<double>(micro_batches * groups_.world->size());
   m.reg_coef = opt.reg_coef;
-  m.grad_norm = global_grad_norm();
+  {
+    profile::Region region("grad_norm");
+    m.grad_norm = global_grad_norm();
+  }
   // Non-finite loss or gradients (identical on every rank: both are global):
   // the step is skipped, as Megatron skips an overflowing one; too many in
   // a row end the run, before anything non-finite reaches a checkpoint.
@@ -540,6 +551,7 @@ StepMetrics Trainer::train_step() {
   const double grad_scale = clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0;
   m.lr = schedule_.lr(m.step);
   if (finite) {
+    profile::Region region("optimizer");  // AdamW, the ZeRO-1 gather, the bf16 copy and w_bar
     optimizer_->step(model_->params(), model_->grads(), m.lr, grad_scale);
     if (zero_) gather_params();
     model_->refresh_derived();

@@ -199,6 +199,26 @@ def test_bench_attention(src):
           "a forward+backward row with time and TFLOP/s")
 
 
+def test_bench_profile(src):
+    """deco bench --profile: the extra steps' regions, nested, with a time and a share of the step."""
+    tiny = f"{src}/configs/tiny.yaml"
+    r = run(["bench", "--config", tiny, "--steps", "1", "--warmup", "1", "--profile", "1",
+             "--set", "training.global_batch_size=2", "--set", "training.micro_batch_size=2"])
+    check(r.returncode == 0, f"deco bench --profile runs (stderr: {r.stderr.strip()[:200]})")
+    rows = {m.group(1): (float(m.group(2)), float(m.group(3)), float(m.group(4)))
+            for m in re.finditer(r"^\s+([a-z_.]+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)$", r.stdout, re.M)}
+    for name in ("step", "forward_backward", "attention.forward", "attention.backward", "deco_ffn.forward",
+                 "deco_ffn.routed_experts.backward", "deco_ffn.shared_expert.forward", "lm_head_loss", "optimizer"):
+        check(name in rows, f"bench --profile reports the region {name}")
+    if "step" in rows and "deco_ffn.forward" in rows:
+        check(rows["step"][1] == 100.0 and 0 < rows["deco_ffn.forward"][1] < 100.0,
+              f"shares are of the step ({rows['step']}, {rows['deco_ffn.forward']})")
+        # tiny: 4 layers, the first dense: three DECO layers per micro-batch, one micro-batch.
+        check(rows["deco_ffn.forward"][2] == 3.0, f"calls per step ({rows['deco_ffn.forward']})")
+    expect_error(["bench", "--config", tiny, "--steps", "2", "--warmup", "1", "--profile", "100000"],
+                 ["train_iters", "--profile"], "profile steps beyond train_iters")
+
+
 def main():
     global DECO
     ap = argparse.ArgumentParser()
@@ -214,6 +234,7 @@ def main():
     test_eval_and_samples(a.source_dir, a.workdir)
     test_bench_layer(a.source_dir)
     test_bench_attention(a.source_dir)
+    test_bench_profile(a.source_dir)
     print(f"{len(FAILURES)} failure(s)")
     return 1 if FAILURES else 0
 

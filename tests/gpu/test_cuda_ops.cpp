@@ -186,10 +186,19 @@ DECO_GPU_TEST(caching_allocator) {
 // work may still use it.
 DECO_GPU_TEST(side_stream) {
   const int64_t M = 2048, K = 2048, N = 2048;
-  Buffer a = to_device(to_bf16(random_host({M, K}, 51))), b = to_device(to_bf16(random_host({N, K}, 52)));
+  Buffer a0 = to_device(to_bf16(random_host({M, K}, 51))), b = to_device(to_bf16(random_host({N, K}, 52)));
+  Buffer a(DType::BF16, Device::CUDA, {M, K});
   Buffer inline_out(DType::BF16, Device::CUDA, {M, N}), side_out(DType::BF16, Device::CUDA, {M, N});
   Buffer other_out(DType::BF16, Device::CUDA, {M, N});
+  ops::copy(a, a0);
   ops::linear_forward(inline_out, a, b);
+  cudaDeviceSynchronize();
+  // The side stream's input comes from the legacy stream's last work before
+  // the fork, queued behind long GEMMs: without the fork's wait the side
+  // stream would read it before it is written.
+  ops::zero(a);
+  for (int i = 0; i < 8; ++i) ops::linear_forward(other_out, b, a0);
+  ops::copy(a, a0);
   SideStream& side = thread_side_stream();
   CachingAllocator& alloc = *cuda_caching_allocator();
   side.fork();

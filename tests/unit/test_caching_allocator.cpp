@@ -273,6 +273,30 @@ TEST_CASE("caching allocator: frees held while two streams overlap are reused on
   a.check_invariants();
 }
 
+TEST_CASE("caching allocator: out of memory while frees are held waits for the device and frees them",
+          "[allocator]") {
+  Backend dev;
+  dev.limit = 12 * MiB;
+  CachingAllocator a = dev.make();
+  int syncs = 0;
+  a.hold_frees();
+  void* first = a.allocate(8 * MiB, MemoryCategory::Activations);
+  a.free(first);  // held: its 8 MiB segment cannot serve the next request yet
+  // Without a way to wait for the device, the held memory stays held: out of memory.
+  CHECK_THROWS_AS(a.allocate(8 * MiB, MemoryCategory::Activations), deco::Error);
+  a.set_synchronize([&] { ++syncs; });
+  void* second = a.allocate(8 * MiB, MemoryCategory::Activations);
+  CHECK(syncs == 1);
+  CHECK(dev.in_use <= dev.limit);  // the held block's memory, freed after the wait and given again
+  CHECK(a.stats().held == 0);
+  a.check_invariants();
+  a.free(second);  // still inside the hold: held again
+  CHECK(a.stats().held == 8 * MiB);
+  a.release_held_frees();
+  CHECK(a.stats().allocated == 0);
+  a.check_invariants();
+}
+
 // core/tensor.h's HostStaging on host tensors (copied at once); the device
 // side (pinned memory, an event) is checked by tests/gpu (host_staging).
 #include "core/tensor.h"

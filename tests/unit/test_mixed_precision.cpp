@@ -280,13 +280,17 @@ TEST_CASE("DECO shared expert on a second GPU stream: bit-identical to running i
   // is formed in the same order and the results must agree bit for bit. A
   // layer big enough for the two streams' kernels to run at the same time
   // (a missing wait or a block handed to both streams shows as a difference
-  // or as a run that differs from itself).
-  for (ExpertCompute compute : {ExpertCompute::Sparse, ExpertCompute::Dense})
+  // or as a run that differs from itself), with a shared expert much
+  // narrower than the routed part (the main stream finishes last: a missing
+  // fork wait shows) and one much wider (the side stream finishes last: a
+  // missing join shows).
+  for (int64_t shared : {32, 8192})
+    for (ExpertCompute compute : {ExpertCompute::Sparse, ExpertCompute::Dense})
     for (double ratio : {0.2, 1.0}) {
-      INFO(expert_compute_name(compute) << ", ratio " << ratio);
-      const LayerRun inline_run = run_layer(compute, ratio, Device::CUDA, false, 4096, 768, 1024);
-      const LayerRun overlapped = run_layer(compute, ratio, Device::CUDA, true, 4096, 768, 1024);
-      const LayerRun again = run_layer(compute, ratio, Device::CUDA, true, 4096, 768, 1024);
+      INFO(expert_compute_name(compute) << ", ratio " << ratio << ", shared expert width " << shared);
+      const LayerRun inline_run = run_layer(compute, ratio, Device::CUDA, false, 4096, 768, shared);
+      const LayerRun overlapped = run_layer(compute, ratio, Device::CUDA, true, 4096, 768, shared);
+      const LayerRun again = run_layer(compute, ratio, Device::CUDA, true, 4096, 768, shared);
       CHECK(same_bytes(overlapped.y, inline_run.y));
       CHECK(same_bytes(overlapped.dx, inline_run.dx));
       CHECK(same_bytes(overlapped.grads, inline_run.grads));
@@ -295,7 +299,7 @@ TEST_CASE("DECO shared expert on a second GPU stream: bit-identical to running i
   // A whole model: the side stream shared by every DECO layer, the shared
   // expert's scratch shared by all of them, and recomputation running the
   // forward again.
-  for (Recompute recompute : {Recompute::None, Recompute::Full}) {
+  for (Recompute recompute : {Recompute::None, Recompute::Selective, Recompute::Full}) {
     INFO(recompute_name(recompute));
     ModelConfig c = bf16_config();
     c.recompute = recompute;
