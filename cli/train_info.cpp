@@ -6,6 +6,7 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "cli/commands.h"
 #include "kernels/runtime.h"
@@ -55,8 +56,21 @@ int train(const TrainArgs& args) {
   options.console = groups.layout.rank == 0 ? &std::cout : nullptr;
   options.console_is_terminal = ::isatty(STDOUT_FILENO) == 1;
   options.load_weights = args.load_weights;
-  Trainer trainer(config, groups, options);
-  trainer.train();
+  // With several processes an error ends the job here, while the trainer
+  // and the communicators are alive: unwinding first would run NCCL's
+  // destructors, which wait for work and for peers that are themselves
+  // waiting for this rank, before anything was printed.
+  std::optional<Trainer> trainer;
+  try {
+    trainer.emplace(config, groups, options);
+    trainer->train();
+  } catch (const Error& e) {
+    if (mpi_active()) abort_job(e.what(), 1);
+    throw;
+  } catch (const std::exception& e) {
+    if (mpi_active()) abort_job(e.what(), 2);
+    throw;
+  }
   return 0;
 }
 

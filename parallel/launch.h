@@ -24,7 +24,8 @@ LaunchInfo detect_launch();
 // Makes GPU local_rank % device_count this process's current CUDA device and
 // returns its index, or -1 in a build without CUDA or on a machine without a
 // GPU (the CPU backend then runs; this is not an error). With more ranks on a
-// node than GPUs, ranks share GPUs, which works for testing but is slow.
+// node than GPUs, ranks would share GPUs: GPU training over NCCL refuses
+// that (enable_device_collectives), CPU training does not use the GPU.
 int select_local_device(const LaunchInfo& launch);
 
 }  // namespace deco

@@ -1,5 +1,12 @@
 #include "parallel/layout.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <functional>
+#include <string>
+#include <vector>
+
 #include "core/error.h"
 #include "parallel/mpi_comm.h"
 #include "parallel/mpi_runtime.h"
@@ -93,9 +100,24 @@ void enable_device_collectives(ProcessGroups& groups) {
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess)
     fail("rank ", groups.layout.rank, " has no usable GPU for NCCL; check nvidia-smi and CUDA_VISIBLE_DEVICES.");
+  // NCCL refuses (or hangs on) two ranks of one communicator on one GPU,
+  // which more ranks per node than GPUs would give (local rank % GPUs):
+  // every rank sees every rank's (host, GPU) and all refuse it alike.
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  std::vector<int64_t> mine{static_cast<int64_t>(std::hash<std::string>{}(host) & 0x7fffffffffffull), device};
+  std::vector<int64_t> all(2 * static_cast<size_t>(groups.layout.world_size));
+  groups.world->all_gather(Tensor(all.data(), DType::I64, Device::CPU, Shape{static_cast<int64_t>(all.size())}),
+                           Tensor(mine.data(), DType::I64, Device::CPU, Shape{2}));
+  for (int64_t r = 0; r < groups.layout.world_size; ++r)
+    if (r != groups.layout.rank && all[2 * r] == mine[0] && all[2 * r + 1] == mine[1])
+      fail("ranks ", std::min(r, groups.layout.rank), " and ", std::max(r, groups.layout.rank), " both use GPU ",
+           device, " of ", host, ", and NCCL needs a GPU per rank; launch at most as many ranks per node as it has "
+           "GPUs (mpirun -np N --map-by ppr:GPUS:node), or train on the CPU.");
   for (std::unique_ptr<Communicator>* group :
        {&groups.world, &groups.data_parallel, &groups.expert_parallel, &groups.expert_data_parallel}) {
-    std::unique_ptr<Communicator> nccl = make_nccl_comm(**group, device, nullptr);  // legacy default stream
+    // nullptr: ordered after the calling thread's current stream at each call (core/stream.h).
+    std::unique_ptr<Communicator> nccl = make_nccl_comm(**group, device, nullptr);
     *group = std::make_unique<ByDeviceComm>(std::move(*group), std::move(nccl));
   }
 #else

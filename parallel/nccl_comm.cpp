@@ -199,7 +199,12 @@ class NcclPending final : public PendingCollective {
     if (!waited_) comm_->poll(done_, "all_reduce");
     waited_ = true;
   }
-  bool test() override { return waited_ || cudaEventQuery(done_) == cudaSuccess; }
+  bool test() override {
+    if (waited_) return true;
+    if (cudaEventQuery(done_) == cudaErrorNotReady) return false;
+    wait();  // done, or an error, which poll() reports (aborting the communicator) instead of hiding it
+    return true;
+  }
 
  private:
   NcclComm* comm_;

@@ -114,7 +114,7 @@ void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, c
   if (P == 0) return;
 #ifdef DECO_WITH_CUDA
   if (c.device() == Device::CUDA && sparse_expert_kernels() != SparseExpertKernels::Composition &&
-      cuda::sparse_expert_kernels_apply(block, H, {&c, &x, &w})) {
+      cuda::sparse_expert_kernels_apply(block, H, offsets.numel() - 1, {&c, &x, &w})) {
     cuda::expert_gather_gemm(c, x, index, w, split == GroupSplit::ExpertRows, offsets.data<int32_t>(),
                              offsets.numel() - 1, wide());
     return;
@@ -134,7 +134,7 @@ void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, 
   if (P == 0) return;  // no pair: nothing added
 #ifdef DECO_WITH_CUDA
   if (y.device() == Device::CUDA && sparse_expert_kernels() != SparseExpertKernels::Composition &&
-      cuda::sparse_expert_kernels_apply(block, H, {&y, &g, &w})) {
+      cuda::sparse_expert_kernels_apply(block, H, offsets.numel() - 1, {&y, &g, &w})) {
     cuda::expert_scatter_gemm(y, g, index, w, split == GroupSplit::ExpertRows, offsets.data<int32_t>(),
                               offsets.numel() - 1, wide());
     return;
@@ -155,7 +155,7 @@ void expert_weight_grad(const Tensor& dw, GroupSplit split, const Tensor& g, con
 #ifdef DECO_WITH_CUDA
   if (dw.device() == Device::CUDA && dw.dtype() == DType::F32 &&
       sparse_expert_kernels() != SparseExpertKernels::Composition &&
-      cuda::sparse_expert_kernels_apply(block, H, {&g, &x})) {
+      cuda::sparse_expert_kernels_apply(block, H, offsets.numel() - 1, {&g, &x})) {
     cuda::expert_weight_grad(dw, split == GroupSplit::ExpertRows, g, x, index, offsets.data<int32_t>(),
                              offsets.numel() - 1, wide());
     return;

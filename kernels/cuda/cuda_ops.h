@@ -42,9 +42,11 @@ void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool tran
 // The sparse expert products on the tensor cores (sparse_experts.cu), with
 // host offsets int32[experts + 1]; expert_rows: W is ExpertRows, else
 // ExpertCols. They apply when sparse_expert_kernels_apply says so (bf16
-// device operands, 16-byte aligned rows, D = 64, H a multiple of 64). wide:
+// device operands, 16-byte aligned rows, D = 64, H a positive multiple of
+// 64, experts few enough for the scatter block's shared memory). wide:
 // the 8-warp blocks of ops::SparseExpertKernels::Wide, else the 4-warp ones.
-bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer_list<const Tensor*> bf16_operands);
+bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, int64_t experts,
+                                 std::initializer_list<const Tensor*> bf16_operands);
 void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
                         const int32_t* offsets, int64_t experts, bool wide);
 void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,

@@ -211,7 +211,7 @@ struct ScatterSmem {
   static constexpr int g_bytes = 2 * chunk * kLd * 2;
   static constexpr int w_bytes = 2 * kTileElems * 2;
   static constexpr int tok_bytes = 2 * chunk * 4;
-  static int bytes(int experts) { return acc_bytes + g_bytes + w_bytes + tok_bytes + 2 * experts * 4; }
+  static int64_t bytes(int64_t experts) { return acc_bytes + g_bytes + w_bytes + tok_bytes + 2 * experts * 4; }
 };
 
 // First position in index[lo, hi) holding a value >= t (index increasing there).
@@ -473,9 +473,11 @@ void scatter(const Matrix& my, const Matrix& mg, const Tensor& index, const Matr
              const int32_t* offsets, int64_t experts) {
   constexpr int kChunk = Blocks<WARPS>::chunk;
   DECO_ASSERT(my.rows <= INT_MAX - kChunk && experts <= INT_MAX, "expert_scatter_gemm: too many rows");
-  const int bytes = ScatterSmem<WARPS>::bytes(static_cast<int>(experts));
-  DECO_ASSERT(bytes <= 227 * 1024, "expert_scatter_gemm: ", experts, " experts need ", bytes,
-              " bytes of shared memory per block, past the 227 KB a block may have");
+  const int64_t bytes64 = ScatterSmem<WARPS>::bytes(experts);
+  DECO_ASSERT(bytes64 <= smem_optin_bytes(), "expert_scatter_gemm: ", experts, " experts need ", bytes64,
+              " bytes of shared memory per block, past the ", smem_optin_bytes(),
+              " this GPU allows (sparse_expert_kernels_apply should have said so)");
+  const int bytes = static_cast<int>(bytes64);
   const Buffer doff = device_offsets(offsets, experts);
   const int64_t chunks = (my.rows + kChunk - 1) / kChunk, entries = (chunks + 1) * experts;
   DECO_ASSERT(entries <= INT_MAX, "expert_scatter_gemm: too many token chunks x experts");
@@ -513,8 +515,13 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
 
 }  // namespace
 
-bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer_list<const Tensor*> bf16_operands) {
-  if (block != kD || hidden % kD != 0 || hidden > INT_MAX) return false;
+bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, int64_t experts,
+                                 std::initializer_list<const Tensor*> bf16_operands) {
+  if (block != kD || hidden <= 0 || hidden % kD != 0 || hidden > INT_MAX) return false;
+  // The scatter block keeps two ints per expert in shared memory: past what
+  // the GPU gives a block even in the narrow shape (sm_86/89: 99 KB, about
+  // 950 experts; sm_90: 227 KB), the composition runs instead.
+  if (ScatterSmem<4>::bytes(experts) > smem_optin_bytes()) return false;
   for (const Tensor* t : bf16_operands) {
     if (t->dtype() != DType::BF16 || t->device() != Device::CUDA) return false;
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0 || t->matrix().ld % 8 != 0) return false;
@@ -522,8 +529,20 @@ bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, std::initializer
   return true;
 }
 
+// The kernels trust their operands' shapes: W is [E*64, H] (ExpertRows) or
+// [H, E*64] (ExpertCols) for the E experts of offsets and the H of the
+// token rows, and c/g are [P, 64].
+void check_expert_weight(const char* op, const Tensor& w, bool expert_rows, int64_t experts, int64_t hidden) {
+  const int64_t rows = expert_rows ? experts * kD : hidden, cols = expert_rows ? hidden : experts * kD;
+  DECO_ASSERT(w.ndim() == 2 && w.size(0) == rows && w.size(1) == cols, op, ": the expert weight is [", w.size(0), ", ",
+              w.ndim() > 1 ? w.size(1) : 0, "], not [", rows, ", ", cols, "] for ", experts, " experts of width ", kD,
+              " and hidden size ", hidden);
+}
+
 void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
                         const int32_t* offsets, int64_t experts, bool wide) {
+  check_expert_weight(__func__, w, expert_rows, experts, x.size(1));
+  DECO_ASSERT(c.size(1) == kD && index.numel() >= c.size(0), "expert_gather_gemm: c is [P, 64], an index per pair");
   with_warps(wide, [&](auto warps) {
     gather<decltype(warps)::value>(c.matrix(), x.matrix(), index, w.matrix(), expert_rows, offsets, experts);
   });
@@ -532,7 +551,11 @@ void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, c
 void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,
                          const int32_t* offsets, int64_t experts, bool wide) {
   const Matrix my = y.matrix();
+  check_expert_weight(__func__, w, expert_rows, experts, my.cols);
+  DECO_ASSERT(g.size(1) == kD && index.numel() >= g.size(0), "expert_scatter_gemm: g is [P, 64], an index per pair");
   if (offsets[experts] == offsets[0] || my.rows == 0) return;
+  // The wide block's shared memory grows with the experts: past the GPU's limit, the narrow block.
+  wide = wide && ScatterSmem<8>::bytes(experts) <= smem_optin_bytes();
   with_warps(wide, [&](auto warps) {
     scatter<decltype(warps)::value>(my, g.matrix(), index, w.matrix(), expert_rows, offsets, experts);
   });
@@ -540,6 +563,8 @@ void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, 
 
 void expert_weight_grad(const Tensor& dw, bool expert_rows, const Tensor& g, const Tensor& x, const Tensor& index,
                         const int32_t* offsets, int64_t experts, bool wide) {
+  check_expert_weight(__func__, dw, expert_rows, experts, x.size(1));
+  DECO_ASSERT(g.size(1) == kD && index.numel() >= g.size(0), "expert_weight_grad: g is [P, 64], an index per pair");
   if (offsets[experts] == offsets[0]) return;
   DECO_ASSERT(dw.dtype() == DType::F32, "expert_weight_grad: float32 gradients on the GPU");
   // The wide block's 128 columns need H a multiple of 128; otherwise the narrow block.

@@ -30,9 +30,10 @@ It checks the indexing and algorithm as transcribed here, not the CUDA code
 on hardware (tests/gpu does that on a GPU). Copies are synchronous and
 blocks and warps run one after another, so it says nothing about cp.async
 ordering, barriers or races between blocks. Zero-filled rows (padding to
-16, rows past an expert's pairs) only reach outputs the kernels discard, so
-dropping the zero fill would go unnoticed here. Keep it in step with the
-kernels when they change.
+16, rows past an expert's pairs) reach only discarded outputs in the gather
+and scatter GEMMs; in the weight gradient they are K padding that enters
+every dw element, and the NaN-initialised shared memory here catches a
+dropped zero fill there. Keep it in step with the kernels when they change.
 
 Measured 2026-12-03 (relative norm errors, the same for both block shapes):
 gather 1.65e-3..1.67e-3 and scatter 1.1e-3..1.7e-3 (y), 1.9e-3..2.3e-3

@@ -310,7 +310,7 @@ DECO_GPU_TEST(bf16_grouped_gemm) {
 // 300 tokens (two full 128-token chunks of the narrow scatter kernel and a
 // partial one; one full 256-token chunk of the wide one and a partial one),
 // both weight layouts, H = 192 (the wide weight gradient falls back to its
-// narrow block) and 256. The kernels sum each token's rows in float32 before
+// narrow block) and 256, 6 experts and once 102. The kernels sum each token's rows in float32 before
 // one rounding, where the composition rounds every per-pair row and every
 // add: within kBf16. A rerun must be bit-identical (no atomics), and so must
 // the two block shapes: each output element gets the same mma.sync terms in
@@ -318,10 +318,15 @@ DECO_GPU_TEST(bf16_grouped_gemm) {
 DECO_GPU_TEST(bf16_sparse_expert_kernels) {
   using ops::GroupSplit;
   using ops::SparseExpertKernels;
-  const int64_t N = 300, E = 6, D = 64;
+  const int64_t N = 300, D = 64;
+  // Also once with deco-1.2b's 102 experts: the scatter block's shared
+  // memory grows with them (164 KB in the wide shape, past the default 48 KB).
+  for (int64_t E : {6, 102})
   for (int64_t H : {192, 256})
     for (double ratio : {0.05, 0.3, 1.0}) {
-      const std::string tag = " H " + std::to_string(H) + " ratio " + std::to_string(ratio).substr(0, 4);
+      if (E == 102 && (H != 256 || ratio != 0.3)) continue;
+      const std::string tag = " E " + std::to_string(E) + " H " + std::to_string(H) + " ratio " +
+                              std::to_string(ratio).substr(0, 4);
       // Router pre-activations: positive with probability `ratio`, except
       // expert 2 (never) and every 7th token (no expert at all).
       Buffer z = random_host({N, E}, 50);

@@ -28,9 +28,9 @@ int main() {
     const LaunchInfo launch = detect_launch();
     const int device = select_local_device(launch);  // before MPI, as deco train does
     ProcessGroups groups = make_process_groups(launch, 1, 0);
-    cudaStream_t stream = nullptr;
-    if (cudaStreamCreate(&stream) != cudaSuccess) abort_job("cudaStreamCreate failed", 1);
-    std::unique_ptr<Communicator> nccl = make_nccl_comm(*groups.world, device, stream);
+    // nullptr, as the trainer passes it: ordered after the current stream,
+    // the legacy one the collective checks fill their inputs on.
+    std::unique_ptr<Communicator> nccl = make_nccl_comm(*groups.world, device, nullptr);
 
     std::vector<std::string> failures;
     int checks = 0;
@@ -59,7 +59,6 @@ int main() {
     std::printf("rank %lld of %lld: %d NCCL checks, %zu failures\n", static_cast<long long>(nccl->rank()),
                 static_cast<long long>(nccl->size()), checks, failures.size());
     nccl.reset();
-    cudaStreamDestroy(stream);
     return failures.empty() ? 0 : 1;
   } catch (const std::exception& e) {
     abort_job(e.what(), 1);
