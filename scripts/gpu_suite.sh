@@ -73,6 +73,13 @@ stage_sanitize() {
     note "compute-sanitizer racecheck $f: exit $rc ($(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$out/racecheck-$f.log"))"
     [ $rc -eq 0 ] || status=1
   done
+  # Barriers every thread must reach, and cp.async waits (synccheck), on the kernels with the most of them.
+  for f in attention_tensor_cores sparse_expert_kernels; do
+    limit 200 "$run" compute-sanitizer --tool synccheck --error-exitcode 3 "$bin/deco_gpu_tests" "$f" \
+      > "$out/synccheck-$f.log" 2>&1; rc=$?
+    note "compute-sanitizer synccheck $f: exit $rc ($(grep -m1 'ERROR SUMMARY' "$out/synccheck-$f.log"))"
+    [ $rc -eq 0 ] || status=1
+  done
 }
 
 stage_kernels() {
