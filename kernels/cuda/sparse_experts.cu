@@ -47,6 +47,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -351,19 +352,21 @@ struct WeightGradSmem {
   static constexpr int bytes = 2 * kTileElems * 2 + 2 * halves * kTileElems * 2;
 };
 
-// A block owns expert blockIdx.y's rows d x columns [h0, h0 + 16 WARPS);
+// A block owns expert order[blockIdx.y]'s rows d x columns [h0, h0 + 16 WARPS)
+// (the experts with the most pairs first: a block's time grows with its
+// expert's pairs, and the longest running first keeps the grid's tail short);
 // warp w owns rows 16 (w % 4) + [0, 16) of the 64-column sub-tile w / 4.
 // ROWS: dw is ExpertRows ([E*D, H]), else ExpertCols ([H, E*D]).
 template <bool ROWS, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS)
     weight_grad_kernel(float* dw, int64_t lddw, const bf16* gm, int64_t ldg, const bf16* x, int64_t ldx,
-                       const int32_t* index, const int32_t* offsets) {
+                       const int32_t* index, const int32_t* offsets, const int32_t* order) {
   using S = Blocks<WARPS>;
   constexpr int kHalves = WeightGradSmem<WARPS>::halves;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* gs = reinterpret_cast<bf16*>(smem);  // [2][kTileElems]: g rows [pair][d]
   bf16* xs = gs + 2 * kTileElems;            // [2][halves][kTileElems]: x rows [pair][h]
-  const int h0 = blockIdx.x * S::columns, e = blockIdx.y;
+  const int h0 = blockIdx.x * S::columns, e = order[blockIdx.y];
   const int lo = offsets[e], n = offsets[e + 1] - lo;
   if (n == 0) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
@@ -502,6 +505,15 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
                  const int32_t* offsets, int64_t experts) {
   DECO_ASSERT(experts <= 65535, "expert_weight_grad: at most 65535 experts per launch");
   const Buffer doff = device_offsets(offsets, experts);
+  // Experts by pairs, most first (ties by index: the order, like the sums, depends on the routing only).
+  std::vector<int32_t> order(static_cast<size_t>(experts));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
+  });
+  Buffer dorder(DType::I32, Device::CUDA, Shape{experts});
+  DECO_CUDA_CHECK(cudaMemcpyAsync(dorder.tensor().raw(), order.data(), order.size() * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, current_stream()));
   auto kernel = expert_rows ? weight_grad_kernel<true, WARPS> : weight_grad_kernel<false, WARPS>;
   constexpr int bytes = WeightGradSmem<WARPS>::bytes;
   allow_smem(kernel, bytes);
@@ -509,7 +521,7 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
   kernel<<<grid, Blocks<WARPS>::threads, bytes, current_stream()>>>(static_cast<float*>(mdw.ptr), mdw.ld,
                                                   static_cast<const bf16*>(mg.ptr), mg.ld,
                                                   static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
-                                                  doff.tensor().data<int32_t>());
+                                                  doff.tensor().data<int32_t>(), dorder.tensor().data<int32_t>());
   check_launch();
 }
 

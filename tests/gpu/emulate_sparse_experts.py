@@ -374,13 +374,13 @@ def expert_scatter_gemm(y, y_rows, y_cols, ldy, gm, ldg, index, w, ldw, expert_r
 
 # ---------------------------------------------------------------- weight gradient
 
-def weight_grad_kernel(ROWS, S, bx, by, dw, lddw, gm, ldg, x, ldx, index, offsets):
+def weight_grad_kernel(ROWS, S, bx, by, dw, lddw, gm, ldg, x, ldx, index, offsets, order):
     halves = S.warps // 4
     xs_at = 2 * KTILE_ELEMS * 2
     total = 2 * KTILE_ELEMS * 2 + 2 * halves * KTILE_ELEMS * 2  # WeightGradSmem<WARPS>::bytes
     check_layout([(0, 2 * KTILE_ELEMS * 2), (xs_at, 2 * halves * KTILE_ELEMS * 2)], total,
                  [0, KTILE_ELEMS * 2] + [xs_at + k * KTILE_ELEMS * 2 for k in range(2 * halves)], "weight gradient")
-    h0, e = bx * S.columns, by
+    h0, e = bx * S.columns, order[by]
     lo, n = offsets[e], offsets[e + 1] - offsets[e]
     if n == 0:
         return
@@ -437,9 +437,12 @@ def expert_weight_grad(dw, lddw, expert_rows, gm, ldg, x, ldx, x_cols, index, of
         return
     check(experts <= 65535, "at most 65535 experts")
     S = WIDE if wide and x_cols % WIDE.columns == 0 else NARROW
+    # Experts by pairs, most first, ties by index (std::stable_sort on the host).
+    order = sorted(range(experts), key=lambda e: (-(offsets[e + 1] - offsets[e]), e))
+    check(sorted(order) == list(range(experts)), "the weight gradient's expert order is a permutation")
     for bx in range(x_cols // S.columns):
         for by in range(experts):
-            weight_grad_kernel(expert_rows, S, bx, by, dw, lddw, gm, ldg, x, ldx, index, offsets)
+            weight_grad_kernel(expert_rows, S, bx, by, dw, lddw, gm, ldg, x, ldx, index, offsets, order)
 
 
 # ---------------------------------------------------------------- test
