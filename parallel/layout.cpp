@@ -17,6 +17,33 @@
 namespace deco {
 namespace {
 
+// Another group's communicator under this group's name, for a group with
+// the same members (the world and the data-parallel group). Not owning: the
+// groups live and die together in ProcessGroups.
+class SharedComm final : public Communicator {
+ public:
+  SharedComm(Communicator& target, std::string name) : target_(target), name_(std::move(name)) {}
+  int64_t rank() const override { return target_.rank(); }
+  int64_t size() const override { return target_.size(); }
+  std::string name() const override { return name_; }
+  void all_reduce(const Tensor& x, ReduceOp op) override { target_.all_reduce(x, op); }
+  void reduce_scatter(const Tensor& out, const Tensor& in) override { target_.reduce_scatter(out, in); }
+  void all_gather(const Tensor& out, const Tensor& in) override { target_.all_gather(out, in); }
+  void all_to_all(const Tensor& out, const std::vector<int64_t>& recv_counts, const Tensor& in,
+                  const std::vector<int64_t>& send_counts) override {
+    target_.all_to_all(out, recv_counts, in, send_counts);
+  }
+  void broadcast(const Tensor& x, int64_t root) override { target_.broadcast(x, root); }
+  void barrier() override { target_.barrier(); }
+  std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override {
+    return target_.all_reduce_async(x, op);
+  }
+
+ private:
+  Communicator& target_;
+  std::string name_;
+};
+
 // "[0 1 2 3]", or "[0 8 16 ... 504]" for a long group (groups are arithmetic
 // progressions, so the first members and the last say it all).
 std::string format_members(const std::vector<int64_t>& members) {
@@ -114,11 +141,26 @@ void enable_device_collectives(ProcessGroups& groups) {
       fail("ranks ", std::min(r, groups.layout.rank), " and ", std::max(r, groups.layout.rank), " both use GPU ",
            device, " of ", host, ", and NCCL needs a GPU per rank; launch at most as many ranks per node as it has "
            "GPUs (mpirun -np N --map-by ppr:GPUS:node), or train on the CPU.");
+  // One NCCL communicator per distinct group with more than one rank (each
+  // holds GPU buffers and takes seconds to create): the data-parallel group
+  // is the world (dp_size = world_size), so the world's device side is the
+  // same communicator; a group of one needs none (SelfComm copies on the GPU too).
+  Communicator* data_parallel_nccl = nullptr;
   for (std::unique_ptr<Communicator>* group :
-       {&groups.world, &groups.data_parallel, &groups.expert_parallel, &groups.expert_data_parallel}) {
-    // nullptr: ordered after the calling thread's current stream at each call (core/stream.h).
-    std::unique_ptr<Communicator> nccl = make_nccl_comm(**group, device, nullptr);
-    *group = std::make_unique<ByDeviceComm>(std::move(*group), std::move(nccl));
+       {&groups.data_parallel, &groups.world, &groups.expert_parallel, &groups.expert_data_parallel}) {
+    std::unique_ptr<Communicator> device_side;
+    if ((*group)->size() == 1) {
+      device_side = std::make_unique<SelfComm>((*group)->name());
+    } else if (group == &groups.world) {
+      DECO_ASSERT(data_parallel_nccl != nullptr && groups.world->size() == groups.data_parallel->size(),
+                  "the world's device collectives share the data-parallel group's communicator");
+      device_side = std::make_unique<SharedComm>(*data_parallel_nccl, groups.world->name());
+    } else {
+      // nullptr: ordered after the calling thread's current stream at each call (core/stream.h).
+      device_side = make_nccl_comm(**group, device, nullptr);
+    }
+    if (group == &groups.data_parallel) data_parallel_nccl = device_side.get();
+    *group = std::make_unique<ByDeviceComm>(std::move(*group), std::move(device_side));
   }
 #else
   fail("GPU training over ", groups.layout.world_size, " processes needs NCCL, and this deco was built without it; "
