@@ -151,10 +151,14 @@ void enable_device_collectives(ProcessGroups& groups) {
     std::unique_ptr<Communicator> device_side;
     if ((*group)->size() == 1) {
       device_side = std::make_unique<SelfComm>((*group)->name());
-    } else if (group == &groups.world) {
-      DECO_ASSERT(data_parallel_nccl != nullptr && groups.world->size() == groups.data_parallel->size(),
-                  "the world's device collectives share the data-parallel group's communicator");
-      device_side = std::make_unique<SharedComm>(*data_parallel_nccl, groups.world->name());
+    } else if (group == &groups.world || (group == &groups.expert_data_parallel && groups.layout.ep_size == 1)) {
+      // The world, and without expert parallelism the expert-data-parallel
+      // group too (rank r at position r in all three): one communicator and
+      // one stream, so the dense and expert gradient buckets never run NCCL
+      // kernels side by side either.
+      DECO_ASSERT(data_parallel_nccl != nullptr && (*group)->size() == groups.data_parallel->size(),
+                  "a group sharing the data-parallel group's communicator has its members");
+      device_side = std::make_unique<SharedComm>(*data_parallel_nccl, (*group)->name());
     } else {
       // nullptr: ordered after the calling thread's current stream at each call (core/stream.h).
       device_side = make_nccl_comm(**group, device, nullptr);
