@@ -158,7 +158,7 @@ void NcclComm::wait(const char* collective) {
 
 void NcclComm::poll(cudaEvent_t event, const char* collective) {
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t polls = 0;; ++polls) {
+  for (;;) {
     const cudaError_t state = cudaEventQuery(event);
     if (state == cudaSuccess) return;
     if (state != cudaErrorNotReady) cuda_check(state, "cudaEventQuery(event)", __FILE__, __LINE__, comm_, name_);
@@ -169,12 +169,14 @@ void NcclComm::poll(cudaEvent_t event, const char* collective) {
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double timeout = collective_timeout();
     if (timeout > 0 && waited >= timeout) end_job(comm_, stalled_collective_message(collective, name_, waited));
-    // Spin briefly (most collectives finish within microseconds to
-    // milliseconds), then poll at 100 us to leave the core to others.
-    if (polls < 1000)
+    // Spin for the first 20 ms (the expert exchange and gradient buckets
+    // take microseconds to milliseconds, several times per layer, on the
+    // step's critical path: a sleep's overshoot would add to each), then
+    // poll at 50 us to leave the core to others.
+    if (waited < 0.02)
       std::this_thread::yield();
     else
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
 
