@@ -67,18 +67,15 @@ stage_sanitize() {
     > "$out/memcheck.log" 2>&1; rc=$?
   note "compute-sanitizer memcheck deco_gpu_tests: exit $rc ($(grep -m1 'ERROR SUMMARY' "$out/memcheck.log"))"
   [ $rc -eq 0 ] || status=1
-  for f in attention_tensor_cores sparse_expert_kernels; do
-    limit 200 "$run" compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/deco_gpu_tests" "$f" \
-      > "$out/racecheck-$f.log" 2>&1; rc=$?
-    note "compute-sanitizer racecheck $f: exit $rc ($(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$out/racecheck-$f.log"))"
-    [ $rc -eq 0 ] || status=1
-  done
-  # Barriers every thread must reach, and cp.async waits (synccheck), on the kernels with the most of them.
-  for f in attention_tensor_cores sparse_expert_kernels; do
-    limit 200 "$run" compute-sanitizer --tool synccheck --error-exitcode 3 "$bin/deco_gpu_tests" "$f" \
-      > "$out/synccheck-$f.log" 2>&1; rc=$?
-    note "compute-sanitizer synccheck $f: exit $rc ($(grep -m1 'ERROR SUMMARY' "$out/synccheck-$f.log"))"
-    [ $rc -eq 0 ] || status=1
+  # Shared-memory races (racecheck), and barriers every thread must reach and cp.async waits
+  # (synccheck), on the kernels with the most of them.
+  for tool in racecheck synccheck; do
+    for f in attention_tensor_cores sparse_expert_kernels; do
+      limit 200 "$run" compute-sanitizer --tool $tool --error-exitcode 3 "$bin/deco_gpu_tests" "$f" \
+        > "$out/$tool-$f.log" 2>&1; rc=$?
+      note "compute-sanitizer $tool $f: exit $rc ($(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$out/$tool-$f.log"))"
+      [ $rc -eq 0 ] || status=1
+    done
   done
 }
 
