@@ -35,10 +35,16 @@ void print_profile(const std::vector<profile::Entry>& regions, int64_t steps, De
                                      : "wall-clock time");
   std::printf("  %-40s %12s %8s %12s\n", "region", "ms / step", "share", "calls / step");
   const double n = static_cast<double>(steps);
-  for (const profile::Entry& e : regions)
+  double top = 0;  // the regions directly inside the step
+  for (const profile::Entry& e : regions) {
     std::printf("  %-40s %12.3f %7.1f%% %12.1f\n", (std::string(2 * static_cast<size_t>(e.depth), ' ') + e.name).c_str(),
                 e.seconds / n * 1e3,
                 step > 0 ? 100.0 * e.seconds / step : 0.0, static_cast<double>(e.calls) / n);
+    if (e.depth == 1) top += e.seconds;
+  }
+  if (step > 0)
+    std::printf("  %-40s %12.3f %7.1f%%\n", "  (the step outside those regions)", (step - top) / n * 1e3,
+                100.0 * (step - top) / step);
 }
 
 }  // namespace
