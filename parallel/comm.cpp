@@ -28,6 +28,11 @@ std::unique_ptr<PendingCollective> Communicator::all_reduce_async(const Tensor& 
   return std::make_unique<Completed>();
 }
 
+std::unique_ptr<PendingCollective> Communicator::reduce_async(const Tensor& x, int64_t root) {
+  DECO_ASSERT(root >= 0 && root < size(), "reduce_async: root ", root, " of a group of ", size());
+  return all_reduce_async(x, ReduceOp::Sum);
+}
+
 ByDeviceComm::ByDeviceComm(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> device)
     : host_(std::move(host)), device_(std::move(device)) {
   DECO_ASSERT(host_->size() == device_->size() && host_->rank() == device_->rank(),

@@ -63,6 +63,11 @@ class Communicator {
   // queued so far, so it overlaps what the caller launches next. The
   // default completes it before returning.
   virtual std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op);
+  // The sum over the group of x into rank `root`'s x, started as
+  // all_reduce_async is; the other ranks' x is left unspecified (the
+  // distributed optimizer's overlapped buckets: each has one owner). The
+  // default is all_reduce_async, which gives every rank the sum.
+  virtual std::unique_ptr<PendingCollective> reduce_async(const Tensor& x, int64_t root);
 
   // Conveniences over the above, for host values.
   void all_reduce_sum(const Tensor& x) { all_reduce(x, ReduceOp::Sum); }
@@ -96,6 +101,9 @@ class ByDeviceComm final : public Communicator {
   void barrier() override { host_->barrier(); }
   std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override {
     return pick(x).all_reduce_async(x, op);
+  }
+  std::unique_ptr<PendingCollective> reduce_async(const Tensor& x, int64_t root) override {
+    return pick(x).reduce_async(x, root);
   }
 
  private:

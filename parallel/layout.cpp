@@ -38,6 +38,9 @@ class SharedComm final : public Communicator {
   std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override {
     return target_.all_reduce_async(x, op);
   }
+  std::unique_ptr<PendingCollective> reduce_async(const Tensor& x, int64_t root) override {
+    return target_.reduce_async(x, root);
+  }
 
  private:
   Communicator& target_;

@@ -155,6 +155,22 @@ std::unique_ptr<PendingCollective> MpiComm::all_reduce_async(const Tensor& x, Re
   return std::make_unique<MpiPending>(std::move(requests), watchdog_name_, name_);
 }
 
+std::unique_ptr<PendingCollective> MpiComm::reduce_async(const Tensor& x, int64_t root) {
+  require_host(x, "reduce_async");
+  DECO_ASSERT(root >= 0 && root < size(), "reduce_async: root ", root, " of a group of ", size());
+  const MPI_Datatype type = mpi_type(x.dtype());
+  const bool at_root = rank() == root;
+  std::vector<MPI_Request> requests;
+  for (int64_t begin = 0; begin < x.numel(); begin += kMaxChunk) {
+    const int count = static_cast<int>(std::min(kMaxChunk, x.numel() - begin));
+    requests.push_back(MPI_REQUEST_NULL);
+    // The root sums in place; the others only send (their x is left as it was).
+    DECO_MPI_CHECK(MPI_Ireduce(at_root ? MPI_IN_PLACE : byte_ptr(x, begin), at_root ? byte_ptr(x, begin) : nullptr,
+                               count, type, MPI_SUM, static_cast<int>(root), comm_, &requests.back()));
+  }
+  return std::make_unique<MpiPending>(std::move(requests), watchdog_name_, name_);
+}
+
 void MpiComm::reduce_scatter(const Tensor& out, const Tensor& in) {
   require_host(out, "reduce_scatter");
   require_host(in, "reduce_scatter");

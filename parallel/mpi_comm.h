@@ -49,6 +49,7 @@ class MpiComm final : public Communicator {
   void barrier() override;
   // MPI_Iallreduce (in chunks below MPI's count limit); wait() runs under the watchdog.
   std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override;
+  std::unique_ptr<PendingCollective> reduce_async(const Tensor& x, int64_t root) override;
 
  private:
   MPI_Comm comm_;

@@ -77,6 +77,7 @@ class NcclComm final : public Communicator {
   void broadcast(const Tensor& x, int64_t root) override;
   void barrier() override;
   std::unique_ptr<PendingCollective> all_reduce_async(const Tensor& x, ReduceOp op) override;
+  std::unique_ptr<PendingCollective> reduce_async(const Tensor& x, int64_t root) override;
 
   // Polls `event` (recorded on the stream after `collective`) until it has
   // completed, checking NCCL's asynchronous errors and the timeout.
@@ -219,6 +220,18 @@ std::unique_ptr<PendingCollective> NcclComm::all_reduce_async(const Tensor& x, R
   after_compute();
   DECO_NCCL_CALL(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), nccl_op(op),
                                comm_, stream_));
+  cudaEvent_t done = nullptr;
+  DECO_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  DECO_CUDA_CALL(cudaEventRecord(done, stream_));
+  return std::make_unique<NcclPending>(this, done);
+}
+
+std::unique_ptr<PendingCollective> NcclComm::reduce_async(const Tensor& x, int64_t root) {
+  if (x.device() != Device::CUDA) return Communicator::reduce_async(x, root);  // staged: a blocking all-reduce
+  DECO_ASSERT(root >= 0 && root < size_, "reduce_async: root ", root, " of a group of ", size_);
+  after_compute();
+  DECO_NCCL_CALL(ncclReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclSum,
+                            static_cast<int>(root), comm_, stream_));
   cudaEvent_t done = nullptr;
   DECO_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   DECO_CUDA_CALL(cudaEventRecord(done, stream_));

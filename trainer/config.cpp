@@ -900,11 +900,6 @@ class Validator {
               "number of processes (", world_size_, "); change it or the number of processes."));
     non_negative("parallel.distributed_timeout_minutes", c_.parallel.distributed_timeout_minutes);
     non_negative("parallel.ddp_bucket_size", c_.parallel.ddp_bucket_size);
-    check(!(c_.parallel.overlap_grad_reduce && c_.parallel.use_distributed_optimizer),
-          {"parallel.overlap_grad_reduce", "parallel.use_distributed_optimizer"},
-          "parallel.overlap_grad_reduce overlaps the all-reduce of plain data parallelism; with "
-          "parallel.use_distributed_optimizer the gradients are reduce-scattered after the backward pass, so "
-          "set one of the two to false.");
     const int64_t experts = c_.model.num_experts;
     check(experts == 0 || experts % ep == 0,
           {"parallel.expert_model_parallel_size", "model.num_experts"},

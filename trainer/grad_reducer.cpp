@@ -11,7 +11,7 @@ int64_t default_bucket_elements(int64_t data_parallel_size) {
 }
 
 GradReducer::GradReducer(const ParamLayout& layout, const Tensor& grads, Communicator& dense_group,
-                         Communicator& expert_group, int64_t bucket_elements)
+                         Communicator& expert_group, int64_t bucket_elements, bool reduce_to_owners)
     : grads_(grads) {
   DECO_ASSERT(bucket_elements > 0, "bucket size ", bucket_elements);
   DECO_ASSERT(grads.numel() == layout.total_numel(), "GradReducer: the gradient buffer and the layout differ");
@@ -23,12 +23,21 @@ GradReducer::GradReducer(const ParamLayout& layout, const Tensor& grads, Communi
                             {layout.dense_numel(), layout.total_numel(), &expert_group}};
   for (const Region& r : regions) {
     if (r.group->size() == 1 || r.begin == r.end) continue;
-    for (int64_t b = r.begin; b < r.end; b += bucket_elements) {
-      Bucket bucket;
-      bucket.begin = b;
-      bucket.end = std::min(r.end, b + bucket_elements);
-      bucket.group = r.group;
-      buckets_.push_back(std::move(bucket));
+    // Pieces reduced as one: the region, or each owner's shard of it.
+    const int64_t pieces = reduce_to_owners ? r.group->size() : 1;
+    DECO_ASSERT((r.end - r.begin) % pieces == 0, "GradReducer: a region of ", r.end - r.begin,
+                " elements does not split into ", pieces, " equal shards (the layout pads it for ZeRO-1)");
+    const int64_t shard = (r.end - r.begin) / pieces;
+    for (int64_t piece = 0; piece < pieces; ++piece) {
+      const int64_t begin = r.begin + piece * shard, end = begin + shard;
+      for (int64_t b = begin; b < end; b += bucket_elements) {
+        Bucket bucket;
+        bucket.begin = b;
+        bucket.end = std::min(end, b + bucket_elements);
+        bucket.group = r.group;
+        bucket.owner = reduce_to_owners ? piece : -1;
+        buckets_.push_back(std::move(bucket));
+      }
     }
   }
   // Which units each bucket waits for: those of the parameters it overlaps.
@@ -50,13 +59,14 @@ GradReducer::~GradReducer() = default;  // a request in flight completes in its 
 
 std::vector<GradReducer::BucketInfo> GradReducer::buckets() const {
   std::vector<BucketInfo> out;
-  for (const Bucket& b : buckets_) out.push_back({b.begin, b.end, b.group->name()});
+  for (const Bucket& b : buckets_) out.push_back({b.begin, b.end, b.group->name(), b.owner});
   return out;
 }
 
 void GradReducer::start(size_t i) {
   Bucket& b = buckets_[i];
-  b.request = b.group->all_reduce_async(grads_.slice(b.begin, b.end), ReduceOp::Sum);
+  const Tensor x = grads_.slice(b.begin, b.end);
+  b.request = b.owner >= 0 ? b.group->reduce_async(x, b.owner) : b.group->all_reduce_async(x, ReduceOp::Sum);
   start_order_.push_back(i);
 }
 

@@ -14,6 +14,13 @@
 // group starts the same buckets in the same order (same layout, same units).
 // finish() waits for all of them; the sums are then what one all-reduce per
 // region gives (the same elements, summed over the same ranks).
+//
+// With the distributed optimizer (reduce_to_owners), each region's group
+// of G ranks owns it in G equal contiguous shards, rank g the g-th (as
+// Trainer::shard_context lays them out); buckets are also cut at the shard
+// boundaries, and each is reduced to its owner only (reduce_async), which
+// moves what a reduce-scatter of the region moves. Only the owners' shards
+// then hold sums; the rest of the buffer is left unspecified.
 #pragma once
 
 #include <cstdint>
@@ -31,7 +38,7 @@ class GradReducer {
  public:
   // `grads` is the flat gradient buffer of `layout`; bucket_elements > 0.
   GradReducer(const ParamLayout& layout, const Tensor& grads, Communicator& dense_group, Communicator& expert_group,
-              int64_t bucket_elements);
+              int64_t bucket_elements, bool reduce_to_owners = false);
   ~GradReducer();
 
   // The backward pass finished `unit`'s gradients: start every bucket that
@@ -44,6 +51,7 @@ class GradReducer {
   struct BucketInfo {
     int64_t begin, end;  // flat element range
     std::string group;
+    int64_t owner;  // reduce_to_owners: the group rank it is reduced to; -1: all-reduced
   };
   std::vector<BucketInfo> buckets() const;
   // The last finished step: bucket indices in the order they started, and
@@ -55,6 +63,7 @@ class GradReducer {
   struct Bucket {
     int64_t begin = 0, end = 0;
     Communicator* group = nullptr;
+    int64_t owner = -1;          // the group rank it is reduced to, or -1: all-reduced
     std::vector<int64_t> units;  // the grad units of the parameters overlapping it
     int64_t waiting = 0;         // of those, not reported yet this step
     std::unique_ptr<PendingCollective> request;

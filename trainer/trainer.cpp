@@ -65,7 +65,7 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
     const int64_t bucket = config_.parallel.ddp_bucket_size > 0 ? config_.parallel.ddp_bucket_size
                                                                 : default_bucket_elements(L.dp_size);
     reducer_ = std::make_unique<GradReducer>(model_->layout(), model_->grads().flat(), *groups_.data_parallel,
-                                             *groups_.expert_data_parallel, bucket);
+                                             *groups_.expert_data_parallel, bucket, /*reduce_to_owners=*/zero_);
   }
   restore();
   setup_expert_compute();
@@ -369,7 +369,13 @@ void Trainer::reduce_gradients() {
   Communicator& expert = *groups_.expert_data_parallel;
   if (reducer_) {  // the buckets started during the last micro-batch's backward pass
     reducer_->finish();
-    ops::scale(grads.flat(), inv_world);
+    if (!zero_) {
+      ops::scale(grads.flat(), inv_world);
+      return;
+    }
+    // ZeRO-1: each bucket went to its shard's owner; only this rank's shards hold sums.
+    ops::scale(grads.flat().slice(dense_shard_.begin, dense_shard_.end), inv_world);
+    ops::scale(grads.flat().slice(expert_shard_.begin, expert_shard_.end), inv_world);
     return;
   }
   if (!zero_) {

@@ -698,8 +698,6 @@ TEST_CASE("impossible values name the key and the constraint", "[config]") {
       {{{"parallel.expert_model_parallel_size", "3"}, {"training.global_batch_size", "6"}},
        "model.num_experts", "divide", 3},
       {{{"parallel.ddp_bucket_size", "-1"}}, "parallel.ddp_bucket_size", "negative", 1},
-      {{{"parallel.overlap_grad_reduce", "true"}, {"parallel.use_distributed_optimizer", "true"}},
-       "parallel.overlap_grad_reduce", "reduce-scattered", 1},
       {{{"training.recompute", "partial"}}, "training.recompute", "selective", 1},
       {{{"model.expert_compute", "fast"}}, "model.expert_compute", "auto", 1},
       {{{"checkpoint.save_interval", "100"}}, "checkpoint.save", "names no directory", 1},

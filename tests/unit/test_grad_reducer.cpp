@@ -131,3 +131,39 @@ TEST_CASE("GradReducer: groups of one rank are not reduced", "[parallel][grad-re
   CHECK(default_bucket_elements(8) == 40'000'000);
   CHECK(default_bucket_elements(64) == 64'000'000);
 }
+
+TEST_CASE("GradReducer for ZeRO-1: buckets end at shard boundaries and go to their shard's owner",
+          "[parallel][grad-reducer]") {
+  ModelConfig c = test::small_model_config();
+  // The layout ZeRO-1 uses on two ranks: each region padded to 64 x 2 elements.
+  Model model(c, DType::F32, Device::CPU, nullptr, 64 * 2);
+  const ParamLayout& layout = model.layout();
+  TwinComm dense("data-parallel"), expert("expert-data-parallel");
+  const int64_t bucket = 700;
+  GradReducer reducer(layout, model.grads().flat(), dense, expert, bucket, /*reduce_to_owners=*/true);
+  const auto buckets = reducer.buckets();
+  REQUIRE(!buckets.empty());
+  CHECK(buckets.front().begin == 0);
+  CHECK(buckets.back().end == layout.total_numel());
+  const int64_t dense_half = layout.dense_numel() / 2, expert_half = layout.expert_numel() / 2;
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    const auto& b = buckets[i];
+    INFO("bucket " << i << " [" << b.begin << ", " << b.end << ")");
+    if (i > 0) CHECK(b.begin == buckets[i - 1].end);
+    CHECK(b.end - b.begin <= bucket);
+    // Inside one shard (Trainer::shard_context: rank g owns the g-th half of each region), reduced to its owner.
+    const bool in_dense = b.begin < layout.dense_numel();
+    const int64_t start = in_dense ? 0 : layout.dense_numel(), half = in_dense ? dense_half : expert_half;
+    const int64_t owner = (b.begin - start) / half;
+    CHECK(b.owner == owner);
+    CHECK((b.end - 1 - start) / half == owner);
+  }
+  // Both owners' shards start a bucket (the cut at the shard boundary).
+  int64_t owners[2] = {0, 0};
+  for (const auto& b : buckets) ++owners[b.owner];
+  CHECK(owners[0] > 0);
+  CHECK(owners[1] > 0);
+  // Without the distributed optimizer, buckets are all-reduced.
+  GradReducer plain(layout, model.grads().flat(), dense, expert, bucket);
+  for (const auto& b : plain.buckets()) CHECK(b.owner == -1);
+}
