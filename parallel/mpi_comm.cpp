@@ -113,8 +113,8 @@ namespace {
 
 class MpiPending final : public PendingCollective {
  public:
-  MpiPending(std::vector<MPI_Request> requests, const char* group, std::string name)
-      : requests_(std::move(requests)), group_(group), name_(std::move(name)) {}
+  MpiPending(std::vector<MPI_Request> requests, const char* collective, const char* group, std::string name)
+      : requests_(std::move(requests)), collective_(collective), group_(group), name_(std::move(name)) {}
   ~MpiPending() override {
     // An abandoned request (an exception unwinding the step) must not be
     // left for MPI to write into freed memory: complete it first.
@@ -122,7 +122,7 @@ class MpiPending final : public PendingCollective {
   }
   void wait() override {
     if (done_) return;
-    CollectiveWait wait("all_reduce", group_);
+    CollectiveWait wait(collective_, group_);
     DECO_MPI_CHECK(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE));
     done_ = true;
   }
@@ -136,6 +136,7 @@ class MpiPending final : public PendingCollective {
 
  private:
   std::vector<MPI_Request> requests_;
+  const char* collective_;  // "all_reduce", "reduce": what the watchdog names
   const char* group_;
   std::string name_;  // for DECO_MPI_CHECK's message
   bool done_ = false;
@@ -152,7 +153,7 @@ std::unique_ptr<PendingCollective> MpiComm::all_reduce_async(const Tensor& x, Re
     requests.push_back(MPI_REQUEST_NULL);
     DECO_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, byte_ptr(x, begin), count, type, mpi_op(op), comm_, &requests.back()));
   }
-  return std::make_unique<MpiPending>(std::move(requests), watchdog_name_, name_);
+  return std::make_unique<MpiPending>(std::move(requests), "all_reduce", watchdog_name_, name_);
 }
 
 std::unique_ptr<PendingCollective> MpiComm::reduce_async(const Tensor& x, int64_t root) {
@@ -168,7 +169,7 @@ std::unique_ptr<PendingCollective> MpiComm::reduce_async(const Tensor& x, int64_
     DECO_MPI_CHECK(MPI_Ireduce(at_root ? MPI_IN_PLACE : byte_ptr(x, begin), at_root ? byte_ptr(x, begin) : nullptr,
                                count, type, MPI_SUM, static_cast<int>(root), comm_, &requests.back()));
   }
-  return std::make_unique<MpiPending>(std::move(requests), watchdog_name_, name_);
+  return std::make_unique<MpiPending>(std::move(requests), "reduce", watchdog_name_, name_);
 }
 
 void MpiComm::reduce_scatter(const Tensor& out, const Tensor& in) {

@@ -190,16 +190,17 @@ void NcclComm::all_reduce(const Tensor& x, ReduceOp op) {
   unstage(x, dx);
 }
 
-// An all_reduce_async in flight: the event after it on the communicator's stream.
+// An all_reduce_async or reduce_async in flight: the event after it on the communicator's stream.
 class NcclPending final : public PendingCollective {
  public:
-  NcclPending(NcclComm* comm, cudaEvent_t done) : comm_(comm), done_(done) {}
+  NcclPending(NcclComm* comm, cudaEvent_t done, const char* collective)
+      : comm_(comm), done_(done), collective_(collective) {}
   ~NcclPending() override {
     if (!waited_) cudaEventSynchronize(done_);  // never leave NCCL writing into memory that may be reused
     cudaEventDestroy(done_);
   }
   void wait() override {
-    if (!waited_) comm_->poll(done_, "all_reduce");
+    if (!waited_) comm_->poll(done_, collective_);
     waited_ = true;
   }
   bool test() override {
@@ -212,6 +213,7 @@ class NcclPending final : public PendingCollective {
  private:
   NcclComm* comm_;
   cudaEvent_t done_;
+  const char* collective_;
   bool waited_ = false;
 };
 
@@ -223,7 +225,7 @@ std::unique_ptr<PendingCollective> NcclComm::all_reduce_async(const Tensor& x, R
   cudaEvent_t done = nullptr;
   DECO_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   DECO_CUDA_CALL(cudaEventRecord(done, stream_));
-  return std::make_unique<NcclPending>(this, done);
+  return std::make_unique<NcclPending>(this, done, "all_reduce");
 }
 
 std::unique_ptr<PendingCollective> NcclComm::reduce_async(const Tensor& x, int64_t root) {
@@ -235,7 +237,7 @@ std::unique_ptr<PendingCollective> NcclComm::reduce_async(const Tensor& x, int64
   cudaEvent_t done = nullptr;
   DECO_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   DECO_CUDA_CALL(cudaEventRecord(done, stream_));
-  return std::make_unique<NcclPending>(this, done);
+  return std::make_unique<NcclPending>(this, done, "reduce");
 }
 
 void NcclComm::reduce_scatter(const Tensor& out, const Tensor& in) {
