@@ -196,7 +196,16 @@ class NcclPending final : public PendingCollective {
   NcclPending(NcclComm* comm, cudaEvent_t done, const char* collective)
       : comm_(comm), done_(done), collective_(collective) {}
   ~NcclPending() override {
-    if (!waited_) cudaEventSynchronize(done_);  // never leave NCCL writing into memory that may be reused
+    // Never leave NCCL writing into memory that may be reused: wait, but
+    // against the collective timeout (poll ends the job past it) rather
+    // than without a bound; an error it reports is swallowed here (the
+    // destructor may run while another one unwinds).
+    if (!waited_) {
+      try {
+        comm_->poll(done_, collective_);
+      } catch (...) {
+      }
+    }
     cudaEventDestroy(done_);
   }
   void wait() override {
