@@ -93,9 +93,7 @@ CachingAllocator::Block* CachingAllocator::new_segment(size_t segment_bytes, boo
       // Frees held while two streams overlap are safe to reuse once the
       // device has finished everything queued: wait for it, then free them.
       synchronize_();
-      for (const auto& [held_ptr, size] : held_) free_locked(const_cast<void*>(held_ptr));
-      held_.clear();
-      stats_.held = 0;
+      free_held_locked();
     }
     release_cached_locked();
     ptr = raw_alloc_(segment_bytes);
@@ -170,7 +168,7 @@ void CachingAllocator::free(void* ptr) {
   DECO_ASSERT(it != live_.end() && held_.count(ptr) == 0,
               "free of a pointer the caching allocator did not hand out (or freed twice)");
   if (hold_depth_ > 0) {
-    held_.emplace(ptr, it->second->size);
+    held_.insert(ptr);
     stats_.held += it->second->size;
     return;
   }
@@ -191,7 +189,11 @@ void CachingAllocator::release_held_frees() {
   std::lock_guard<std::mutex> lock(mutex_);
   DECO_ASSERT(hold_depth_ > 0, "release_held_frees without hold_frees");
   if (--hold_depth_ > 0) return;
-  for (const auto& [ptr, size] : held_) free_locked(const_cast<void*>(ptr));
+  free_held_locked();
+}
+
+void CachingAllocator::free_held_locked() {
+  for (const void* ptr : held_) free_locked(const_cast<void*>(ptr));
   held_.clear();
   stats_.held = 0;
 }

@@ -36,6 +36,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace deco {
 
@@ -129,6 +130,7 @@ class CachingAllocator {
   void release_cached_locked();
   void add_live(Block* block, size_t requested, MemoryCategory category);
   void free_locked(void* ptr);
+  void free_held_locked();  // every held block, for real
 
   RawAlloc raw_alloc_;
   RawFree raw_free_;
@@ -139,7 +141,7 @@ class CachingAllocator {
   std::map<const char*, Block*> segments_;  // segment start -> its first block
   int hold_depth_ = 0;
   std::function<void()> synchronize_;
-  std::unordered_map<const void*, size_t> held_;  // freed while held -> its block size
+  std::unordered_set<const void*> held_;  // freed while frees are held
   AllocatorStats stats_;
 };
 

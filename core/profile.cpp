@@ -9,6 +9,8 @@
 
 #ifdef DECO_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
 #endif
 
 namespace deco::profile {
@@ -40,9 +42,6 @@ State& state() {
 }
 
 #ifdef DECO_WITH_CUDA
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) fail("CUDA ", what, " failed while profiling: ", cudaGetErrorString(status), ".");
-}
 void* take_event(State& s) {
   if (!s.free_events.empty()) {
     void* e = s.free_events.back();
@@ -50,12 +49,12 @@ void* take_event(State& s) {
     return e;
   }
   cudaEvent_t e = nullptr;
-  check(cudaEventCreate(&e), "cudaEventCreate");
+  check_cuda(cudaEventCreate(&e), "cudaEventCreate");
   return e;
 }
 void record(void* event) {
-  check(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(cuda_current_stream())),
-        "cudaEventRecord");
+  check_cuda(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(cuda_current_stream())),
+             "cudaEventRecord");
 }
 #endif
 
@@ -119,9 +118,9 @@ std::vector<Entry> collect() {
 #ifdef DECO_WITH_CUDA
     if (span.start != nullptr) {
       float ms = 0;
-      check(cudaEventSynchronize(static_cast<cudaEvent_t>(span.stop)), "cudaEventSynchronize");
-      check(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(span.start), static_cast<cudaEvent_t>(span.stop)),
-            "cudaEventElapsedTime");
+      check_cuda(cudaEventSynchronize(static_cast<cudaEvent_t>(span.stop)), "cudaEventSynchronize");
+      check_cuda(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(span.start), static_cast<cudaEvent_t>(span.stop)),
+                 "cudaEventElapsedTime");
       seconds = ms * 1e-3;
       s.free_events.push_back(span.start);
       s.free_events.push_back(span.stop);

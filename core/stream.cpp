@@ -6,6 +6,8 @@
 
 #ifdef DECO_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
 #endif
 
 namespace deco {
@@ -14,10 +16,11 @@ namespace {
 thread_local void* current_stream = nullptr;
 
 #ifdef DECO_WITH_CUDA
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess)
-    fail("CUDA ", what, " failed: ", cudaGetErrorString(status),
-         ". Rerun with CUDA_LAUNCH_BLOCKING=1 to see which kernel failed before it.");
+// `waiter` waits for the work queued on `signaler` so far, through `event`.
+void order_after(void* waiter, void* event, void* signaler) {
+  check_cuda(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(signaler)), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(static_cast<cudaStream_t>(waiter), static_cast<cudaEvent_t>(event), 0),
+             "cudaStreamWaitEvent");
 }
 #endif
 
@@ -32,12 +35,12 @@ CudaStreamScope::~CudaStreamScope() { current_stream = previous_; }
 
 SideStream::SideStream() {
   cudaStream_t s = nullptr;
-  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   stream_ = s;
   cudaEvent_t e = nullptr;
-  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   fork_event_ = e;
-  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   join_event_ = e;
 }
 
@@ -54,10 +57,7 @@ SideStream::~SideStream() {
 void SideStream::fork() {
   DECO_ASSERT(!forked_, "SideStream::fork while a fork is open");
   origin_ = current_stream;
-  check(cudaEventRecord(static_cast<cudaEvent_t>(fork_event_), static_cast<cudaStream_t>(origin_)),
-        "cudaEventRecord");
-  check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream_), static_cast<cudaEvent_t>(fork_event_), 0),
-        "cudaStreamWaitEvent");
+  order_after(stream_, fork_event_, origin_);
   cuda_caching_allocator()->hold_frees();
   forked_ = true;
 }
@@ -70,10 +70,7 @@ void SideStream::join() {
   struct Release {
     ~Release() { cuda_caching_allocator()->release_held_frees(); }
   } release;
-  check(cudaEventRecord(static_cast<cudaEvent_t>(join_event_), static_cast<cudaStream_t>(stream_)),
-        "cudaEventRecord");
-  check(cudaStreamWaitEvent(static_cast<cudaStream_t>(origin_), static_cast<cudaEvent_t>(join_event_), 0),
-        "cudaStreamWaitEvent");
+  order_after(origin_, join_event_, stream_);
   // Every block freed since fork() was last used by work that what the
   // origin stream queues from now on waits for; the side stream queues
   // nothing more until the next fork(), which waits for the origin's work.

@@ -184,7 +184,7 @@ DecoLayerStats DecoFfn::forward(const Tensor& y, const Tensor& x, RegType reg, b
     zx_ = s.z;
     gx_ = w.g;
     experts_forward(y, x);
-    join_shared();
+    DECO_ASSERT(side_ == nullptr, "the expert paths join the shared expert before adding into y");
     finish();
     return stats;
   }
@@ -396,7 +396,7 @@ void DecoFfn::backward(const Tensor& dx, const Tensor& dy, const Tensor& x, RegT
   w.dz.ensure(rt, dev, Shape{N, E_total_});
   ops::relu_route_backward(w.dz, scale_.grad, w.dg, dr, s.z, scale_.value);
   ops::linear_backward_weight(router_.grad, w.dz, router_input(x));
-  join_shared();  // (already joined by the expert paths)
+  DECO_ASSERT(side_ == nullptr, "the expert paths join the shared expert before adding into dx");
   if (dt == rt) {
     ops::linear_backward_input(dx, w.dz, router_.value, true);
   } else {  // the fp32 router's input gradient, added into the bf16 one

@@ -142,17 +142,25 @@ class MpiPending final : public PendingCollective {
   bool done_ = false;
 };
 
+// A non-blocking collective over x in chunks of at most kMaxChunk elements
+// (MPI counts are int): issue(first element, count, request) per chunk.
+template <typename Issue> std::vector<MPI_Request> start_chunks(const Tensor& x, Issue&& issue) {
+  std::vector<MPI_Request> requests;
+  for (int64_t begin = 0; begin < x.numel(); begin += kMaxChunk) {
+    requests.push_back(MPI_REQUEST_NULL);
+    issue(begin, static_cast<int>(std::min(kMaxChunk, x.numel() - begin)), &requests.back());
+  }
+  return requests;
+}
+
 }  // namespace
 
 std::unique_ptr<PendingCollective> MpiComm::all_reduce_async(const Tensor& x, ReduceOp op) {
   require_host(x, "all_reduce_async");
   const MPI_Datatype type = mpi_type(x.dtype());
-  std::vector<MPI_Request> requests;
-  for (int64_t begin = 0; begin < x.numel(); begin += kMaxChunk) {
-    const int count = static_cast<int>(std::min(kMaxChunk, x.numel() - begin));
-    requests.push_back(MPI_REQUEST_NULL);
-    DECO_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, byte_ptr(x, begin), count, type, mpi_op(op), comm_, &requests.back()));
-  }
+  auto requests = start_chunks(x, [&](int64_t begin, int count, MPI_Request* request) {
+    DECO_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, byte_ptr(x, begin), count, type, mpi_op(op), comm_, request));
+  });
   return std::make_unique<MpiPending>(std::move(requests), "all_reduce", watchdog_name_, name_);
 }
 
@@ -161,14 +169,11 @@ std::unique_ptr<PendingCollective> MpiComm::reduce_async(const Tensor& x, int64_
   DECO_ASSERT(root >= 0 && root < size(), "reduce_async: root ", root, " of a group of ", size());
   const MPI_Datatype type = mpi_type(x.dtype());
   const bool at_root = rank() == root;
-  std::vector<MPI_Request> requests;
-  for (int64_t begin = 0; begin < x.numel(); begin += kMaxChunk) {
-    const int count = static_cast<int>(std::min(kMaxChunk, x.numel() - begin));
-    requests.push_back(MPI_REQUEST_NULL);
+  auto requests = start_chunks(x, [&](int64_t begin, int count, MPI_Request* request) {
     // The root sums in place; the others only send (their x is left as it was).
     DECO_MPI_CHECK(MPI_Ireduce(at_root ? MPI_IN_PLACE : byte_ptr(x, begin), at_root ? byte_ptr(x, begin) : nullptr,
-                               count, type, MPI_SUM, static_cast<int>(root), comm_, &requests.back()));
-  }
+                               count, type, MPI_SUM, static_cast<int>(root), comm_, request));
+  });
   return std::make_unique<MpiPending>(std::move(requests), "reduce", watchdog_name_, name_);
 }
 

@@ -94,6 +94,8 @@ class NcclComm final : public Communicator {
   // Blocks until everything enqueued on the stream has completed, polling
   // for NCCL errors and the collective timeout.
   void wait(const char* collective);
+  // What an async collective just enqueued returns: an event after it on the stream.
+  std::unique_ptr<PendingCollective> pending(const char* collective);
 
   ncclComm_t comm_;
   int64_t rank_, size_;
@@ -231,10 +233,14 @@ std::unique_ptr<PendingCollective> NcclComm::all_reduce_async(const Tensor& x, R
   after_compute();
   DECO_NCCL_CALL(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), nccl_op(op),
                                comm_, stream_));
+  return pending("all_reduce");
+}
+
+std::unique_ptr<PendingCollective> NcclComm::pending(const char* collective) {
   cudaEvent_t done = nullptr;
   DECO_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   DECO_CUDA_CALL(cudaEventRecord(done, stream_));
-  return std::make_unique<NcclPending>(this, done, "all_reduce");
+  return std::make_unique<NcclPending>(this, done, collective);
 }
 
 std::unique_ptr<PendingCollective> NcclComm::reduce_async(const Tensor& x, int64_t root) {
@@ -243,10 +249,7 @@ std::unique_ptr<PendingCollective> NcclComm::reduce_async(const Tensor& x, int64
   after_compute();
   DECO_NCCL_CALL(ncclReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype()), ncclSum,
                             static_cast<int>(root), comm_, stream_));
-  cudaEvent_t done = nullptr;
-  DECO_CUDA_CALL(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-  DECO_CUDA_CALL(cudaEventRecord(done, stream_));
-  return std::make_unique<NcclPending>(this, done, "reduce");
+  return pending("reduce");
 }
 
 void NcclComm::reduce_scatter(const Tensor& out, const Tensor& in) {

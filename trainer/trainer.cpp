@@ -367,15 +367,17 @@ void Trainer::reduce_gradients() {
   const double inv_world = 1.0 / static_cast<double>(groups_.layout.world_size);
   Communicator& dense = *groups_.data_parallel;
   Communicator& expert = *groups_.expert_data_parallel;
-  if (reducer_) {  // the buckets started during the last micro-batch's backward pass
-    reducer_->finish();
-    if (!zero_) {
-      ops::scale(grads.flat(), inv_world);
-      return;
-    }
-    // ZeRO-1: each bucket went to its shard's owner; only this rank's shards hold sums.
+  // ZeRO-1: only this rank's shards hold sums (reduce-scattered, or each bucket reduced to its owner).
+  auto scale_shards = [&] {
     ops::scale(grads.flat().slice(dense_shard_.begin, dense_shard_.end), inv_world);
     ops::scale(grads.flat().slice(expert_shard_.begin, expert_shard_.end), inv_world);
+  };
+  if (reducer_) {  // the buckets started during the last micro-batch's backward pass
+    reducer_->finish();
+    if (zero_)
+      scale_shards();
+    else
+      ops::scale(grads.flat(), inv_world);
     return;
   }
   if (!zero_) {
@@ -395,8 +397,7 @@ void Trainer::reduce_gradients() {
   };
   reduce_into_shard(dense, grads.dense_region(), dense_shard_);
   reduce_into_shard(expert, grads.expert_region(), expert_shard_);
-  ops::scale(grads.flat().slice(dense_shard_.begin, dense_shard_.end), inv_world);
-  ops::scale(grads.flat().slice(expert_shard_.begin, expert_shard_.end), inv_world);
+  scale_shards();
 }
 
 double Trainer::global_grad_norm() {

@@ -488,7 +488,7 @@ void launch(void (*kernel)(KArgs...), int64_t blocks, int floats, Args... args) 
   const int limit = smem_optin_bytes();
   DECO_ASSERT(bytes <= limit, "the attention kernel needs ", bytes,
               " bytes of shared memory per block and this GPU allows ", limit, "; head_dim <= 64 needs less");
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
+  allow_dynamic_smem(kernel, bytes);
   kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), current_stream()>>>(args...);
   DECO_CUDA_CHECK(cudaGetLastError());
 }

@@ -512,7 +512,7 @@ TcDims dims_of(const ops::AttentionShape& s) {
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), int64_t blocks, int bytes, Args... args) {
   DECO_ASSERT(blocks <= INT_MAX, "attention grid of ", blocks, " blocks exceeds the grid limit");
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
+  allow_dynamic_smem(kernel, bytes);
   kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(bytes), current_stream()>>>(args...);
   DECO_CUDA_CHECK(cudaGetLastError());
 }

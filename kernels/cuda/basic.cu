@@ -288,7 +288,7 @@ double sum_squares(const Tensor& x) {
   sum_partials_kernel<<<1, kSumBlocks, 0, current_stream()>>>(p + kSumBlocks, p, kSumBlocks);
   DECO_CUDA_CHECK(cudaGetLastError());
   double total = 0.0;
-  copy_sync(&total, p + kSumBlocks, sizeof(double), cudaMemcpyDeviceToHost);
+  device_copy(Device::CPU, &total, Device::CUDA, p + kSumBlocks, sizeof(double));
   return total;
 }
 

@@ -41,15 +41,6 @@ cublasHandle_t blas_handle();
   } while (0)
 
 namespace deco::cuda {
-// cudaMemcpy's semantics on the current stream: ordered after the work
-// queued on it, and complete on return when either side is host memory.
-inline void copy_sync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  DECO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, current_stream()));
-  if (kind != cudaMemcpyDeviceToDevice) DECO_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
-}
-}  // namespace deco::cuda
-
-namespace deco::cuda {
 // A kernel's dynamic shared memory: past 48 KB it must be asked for, once
 // per kernel and size (the most asked so far is remembered, not asked again
 // on every launch; one GPU per process).
@@ -62,6 +53,9 @@ inline void allow_dynamic_smem(const void* kernel, int bytes) {
   if (bytes <= most) return;
   DECO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   most = bytes;
+}
+template <typename Kernel> void allow_dynamic_smem(Kernel* kernel, int bytes) {
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
 }
 // The most dynamic shared memory a block may ask for on the current GPU
 // (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB on sm_90, 99 KB on

@@ -549,7 +549,7 @@ template <typename Into> static double device_value(Into&& into, const Tensor& z
   Scratch scratch(sizeof(double));
   into(scratch.as<double>(), z);
   double host = 0.0;
-  copy_sync(&host, scratch.as<double>(), sizeof(double), cudaMemcpyDeviceToHost);
+  device_copy(Device::CPU, &host, Device::CUDA, scratch.as<double>(), sizeof(double));
   return host;
 }
 
@@ -681,11 +681,11 @@ int64_t build_routing(const Tensor& expert_offsets, const Tensor& pair_token, co
   // offsets) to size and split the expert GEMMs.
   int32_t pairs = 0;
   if (host_offsets) {
-    copy_sync(offsets_host, offsets, static_cast<size_t>(E + 1) * sizeof(int32_t),
-                               cudaMemcpyDeviceToHost);
+    device_copy(Device::CPU, offsets_host, Device::CUDA, offsets,
+                static_cast<size_t>(E + 1) * sizeof(int32_t));
     pairs = offsets_host[E];
   } else {
-    copy_sync(&pairs, offsets + E, sizeof(int32_t), cudaMemcpyDeviceToHost);
+    device_copy(Device::CPU, &pairs, Device::CUDA, offsets + E, sizeof(int32_t));
   }
   return pairs;
 }

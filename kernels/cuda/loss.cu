@@ -98,11 +98,11 @@ double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& l
   }
   std::vector<double> host(static_cast<size_t>(N));
   int host_bad = 0;
-  copy_sync(&host_bad, bad.tensor().raw(), sizeof(int), cudaMemcpyDeviceToHost);
+  device_copy(Device::CPU, &host_bad, Device::CUDA, bad.tensor().raw(), sizeof(int));
   DECO_ASSERT(host_bad == 0, "a target id outside the vocabulary [0, ", V, ") reached lm_head_cross_entropy");
   if (N > 0)
-    copy_sync(host.data(), row_loss.tensor().raw(), static_cast<size_t>(N) * sizeof(double),
-                               cudaMemcpyDeviceToHost);
+    device_copy(Device::CPU, host.data(), Device::CUDA, row_loss.tensor().raw(),
+                static_cast<size_t>(N) * sizeof(double));
   double loss = 0.0;
   for (double l : host) loss += l;  // in token order, as the CPU
   return loss;

@@ -433,10 +433,6 @@ Buffer device_offsets(const int32_t* offsets, int64_t experts) {
   return d;
 }
 
-template <typename Kernel> void allow_smem(Kernel kernel, int bytes) {
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
-}
-
 // f(std::integral_constant<int, WARPS>) for the block shape asked for.
 template <typename F>
 void with_warps(bool wide, F&& f) {
@@ -463,7 +459,7 @@ void gather(const Matrix& mc, const Matrix& mx, const Tensor& index, const Matri
   const Buffer doff = device_offsets(offsets, experts);
   auto kernel = expert_rows ? gather_gemm_kernel<true, WARPS> : gather_gemm_kernel<false, WARPS>;
   constexpr int bytes = GatherSmem<WARPS>::bytes;
-  allow_smem(kernel, bytes);
+  allow_dynamic_smem(kernel, bytes);
   kernel<<<static_cast<unsigned>(tiles.size()), Blocks<WARPS>::threads, bytes, current_stream()>>>(
       static_cast<bf16*>(mc.ptr), mc.ld, static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
       static_cast<const bf16*>(mw.ptr), mw.ld, static_cast<const int2*>(dtiles.tensor().raw()),
@@ -491,7 +487,7 @@ void scatter(const Matrix& my, const Matrix& mg, const Tensor& index, const Matr
   check_launch();
   // ExpertCols weights have their shared block as [h][d] = [n][k].
   auto kernel = expert_rows ? scatter_gemm_kernel<false, WARPS> : scatter_gemm_kernel<true, WARPS>;
-  allow_smem(kernel, bytes);
+  allow_dynamic_smem(kernel, bytes);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(my.cols / kD));
   kernel<<<grid, Blocks<WARPS>::threads, static_cast<size_t>(bytes), current_stream()>>>(
       static_cast<bf16*>(my.ptr), my.ld, static_cast<const bf16*>(mg.ptr), mg.ld, index.data<int32_t>(),
@@ -516,7 +512,7 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
                                   cudaMemcpyHostToDevice, current_stream()));
   auto kernel = expert_rows ? weight_grad_kernel<true, WARPS> : weight_grad_kernel<false, WARPS>;
   constexpr int bytes = WeightGradSmem<WARPS>::bytes;
-  allow_smem(kernel, bytes);
+  allow_dynamic_smem(kernel, bytes);
   const dim3 grid(static_cast<unsigned>(mx.cols / Blocks<WARPS>::columns), static_cast<unsigned>(experts));
   kernel<<<grid, Blocks<WARPS>::threads, bytes, current_stream()>>>(static_cast<float*>(mdw.ptr), mdw.ld,
                                                   static_cast<const bf16*>(mg.ptr), mg.ld,

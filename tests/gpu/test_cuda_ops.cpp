@@ -215,7 +215,7 @@ DECO_GPU_TEST(side_stream) {
     reused = temp.tensor().raw() == freed_by_main;
   }
   ops::linear_forward(other_out, b, a);  // beside the side stream's GEMMs, on the legacy one
-  const bool held = alloc.stats().held >= 2 * (size_t{4} << 20);
+  const bool held = alloc.stats().held >= 2 * (size_t{4} << 20);  // the two 4 MiB temporaries
   side.join();
   const bool released = alloc.stats().held == 0 && !side.forked();
   Buffer want = to_host(inline_out), got = to_host(side_out);  // legacy-stream copies, after the join
@@ -226,5 +226,6 @@ DECO_GPU_TEST(side_stream) {
   if (!same || reused || !held || !released) count_failure();
   Buffer other_cpu(DType::F32, Device::CPU, {M, N});
   ops::linear_forward(other_cpu, bf16_values(to_host(b)), bf16_values(to_host(a)));
+  // 4e-3: one bf16 rounding of the output (2^-8 relative), as in gemm_lt above.
   expect_close("side_stream legacy GEMM", other_cpu, bf16_values(to_host(other_out)), 4e-3);
 }
