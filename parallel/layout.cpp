@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <functional>
 #include <string>
@@ -148,6 +150,30 @@ void enable_device_collectives(ProcessGroups& groups) {
   // holds GPU buffers and takes seconds to create): the data-parallel group
   // is the world (dp_size = world_size), so the world's device side is the
   // same communicator; a group of one needs none (SelfComm copies on the GPU too).
+  const bool own_expert_parallel = groups.expert_parallel->size() > 1;
+  const bool own_expert_data_parallel = groups.layout.ep_size > 1 && groups.expert_data_parallel->size() > 1;
+  const int communicators = 1 + (own_expert_parallel ? 1 : 0) + (own_expert_data_parallel ? 1 : 0);
+  // More than one: the expert exchange (blocking) runs while the gradient
+  // buckets of the other groups are in flight, so their kernels must run in
+  // one order on every rank (nccl_comm.h). Every rank takes the same remedy:
+  // the shared stream if any rank needs it.
+  const int version = nccl_runtime_version();
+  NcclStream shared_stream;
+  groups.device_collectives = str("NCCL ", nccl_version_string(version), ", ", communicators, " communicator",
+                                  communicators > 1 ? "s" : "", " per rank");
+  if (communicators > 1) {
+    NcclLaunchOrder order = nccl_launch_order(version, std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT"));
+    int64_t needs_shared = order == NcclLaunchOrder::SharedStream ? 1 : 0;
+    groups.world->all_reduce(Tensor(&needs_shared, DType::I64, Device::CPU, Shape{1}), ReduceOp::Max);
+    if (needs_shared != 0) order = NcclLaunchOrder::SharedStream;
+    use_nccl_launch_order(order);
+    if (order == NcclLaunchOrder::SharedStream) shared_stream = make_nccl_stream();
+    groups.device_collectives +=
+        order == NcclLaunchOrder::Implicit
+            ? "; their kernels run in host launch order (NCCL_LAUNCH_ORDER_IMPLICIT=1)"
+            : "; they share one stream, so their kernels run one at a time in launch order (NCCL before 2.26, "
+              "or NCCL_LAUNCH_ORDER_IMPLICIT=0)";
+  }
   Communicator* data_parallel_nccl = nullptr;
   for (std::unique_ptr<Communicator>* group :
        {&groups.data_parallel, &groups.world, &groups.expert_parallel, &groups.expert_data_parallel}) {
@@ -164,7 +190,7 @@ void enable_device_collectives(ProcessGroups& groups) {
       device_side = std::make_unique<SharedComm>(*data_parallel_nccl, (*group)->name());
     } else {
       // nullptr: ordered after the calling thread's current stream at each call (core/stream.h).
-      device_side = make_nccl_comm(**group, device, nullptr);
+      device_side = make_nccl_comm(**group, device, nullptr, shared_stream);
     }
     if (group == &groups.data_parallel) data_parallel_nccl = device_side.get();
     *group = std::make_unique<ByDeviceComm>(std::move(*group), std::move(device_side));

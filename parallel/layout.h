@@ -45,6 +45,9 @@ ParallelLayout make_parallel_layout(const LaunchInfo& launch, int64_t ep_size, i
 struct ProcessGroups {
   ParallelLayout layout;
   std::unique_ptr<Communicator> world, data_parallel, expert_parallel, expert_data_parallel;
+  // After enable_device_collectives: the NCCL version, the communicators and
+  // how their kernels are ordered, for the banner; empty without NCCL.
+  std::string device_collectives;
 
   // For rank 0 to print at start: the members of each group kind, e.g.
   // "data-parallel group: [0 1 2 3]; expert-parallel groups: [0 1] [2 3];

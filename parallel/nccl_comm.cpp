@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -60,7 +61,8 @@ char* byte_ptr(const Tensor& t, int64_t element) {
 
 class NcclComm final : public Communicator {
  public:
-  NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t compute_stream);
+  NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t compute_stream,
+           NcclStream stream);
   ~NcclComm() override;
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -100,8 +102,9 @@ class NcclComm final : public Communicator {
   ncclComm_t comm_;
   int64_t rank_, size_;
   std::string name_;
-  cudaStream_t compute_;           // where the inputs are produced
-  cudaStream_t stream_ = nullptr;  // the communicator's own (non-blocking) stream
+  cudaStream_t compute_;  // where the inputs are produced
+  NcclStream owned_;      // the (non-blocking) stream it enqueues on: its own, or shared
+  cudaStream_t stream_;   // owned_.get()
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
   Buffer staging_in_, staging_out_;  // device memory for host tensors
 };
@@ -109,11 +112,15 @@ class NcclComm final : public Communicator {
 #define DECO_NCCL_CALL(call) nccl_check((call), #call, __FILE__, __LINE__, comm_, name_)
 #define DECO_CUDA_CALL(call) cuda_check((call), #call, __FILE__, __LINE__, comm_, name_)
 
-NcclComm::NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t compute_stream)
-    : comm_(comm), rank_(rank), size_(size), name_(std::move(name)), compute_(compute_stream) {
-  // Non-blocking: a blocking stream would synchronize with the legacy
-  // default stream and serialize every collective with the compute kernels.
-  DECO_CUDA_CALL(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+NcclComm::NcclComm(ncclComm_t comm, int64_t rank, int64_t size, std::string name, cudaStream_t compute_stream,
+                   NcclStream stream)
+    : comm_(comm),
+      rank_(rank),
+      size_(size),
+      name_(std::move(name)),
+      compute_(compute_stream),
+      owned_(stream ? std::move(stream) : make_nccl_stream()),
+      stream_(owned_.get()) {
   // Timing is not needed, and an event without it is cheaper to record.
   DECO_CUDA_CALL(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   DECO_CUDA_CALL(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
@@ -124,7 +131,7 @@ NcclComm::~NcclComm() {
   if (done_ != nullptr) cudaEventDestroy(done_);
   if (ready_ != nullptr) cudaEventDestroy(ready_);
   ncclCommDestroy(comm_);
-  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  // owned_ destroys the stream after this, when no other communicator shares it.
 }
 
 void NcclComm::after_compute() {
@@ -323,7 +330,43 @@ void NcclComm::barrier() {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device, cudaStream_t compute_stream) {
+NcclStream make_nccl_stream() {
+  // Non-blocking: a blocking stream would synchronize with the legacy
+  // default stream and serialize every collective with the compute kernels.
+  cudaStream_t stream = nullptr;
+  cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags(&stream)",
+             __FILE__, __LINE__, nullptr, "NCCL");
+  return NcclStream(stream, [](cudaStream_t s) { cudaStreamDestroy(s); });
+}
+
+NcclLaunchOrder nccl_launch_order(int version, const char* user_setting) {
+  constexpr int kImplicitOrderSince = 22600;  // NCCL 2.26.0
+  if (version < kImplicitOrderSince) return NcclLaunchOrder::SharedStream;  // the variable means nothing there
+  if (user_setting != nullptr && *user_setting != '\0' && std::atoi(user_setting) == 0)
+    return NcclLaunchOrder::SharedStream;  // the user turned it off: order them ourselves
+  return NcclLaunchOrder::Implicit;
+}
+
+int nccl_runtime_version() {
+  int version = 0;
+  nccl_check(ncclGetVersion(&version), "ncclGetVersion(&version)", __FILE__, __LINE__, nullptr, "NCCL");
+  return version;
+}
+
+std::string nccl_version_string(int version) {
+  // Codes since 2.9 are major * 10000 + minor * 100 + patch; before, major * 1000 + minor * 100 + patch.
+  const int major = version >= 10000 ? version / 10000 : version / 1000;
+  const int minor = version >= 10000 ? version / 100 % 100 : version / 100 % 10;
+  return str(major, ".", minor, ".", version % 100);
+}
+
+void use_nccl_launch_order(NcclLaunchOrder order) {
+  // overwrite = 0: a value the user exported stays (nccl_launch_order read it).
+  if (order == NcclLaunchOrder::Implicit) setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "1", 0);
+}
+
+std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device, cudaStream_t compute_stream,
+                                             NcclStream stream) {
   const std::string group = bootstrap.name();
   cuda_check(cudaSetDevice(device), "cudaSetDevice(device)", __FILE__, __LINE__, nullptr, group);
   // The unique id is 128 opaque bytes; they travel as int32 words because
@@ -342,7 +385,8 @@ std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device
   ncclComm_t comm = nullptr;
   nccl_check(ncclCommInitRank(&comm, static_cast<int>(bootstrap.size()), id, static_cast<int>(bootstrap.rank())),
              "ncclCommInitRank(&comm, size, id, rank)", __FILE__, __LINE__, nullptr, group);
-  return std::make_unique<NcclComm>(comm, bootstrap.rank(), bootstrap.size(), group, compute_stream);
+  return std::make_unique<NcclComm>(comm, bootstrap.rank(), bootstrap.size(), group, compute_stream,
+                                    std::move(stream));
 }
 
 }  // namespace deco

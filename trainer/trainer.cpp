@@ -300,6 +300,7 @@ void Trainer::print_banner() {
   out << "deco " << DECO_VERSION << " | config " << config_.source << " | run dir " << options_.run_dir
       << "\n";
   out << "parallel: " << groups_.layout.describe() << "\n" << groups_.describe_groups() << "\n";
+  if (!groups_.device_collectives.empty()) out << "device collectives: " << groups_.device_collectives << "\n";
   {
     const double mib = 1024.0 * 1024.0;
     const double params = static_cast<double>(model_->params().flat().nbytes()) / mib;

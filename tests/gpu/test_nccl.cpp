@@ -55,6 +55,21 @@ int main() {
     record(check_all_to_all(*nccl, Device::CPU, DType::I64, 3));
     record(check_host_conveniences(*nccl));
 
+    // More communicators over the same ranks, as a run with expert
+    // parallelism creates them: two sharing one stream (the trainer's
+    // remedy where NCCL cannot order launches across communicators,
+    // nccl_comm.h), used side by side with each other and with the first.
+    {
+      const NcclStream shared = make_nccl_stream();
+      std::unique_ptr<Communicator> first = make_nccl_comm(*groups.world, device, nullptr, shared);
+      std::unique_ptr<Communicator> second = make_nccl_comm(*groups.world, device, nullptr, shared);
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        record(check_interleaved(*first, *second, Device::CUDA, dtype, 4099));
+        record(check_interleaved(*nccl, *first, Device::CUDA, dtype, 4099));
+        record(check_interleaved(*second, *nccl, Device::CUDA, dtype, 1 << 20));
+      }
+    }  // both destroyed here, the shared stream with the last of them
+
     for (const std::string& line : failures) std::printf("FAIL %s\n", line.c_str());
     std::printf("rank %lld of %lld: %d NCCL checks, %zu failures\n", static_cast<long long>(nccl->rank()),
                 static_cast<long long>(nccl->size()), checks, failures.size());

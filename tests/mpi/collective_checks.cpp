@@ -168,6 +168,23 @@ std::vector<std::string> check_all_to_all(Communicator& comm, Device device, DTy
   return compare(str("all_to_all(scale ", scale, ")"), comm, dtype, read_values(out), expected);
 }
 
+std::vector<std::string> check_interleaved(Communicator& buckets, Communicator& exchange, Device device, DType dtype,
+                                           int64_t n) {
+  Buffer bucket = make_tensor(dtype, device, values_of(buckets.rank(), n, 11));
+  std::unique_ptr<PendingCollective> in_flight = buckets.all_reduce_async(bucket, ReduceOp::Sum);
+  std::vector<std::string> failures = check_all_to_all(exchange, device, dtype, 3);
+  const std::vector<std::string> more = check_all_reduce(exchange, device, dtype, ReduceOp::Sum, 5);
+  failures.insert(failures.end(), more.begin(), more.end());
+  in_flight->wait();
+  std::vector<double> expected(static_cast<size_t>(n), 0.0);
+  for (int64_t r = 0; r < buckets.size(); ++r)
+    for (int64_t i = 0; i < n; ++i) expected[static_cast<size_t>(i)] += value(r, 11 + i);
+  const std::vector<std::string> sums =
+      compare("all_reduce_async beside another communicator's collectives", buckets, dtype, read_values(bucket), expected);
+  failures.insert(failures.end(), sums.begin(), sums.end());
+  return failures;
+}
+
 std::vector<std::string> check_broadcast(Communicator& comm, Device device, DType dtype, int64_t n) {
   const int64_t root = comm.size() - 1;
   // Non-root ranks start from other values, which must be overwritten.

@@ -33,6 +33,12 @@ std::vector<std::string> check_all_gather(Communicator& comm, Device device, DTy
 std::vector<std::string> check_all_to_all(Communicator& comm, Device device, DType dtype, int64_t scale);
 // From the last rank, which is not rank 0 in any group of two or more.
 std::vector<std::string> check_broadcast(Communicator& comm, Device device, DType dtype, int64_t n);
+// Two communicators at once, as a training step uses them: an all-reduce
+// of n elements in flight on `buckets` (a gradient bucket) while `exchange`
+// runs a blocking all-to-all and then an all-reduce (the expert exchange),
+// then the first waited for; every result checked.
+std::vector<std::string> check_interleaved(Communicator& buckets, Communicator& exchange, Device device, DType dtype,
+                                           int64_t n);
 // The host conveniences: all_reduce_sum/max of vectors, all_to_all_counts, barrier.
 std::vector<std::string> check_host_conveniences(Communicator& comm);
 

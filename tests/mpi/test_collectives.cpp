@@ -37,6 +37,15 @@ TEST_CASE("all_reduce_async: several in flight, each waited for", "[collectives]
     for (int64_t n : kLengths) CHECK(join(check_all_reduce_async(world(), Device::CPU, dtype, n)) == "");
 }
 
+TEST_CASE("a bucket in flight on one communicator while another exchanges", "[collectives]") {
+  // The data-parallel group and the expert-parallel group of a step are two
+  // communicators; under mpirun this one is a second MpiComm over the world.
+  if (world().size() == 1) return;
+  std::unique_ptr<MpiComm> other = MpiComm::world("other");
+  for (DType dtype : collective_dtypes(Device::CPU))
+    for (int64_t n : kLengths) CHECK(join(check_interleaved(world(), *other, Device::CPU, dtype, n)) == "");
+}
+
 TEST_CASE("ByDeviceComm sends host tensors to its host communicator", "[collectives]") {
   // The device side must never see a host tensor: it fails the test if called.
   struct DeviceSide final : Communicator {

@@ -7,6 +7,9 @@
 #include "core/error.h"
 #include "parallel/layout.h"
 #include "tests/mpi/collective_checks.h"
+#ifdef DECO_WITH_NCCL
+#include "parallel/nccl_comm.h"
+#endif
 
 using namespace deco;
 using namespace deco::test;
@@ -71,6 +74,24 @@ TEST_CASE("impossible layouts are refused before any collective", "[layout]") {
                     "rank owns the same number of experts.");
   CHECK_THROWS_AS(make_process_groups(launch_of(4, 1), 0, 6), Error);
 }
+
+#ifdef DECO_WITH_NCCL
+// What keeps several NCCL communicators of one GPU from deadlocking
+// (nccl_comm.h): NCCL's implicit launch order where the library has it and
+// the user did not turn it off, else one shared stream. Needs no GPU.
+TEST_CASE("several NCCL communicators: implicit launch order from NCCL 2.26, else one stream", "[layout]") {
+  CHECK(nccl_launch_order(22600, nullptr) == NcclLaunchOrder::Implicit);
+  CHECK(nccl_launch_order(22809, nullptr) == NcclLaunchOrder::Implicit);
+  CHECK(nccl_launch_order(22809, "1") == NcclLaunchOrder::Implicit);
+  CHECK(nccl_launch_order(22809, "") == NcclLaunchOrder::Implicit);  // empty counts as unset
+  CHECK(nccl_launch_order(22809, "0") == NcclLaunchOrder::SharedStream);
+  CHECK(nccl_launch_order(22507, nullptr) == NcclLaunchOrder::SharedStream);
+  CHECK(nccl_launch_order(22507, "1") == NcclLaunchOrder::SharedStream);  // 2.25 has no such variable
+  CHECK(nccl_version_string(22809) == "2.28.9");
+  CHECK(nccl_version_string(2804) == "2.8.4");  // the code before 2.9
+  CHECK(nccl_runtime_version() >= 2000);        // the library linked in answers without a GPU
+}
+#endif
 
 TEST_CASE("each group's communicator holds the ranks the rule names", "[groups]") {
   const LaunchInfo launch = detect_launch();
