@@ -43,7 +43,8 @@ void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool tran
 // host offsets int32[experts + 1]; expert_rows: W is ExpertRows, else
 // ExpertCols. They apply when sparse_expert_kernels_apply says so (bf16
 // device operands, 16-byte aligned rows, D = 64, H a positive multiple of
-// 64, experts few enough for the scatter block's shared memory). wide:
+// 64, at most 479 experts per call: their offsets travel as a kernel
+// parameter, and the scatter block's shared memory holds two ints each). wide:
 // the 8-warp blocks of ops::SparseExpertKernels::Wide, else the 4-warp ones.
 bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, int64_t experts,
                                  std::initializer_list<const Tensor*> bf16_operands);

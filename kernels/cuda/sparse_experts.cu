@@ -49,7 +49,6 @@
 #include <cstdint>
 #include <numeric>
 #include <type_traits>
-#include <vector>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
@@ -64,6 +63,21 @@ constexpr int kLd = kD + 8;     // bf16 elements per shared row
 constexpr int kTileRows = 64;   // pairs per K step (weight gradient); per block (narrow gather GEMM)
 constexpr int kAccLd = kD + 4;  // floats per row of the scatter GEMM's slice
 constexpr int kTileElems = kTileRows * kLd;
+
+// The experts' offsets, and one more int per expert, reach the kernels as a
+// kernel parameter rather than through device memory: no host-to-device copy
+// per call (from pageable memory the driver may wait for the stream to
+// drain first, and the calls come right after the routing's sync, when the
+// GPU waits for the host), no device buffer to keep alive until the kernel
+// has run. 2 x 480 ints stay under the 4 KB of parameters every CUDA
+// version allows; more experts on one rank take the composition
+// (sparse_expert_kernels_apply).
+constexpr int kMaxExperts = 479;
+struct ExpertTable {
+  int32_t offsets[kMaxExperts + 1];  // expert e's pairs are [offsets[e], offsets[e + 1])
+  int32_t aux[kMaxExperts + 1];      // gather GEMM: each expert's first block; weight gradient: the expert order
+};
+static_assert(sizeof(ExpertTable) <= 4096 - 256, "the table and the other parameters fit in 4 KB");
 
 // The block shapes, by warps per block (4: narrow, 8: wide).
 template <int WARPS>
@@ -146,22 +160,32 @@ struct GatherSmem {
   static constexpr int bytes = 2 * x_elems * 2 + 2 * kTileElems * 2 + Blocks<WARPS>::pairs * 4;
 };
 
-// tiles[b] = (expert, first pair) of block b, which computes pairs [first,
-// first + 16 WARPS) of that expert (fewer at its end). NK: W stored
-// ExpertRows (its shared block is [d][h] = [n][k]).
+// Block b computes pairs [first, first + 16 WARPS) of one expert (fewer at
+// its end): expert e's blocks are [table.aux[e], table.aux[e + 1]), so e is
+// the last expert whose first block is at most b (an expert without pairs
+// has no blocks, and the last of a run of equal firsts is the one that has
+// them). NK: W stored ExpertRows (its shared block is [d][h] = [n][k]).
 template <bool NK, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS)
     gather_gemm_kernel(bf16* c, int64_t ldc, const bf16* x, int64_t ldx, const int32_t* index, const bf16* w,
-                       int64_t ldw, const int2* tiles, const int32_t* offsets, int H) {
+                       int64_t ldw, const __grid_constant__ ExpertTable table, int experts, int H) {
   using S = Blocks<WARPS>;
   using M = GatherSmem<WARPS>;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* xs = reinterpret_cast<bf16*>(smem);                    // [2][pairs * kLd]
   bf16* ws = xs + 2 * M::x_elems;                              // [2][kTileElems]
   int32_t* tok = reinterpret_cast<int32_t*>(ws + 2 * kTileElems);  // [pairs]
-  const int2 tile = tiles[blockIdx.x];
-  const int e = tile.x, r0 = tile.y;
-  const int rows = min(S::pairs, offsets[e + 1] - r0);
+  const int b = static_cast<int>(blockIdx.x);
+  int e = 0;
+  for (int hi = experts - 1; e < hi;) {  // the last e in [0, experts) with aux[e] <= b (aux[0] = 0)
+    const int mid = (e + hi + 1) / 2;
+    if (table.aux[mid] <= b)
+      e = mid;
+    else
+      hi = mid - 1;
+  }
+  const int r0 = table.offsets[e] + (b - table.aux[e]) * S::pairs;
+  const int rows = min(S::pairs, table.offsets[e + 1] - r0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
   for (int i = static_cast<int>(threadIdx.x); i < S::pairs; i += S::threads) tok[i] = i < rows ? index[r0 + i] : -1;
   __syncthreads();
@@ -231,12 +255,12 @@ __device__ __forceinline__ int lower_bound(const int32_t* index, int lo, int hi,
 // least c * chunk, for c in [0, chunks]: where each token chunk's run of the
 // expert starts (and the previous one's ends). Computed once per call, not
 // by each of the H / 64 blocks that share a chunk.
-__global__ void chunk_bounds_kernel(int32_t* bounds, const int32_t* index, const int32_t* offsets, int experts,
-                                    int entries, int chunk) {
+__global__ void chunk_bounds_kernel(int32_t* bounds, const int32_t* index, const __grid_constant__ ExpertTable table,
+                                    int experts, int entries, int chunk) {
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (i >= entries) return;
   const int c = i / experts, e = i % experts;
-  bounds[i] = lower_bound(index, offsets[e], offsets[e + 1], c * chunk);
+  bounds[i] = lower_bound(index, table.offsets[e], table.offsets[e + 1], c * chunk);
 }
 
 // A block owns tokens [t0, t0 + 32 WARPS) x columns [h0, h0 + 64). Warp w
@@ -352,7 +376,7 @@ struct WeightGradSmem {
   static constexpr int bytes = 2 * kTileElems * 2 + 2 * halves * kTileElems * 2;
 };
 
-// A block owns expert order[blockIdx.y]'s rows d x columns [h0, h0 + 16 WARPS)
+// A block owns expert table.aux[blockIdx.y]'s rows d x columns [h0, h0 + 16 WARPS)
 // (the experts with the most pairs first: a block's time grows with its
 // expert's pairs, and the longest running first keeps the grid's tail short);
 // warp w owns rows 16 (w % 4) + [0, 16) of the 64-column sub-tile w / 4.
@@ -360,14 +384,14 @@ struct WeightGradSmem {
 template <bool ROWS, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS)
     weight_grad_kernel(float* dw, int64_t lddw, const bf16* gm, int64_t ldg, const bf16* x, int64_t ldx,
-                       const int32_t* index, const int32_t* offsets, const int32_t* order) {
+                       const int32_t* index, const __grid_constant__ ExpertTable table) {
   using S = Blocks<WARPS>;
   constexpr int kHalves = WeightGradSmem<WARPS>::halves;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* gs = reinterpret_cast<bf16*>(smem);  // [2][kTileElems]: g rows [pair][d]
   bf16* xs = gs + 2 * kTileElems;            // [2][halves][kTileElems]: x rows [pair][h]
-  const int h0 = blockIdx.x * S::columns, e = order[blockIdx.y];
-  const int lo = offsets[e], n = offsets[e + 1] - lo;
+  const int h0 = blockIdx.x * S::columns, e = table.aux[blockIdx.y];
+  const int lo = table.offsets[e], n = table.offsets[e + 1] - lo;
   if (n == 0) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, cc = lane % 4;
   const int d0 = 16 * (warp % 4), half = warp / 4;
@@ -425,12 +449,14 @@ __global__ void __launch_bounds__(32 * WARPS)
 
 // ---------------------------------------------------------------- host side
 
-// The offsets in device memory (they live on the host, where the host sized the products).
-Buffer device_offsets(const int32_t* offsets, int64_t experts) {
-  Buffer d(DType::I32, Device::CUDA, Shape{experts + 1});
-  DECO_CUDA_CHECK(cudaMemcpyAsync(d.tensor().raw(), offsets, static_cast<size_t>(experts + 1) * sizeof(int32_t),
-                                  cudaMemcpyHostToDevice, current_stream()));
-  return d;
+// The host offsets (where the host sized the products) in a table, aux zero.
+ExpertTable table_of(const int32_t* offsets, int64_t experts) {
+  DECO_ASSERT(experts >= 1 && experts <= kMaxExperts, "sparse expert kernels: ", experts,
+              " experts in one call, past the ", kMaxExperts,
+              " their parameter table holds (sparse_expert_kernels_apply should have said so)");
+  ExpertTable t{};
+  std::copy(offsets, offsets + experts + 1, t.offsets);
+  return t;
 }
 
 // f(std::integral_constant<int, WARPS>) for the block shape asked for.
@@ -448,22 +474,21 @@ template <int WARPS>
 void gather(const Matrix& mc, const Matrix& mx, const Tensor& index, const Matrix& mw, bool expert_rows,
             const int32_t* offsets, int64_t experts) {
   constexpr int kPairs = Blocks<WARPS>::pairs;
-  std::vector<int2> tiles;
-  for (int64_t e = 0; e < experts; ++e)
-    for (int32_t r = offsets[e]; r < offsets[e + 1]; r += kPairs) tiles.push_back(int2{static_cast<int>(e), r});
-  if (tiles.empty()) return;
-  DECO_ASSERT(tiles.size() <= INT_MAX, "expert_gather_gemm: too many tiles");
-  Buffer dtiles(DType::I32, Device::CUDA, Shape{static_cast<int64_t>(2 * tiles.size())});
-  DECO_CUDA_CHECK(cudaMemcpyAsync(dtiles.tensor().raw(), tiles.data(), tiles.size() * sizeof(int2),
-                                  cudaMemcpyHostToDevice, current_stream()));
-  const Buffer doff = device_offsets(offsets, experts);
+  ExpertTable table = table_of(offsets, experts);
+  int64_t blocks = 0;  // each expert's first block, then the grid
+  for (int64_t e = 0; e < experts; ++e) {
+    table.aux[e] = static_cast<int32_t>(blocks);
+    blocks += (offsets[e + 1] - offsets[e] + kPairs - 1) / kPairs;
+    DECO_ASSERT(blocks <= INT_MAX, "expert_gather_gemm: too many blocks");
+  }
+  table.aux[experts] = static_cast<int32_t>(blocks);
+  if (blocks == 0) return;
   auto kernel = expert_rows ? gather_gemm_kernel<true, WARPS> : gather_gemm_kernel<false, WARPS>;
   constexpr int bytes = GatherSmem<WARPS>::bytes;
   allow_dynamic_smem(kernel, bytes);
-  kernel<<<static_cast<unsigned>(tiles.size()), Blocks<WARPS>::threads, bytes, current_stream()>>>(
+  kernel<<<static_cast<unsigned>(blocks), Blocks<WARPS>::threads, bytes, current_stream()>>>(
       static_cast<bf16*>(mc.ptr), mc.ld, static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
-      static_cast<const bf16*>(mw.ptr), mw.ld, static_cast<const int2*>(dtiles.tensor().raw()),
-      doff.tensor().data<int32_t>(), static_cast<int>(mx.cols));
+      static_cast<const bf16*>(mw.ptr), mw.ld, table, static_cast<int>(experts), static_cast<int>(mx.cols));
   check_launch();
 }
 
@@ -477,12 +502,12 @@ void scatter(const Matrix& my, const Matrix& mg, const Tensor& index, const Matr
               " bytes of shared memory per block, past the ", smem_optin_bytes(),
               " this GPU allows (sparse_expert_kernels_apply should have said so)");
   const int bytes = static_cast<int>(bytes64);
-  const Buffer doff = device_offsets(offsets, experts);
+  const ExpertTable table = table_of(offsets, experts);
   const int64_t chunks = (my.rows + kChunk - 1) / kChunk, entries = (chunks + 1) * experts;
   DECO_ASSERT(entries <= INT_MAX, "expert_scatter_gemm: too many token chunks x experts");
   Buffer bounds(DType::I32, Device::CUDA, Shape{entries});
   chunk_bounds_kernel<<<static_cast<unsigned>((entries + 255) / 256), 256, 0, current_stream()>>>(
-      bounds.tensor().data<int32_t>(), index.data<int32_t>(), doff.tensor().data<int32_t>(), static_cast<int>(experts),
+      bounds.tensor().data<int32_t>(), index.data<int32_t>(), table, static_cast<int>(experts),
       static_cast<int>(entries), kChunk);
   check_launch();
   // ExpertCols weights have their shared block as [h][d] = [n][k].
@@ -499,17 +524,13 @@ void scatter(const Matrix& my, const Matrix& mg, const Tensor& index, const Matr
 template <int WARPS>
 void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Matrix& mx, const Tensor& index,
                  const int32_t* offsets, int64_t experts) {
-  DECO_ASSERT(experts <= 65535, "expert_weight_grad: at most 65535 experts per launch");
-  const Buffer doff = device_offsets(offsets, experts);
+  ExpertTable table = table_of(offsets, experts);  // experts <= kMaxExperts: within the grid's 65535 rows
   // Experts by pairs, most first (ties by index: the order, like the sums, depends on the routing only).
-  std::vector<int32_t> order(static_cast<size_t>(experts));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+  int32_t* order = table.aux;
+  std::iota(order, order + experts, 0);
+  std::stable_sort(order, order + experts, [&](int32_t a, int32_t b) {
     return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
   });
-  Buffer dorder(DType::I32, Device::CUDA, Shape{experts});
-  DECO_CUDA_CHECK(cudaMemcpyAsync(dorder.tensor().raw(), order.data(), order.size() * sizeof(int32_t),
-                                  cudaMemcpyHostToDevice, current_stream()));
   auto kernel = expert_rows ? weight_grad_kernel<true, WARPS> : weight_grad_kernel<false, WARPS>;
   constexpr int bytes = WeightGradSmem<WARPS>::bytes;
   allow_dynamic_smem(kernel, bytes);
@@ -517,7 +538,7 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
   kernel<<<grid, Blocks<WARPS>::threads, bytes, current_stream()>>>(static_cast<float*>(mdw.ptr), mdw.ld,
                                                   static_cast<const bf16*>(mg.ptr), mg.ld,
                                                   static_cast<const bf16*>(mx.ptr), mx.ld, index.data<int32_t>(),
-                                                  doff.tensor().data<int32_t>(), dorder.tensor().data<int32_t>());
+                                                  table);
   check_launch();
 }
 
@@ -526,9 +547,10 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
 bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, int64_t experts,
                                  std::initializer_list<const Tensor*> bf16_operands) {
   if (block != kD || hidden <= 0 || hidden % kD != 0 || hidden > INT_MAX) return false;
+  if (experts < 1 || experts > kMaxExperts) return false;  // the kernels' parameter table (ExpertTable)
   // The scatter block keeps two ints per expert in shared memory: past what
-  // the GPU gives a block even in the narrow shape (sm_86/89: 99 KB, about
-  // 950 experts; sm_90: 227 KB), the composition runs instead.
+  // the GPU gives a block even in the narrow shape, the composition runs
+  // instead (at kMaxExperts the narrow block needs 95 KB, within sm_86/89's 99).
   if (ScatterSmem<4>::bytes(experts) > smem_optin_bytes()) return false;
   for (const Tensor* t : bf16_operands) {
     if (t->dtype() != DType::BF16 || t->device() != Device::CUDA) return false;

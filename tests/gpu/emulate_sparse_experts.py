@@ -3,7 +3,9 @@
 
 The three kernels (gather_gemm_kernel<NK, WARPS>, scatter_gemm_kernel<NK,
 WARPS>, weight_grad_kernel<ROWS, WARPS>, both values of each parameter: the
-wide and narrow blocks) and their host-side launch code (tile table, grids,
+wide and narrow blocks) and their host-side launch code (the parameter
+table: offsets, each expert's first gather block, the weight gradient's
+expert order; the gather block's binary search for its expert; grids,
 early returns, the weight gradient's fallback to narrow blocks when H is no
 multiple of 128) are transcribed line by line: the
 same global and shared offsets (flat arrays with the kernels' leading
@@ -64,6 +66,7 @@ KLD = KD + 8                  # kLd: bf16 elements per shared row
 KTILE_ROWS = 64               # kTileRows: pairs per weight-gradient K step
 KACCLD = KD + 4               # kAccLd: floats per row of the scatter slice
 KTILE_ELEMS = KTILE_ROWS * KLD
+MAX_EXPERTS = 479             # kMaxExperts: the experts ExpertTable (a kernel parameter) holds
 
 
 class Blocks:
@@ -176,7 +179,7 @@ def check_layout(regions, total, aligned, what):
     check(total <= 227 * 1024, f"{what}: more shared memory than a block may have")
 
 
-def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, tiles, offsets, H):
+def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, offsets, aux, experts, H):
     M = GatherSmem(S)
     ws_at = 2 * M.x_elems * 2
     tok_at = ws_at + 2 * KTILE_ELEMS * 2
@@ -184,8 +187,18 @@ def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, tiles, offse
                  [0, ws_at, ws_at + KTILE_ELEMS * 2, M.x_elems * 2], "gather")
     xs, ws = smem(2 * M.x_elems), smem(2 * KTILE_ELEMS)
     tok = np.full(S.pairs, -(1 << 30), np.int64)
-    e, r0 = tiles[block]
+    # The block's expert: the last e in [0, experts) with aux[e] <= block (a binary search over the table).
+    e, hi = 0, experts - 1
+    while e < hi:
+        mid = (e + hi + 1) // 2
+        if aux[mid] <= block:
+            e = mid
+        else:
+            hi = mid - 1
+    r0 = offsets[e] + (block - aux[e]) * S.pairs
     rows = min(S.pairs, offsets[e + 1] - r0)
+    check(rows > 0 and offsets[e] <= r0, f"gather block {block} decodes to expert {e} without pairs left")
+    tiles_seen.append((e, r0))
     for i in range(S.pairs):
         tok[i] = index[inb(index, r0 + i, "index")] if i < rows else -1
 
@@ -220,16 +233,24 @@ def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, tiles, offse
             store_pack(c, ((r0 + r + 8) * ldc + 8 * j + 2 * C)[m], acc[warp, j][m, 2], acc[warp, j][m, 3])
 
 
+tiles_seen = []  # (expert, first pair) of every gather block, as it decoded them
+
+
 def expert_gather_gemm(c, ldc, x, ldx, x_cols, index, w, ldw, expert_rows, offsets, experts, wide):
     S = WIDE if wide else NARROW
-    tiles = []
+    check(1 <= experts <= MAX_EXPERTS, "the parameter table holds the experts")
+    aux, blocks = [0] * (experts + 1), 0  # each expert's first block (ExpertTable::aux), then the grid
     for e in range(experts):
-        for r in range(offsets[e], offsets[e + 1], S.pairs):
-            tiles.append((e, r))
-    if not tiles:
+        aux[e] = blocks
+        blocks += (offsets[e + 1] - offsets[e] + S.pairs - 1) // S.pairs
+    aux[experts] = blocks
+    if blocks == 0:
         return
-    for block in range(len(tiles)):
-        gather_gemm_kernel(expert_rows, S, block, c, ldc, x, ldx, index, w, ldw, tiles, offsets, x_cols)
+    del tiles_seen[:]
+    for block in range(blocks):
+        gather_gemm_kernel(expert_rows, S, block, c, ldc, x, ldx, index, w, ldw, offsets, aux, experts, x_cols)
+    expected = [(e, r) for e in range(experts) for r in range(offsets[e], offsets[e + 1], S.pairs)]
+    check(tiles_seen == expected, "the gather blocks cover each expert's pairs in tiles, in order, once")
 
 
 # ---------------------------------------------------------------- scatter GEMM
