@@ -349,6 +349,7 @@ void device_memset_zero(Device device, void* ptr, size_t bytes) {
 }
 
 void device_copy(Device dst_device, void* dst, Device src_device, const void* src, size_t bytes) {
+  if (bytes == 0) return;  // empty tensors may have null data, which memcpy must not be given
   if (dst_device == Device::CPU && src_device == Device::CPU) {
     std::memcpy(dst, src, bytes);
     return;
