@@ -342,7 +342,8 @@ NcclStream make_nccl_stream() {
 NcclLaunchOrder nccl_launch_order(int version, const char* user_setting) {
   constexpr int kImplicitOrderSince = 22600;  // NCCL 2.26.0
   if (version < kImplicitOrderSince) return NcclLaunchOrder::SharedStream;  // the variable means nothing there
-  if (user_setting != nullptr && *user_setting != '\0' && std::atoi(user_setting) == 0)
+  // Parsed as NCCL parses its integer variables (strtoll, base 0: "08" is 0 there).
+  if (user_setting != nullptr && *user_setting != '\0' && std::strtoll(user_setting, nullptr, 0) == 0)
     return NcclLaunchOrder::SharedStream;  // the user turned it off: order them ourselves
   return NcclLaunchOrder::Implicit;
 }
@@ -361,8 +362,9 @@ std::string nccl_version_string(int version) {
 }
 
 void use_nccl_launch_order(NcclLaunchOrder order) {
-  // overwrite = 0: a value the user exported stays (nccl_launch_order read it).
-  if (order == NcclLaunchOrder::Implicit) setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "1", 0);
+  // Overwriting: a user's non-zero value means the same, and an empty one
+  // (which setenv without overwrite would keep) means 0 to NCCL.
+  if (order == NcclLaunchOrder::Implicit) setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "1", 1);
 }
 
 std::unique_ptr<Communicator> make_nccl_comm(Communicator& bootstrap, int device, cudaStream_t compute_stream,

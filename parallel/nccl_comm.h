@@ -3,7 +3,8 @@
 // backend and NCCL (the build defines DECO_WITH_NCCL); see CMakeLists.txt.
 //
 // dtypes: F32, BF16, F64, I32, I64. Each collective runs on the
-// communicator's own stream, a non-blocking one, after an event recorded on
+// communicator's stream (its own, or one shared with the process's other
+// communicators: NcclLaunchOrder below), a non-blocking one, after an event recorded on
 // the compute stream (so it is ordered after the kernels that produced its
 // input without stopping the compute stream), and a blocking call returns
 // once it has completed, waiting by polling:
@@ -59,8 +60,11 @@ NcclLaunchOrder nccl_launch_order(int version, const char* user_setting);
 // The NCCL library's version code, and "2.28.9" from it.
 int nccl_runtime_version();
 std::string nccl_version_string(int version);
-// Implicit: sets NCCL_LAUNCH_ORDER_IMPLICIT=1 unless the user set it; call
-// before the first communicator is created (NCCL reads it at creation).
+// Implicit: sets NCCL_LAUNCH_ORDER_IMPLICIT=1 (nccl_launch_order chose
+// Implicit only where the variable is unset, empty or non-zero, and NCCL
+// reads an empty one as 0); call before the first communicator is created
+// (NCCL reads the variable once per process, at its first launch; a value
+// in nccl.conf does not override the environment).
 void use_nccl_launch_order(NcclLaunchOrder order);
 
 }  // namespace deco

@@ -179,6 +179,37 @@ def check_layout(regions, total, aligned, what):
     check(total <= 227 * 1024, f"{what}: more shared memory than a block may have")
 
 
+def gather_block_expert(aux, experts, block):
+    """The gather block's expert: the last e in [0, experts) with aux[e] <= block (the kernel's binary search)."""
+    e, hi = 0, experts - 1
+    while e < hi:
+        mid = (e + hi + 1) // 2
+        if aux[mid] <= block:
+            e = mid
+        else:
+            hi = mid - 1
+    return e
+
+
+def check_block_decode():
+    """Every gather block finds its expert for tables with empty experts first, last and in runs."""
+    for offsets in ([0, 0, 0, 5, 5, 200, 200], [0, 0, 1], [0, 3, 3, 3], [7, 7, 300, 300, 301],
+                    [0, 128, 128, 129], [0, 64, 64, 64, 64, 65]):
+        experts = len(offsets) - 1
+        for pairs in (64, 128):
+            aux, blocks = [0] * (experts + 1), 0
+            for e in range(experts):
+                aux[e] = blocks
+                blocks += (offsets[e + 1] - offsets[e] + pairs - 1) // pairs
+            aux[experts] = blocks
+            decoded = []
+            for b in range(blocks):
+                e = gather_block_expert(aux, experts, b)
+                decoded.append((e, offsets[e] + (b - aux[e]) * pairs))
+            expected = [(e, r) for e in range(experts) for r in range(offsets[e], offsets[e + 1], pairs)]
+            check(decoded == expected, f"gather block decode for offsets {offsets}, {pairs} pairs a block")
+
+
 def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, offsets, aux, experts, H):
     M = GatherSmem(S)
     ws_at = 2 * M.x_elems * 2
@@ -187,14 +218,7 @@ def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, offsets, aux
                  [0, ws_at, ws_at + KTILE_ELEMS * 2, M.x_elems * 2], "gather")
     xs, ws = smem(2 * M.x_elems), smem(2 * KTILE_ELEMS)
     tok = np.full(S.pairs, -(1 << 30), np.int64)
-    # The block's expert: the last e in [0, experts) with aux[e] <= block (a binary search over the table).
-    e, hi = 0, experts - 1
-    while e < hi:
-        mid = (e + hi + 1) // 2
-        if aux[mid] <= block:
-            e = mid
-        else:
-            hi = mid - 1
+    e = gather_block_expert(aux, experts, block)
     r0 = offsets[e] + (block - aux[e]) * S.pairs
     rows = min(S.pairs, offsets[e + 1] - r0)
     check(rows > 0 and offsets[e] <= r0, f"gather block {block} decodes to expert {e} without pairs left")
@@ -383,6 +407,7 @@ def expert_scatter_gemm(y, y_rows, y_cols, ldy, gm, ldg, index, w, ldw, expert_r
     if offsets[experts] == offsets[0] or y_rows == 0:
         return
     S = WIDE if wide else NARROW
+    check(1 <= experts <= MAX_EXPERTS, "the parameter table holds the experts")
     check_scatter_layout(S, experts)
     NK = not expert_rows
     chunks = (y_rows + S.chunk - 1) // S.chunk
@@ -456,7 +481,7 @@ def weight_grad_kernel(ROWS, S, bx, by, dw, lddw, gm, ldg, x, ldx, index, offset
 def expert_weight_grad(dw, lddw, expert_rows, gm, ldg, x, ldx, x_cols, index, offsets, experts, wide):
     if offsets[experts] == offsets[0]:
         return
-    check(experts <= 65535, "at most 65535 experts")
+    check(1 <= experts <= MAX_EXPERTS, "the parameter table holds the experts")
     S = WIDE if wide and x_cols % WIDE.columns == 0 else NARROW
     # Experts by pairs, most first, ties by index (std::stable_sort on the host).
     order = sorted(range(experts), key=lambda e: (-(offsets[e + 1] - offsets[e]), e))
@@ -609,6 +634,12 @@ if __name__ == "__main__":
     rng = np.random.default_rng(0)
     worst, failures = 0.0, []
     start = time.time()
+    try:
+        check_block_decode()
+        print("gather block decode (empty experts first, last, in runs; offsets from non-zero): ok")
+    except Failure as f:
+        print(f"gather block decode: FAIL {f}")
+        failures.append(f"gather block decode: {f}")
     for (N, E, H, ratio, pad) in CASES:
         label = f"N{N} E{E} H{H} ratio {ratio} pad {pad}"
         try:

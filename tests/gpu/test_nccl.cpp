@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,10 @@ int main() {
     const LaunchInfo launch = detect_launch();
     const int device = select_local_device(launch);  // before MPI, as deco train does
     ProcessGroups groups = make_process_groups(launch, 1, 0);
+    // The launch order a run with several communicators takes (nccl_comm.h),
+    // set before the first communicator as enable_device_collectives sets it.
+    const NcclLaunchOrder order = nccl_launch_order(nccl_runtime_version(), std::getenv("NCCL_LAUNCH_ORDER_IMPLICIT"));
+    use_nccl_launch_order(order);
     // nullptr, as the trainer passes it: ordered after the current stream,
     // the legacy one the collective checks fill their inputs on.
     std::unique_ptr<Communicator> nccl = make_nccl_comm(*groups.world, device, nullptr);
@@ -56,19 +61,26 @@ int main() {
     record(check_host_conveniences(*nccl));
 
     // More communicators over the same ranks, as a run with expert
-    // parallelism creates them: two sharing one stream (the trainer's
-    // remedy where NCCL cannot order launches across communicators,
-    // nccl_comm.h), used side by side with each other and with the first.
+    // parallelism creates them, used side by side as a step uses them: two
+    // sharing one stream (the remedy where NCCL cannot order launches
+    // across communicators) with each other, and, where NCCL orders
+    // launches itself (Implicit), communicators on streams of their own.
     {
       const NcclStream shared = make_nccl_stream();
       std::unique_ptr<Communicator> first = make_nccl_comm(*groups.world, device, nullptr, shared);
       std::unique_ptr<Communicator> second = make_nccl_comm(*groups.world, device, nullptr, shared);
       for (DType dtype : {DType::F32, DType::BF16}) {
         record(check_interleaved(*first, *second, Device::CUDA, dtype, 4099));
-        record(check_interleaved(*nccl, *first, Device::CUDA, dtype, 4099));
-        record(check_interleaved(*second, *nccl, Device::CUDA, dtype, 1 << 20));
+        record(check_interleaved(*second, *first, Device::CUDA, dtype, 1 << 20));
       }
     }  // both destroyed here, the shared stream with the last of them
+    if (order == NcclLaunchOrder::Implicit) {
+      std::unique_ptr<Communicator> other = make_nccl_comm(*groups.world, device, nullptr);
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        record(check_interleaved(*nccl, *other, Device::CUDA, dtype, 4099));
+        record(check_interleaved(*other, *nccl, Device::CUDA, dtype, 1 << 20));
+      }
+    }
 
     for (const std::string& line : failures) std::printf("FAIL %s\n", line.c_str());
     std::printf("rank %lld of %lld: %d NCCL checks, %zu failures\n", static_cast<long long>(nccl->rank()),

@@ -85,6 +85,8 @@ TEST_CASE("several NCCL communicators: implicit launch order from NCCL 2.26, els
   CHECK(nccl_launch_order(22809, "1") == NcclLaunchOrder::Implicit);
   CHECK(nccl_launch_order(22809, "") == NcclLaunchOrder::Implicit);  // empty counts as unset
   CHECK(nccl_launch_order(22809, "0") == NcclLaunchOrder::SharedStream);
+  CHECK(nccl_launch_order(22809, "08") == NcclLaunchOrder::SharedStream);  // NCCL's strtoll(base 0) reads 0
+  CHECK(nccl_launch_order(22809, "0x1") == NcclLaunchOrder::Implicit);
   CHECK(nccl_launch_order(22507, nullptr) == NcclLaunchOrder::SharedStream);
   CHECK(nccl_launch_order(22507, "1") == NcclLaunchOrder::SharedStream);  // 2.25 has no such variable
   CHECK(nccl_version_string(22809) == "2.28.9");
