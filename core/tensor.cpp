@@ -165,7 +165,10 @@ void Buffer::release() {
 static void cuda_check(cudaError_t status, const char* what, size_t bytes) {
   if (status != cudaSuccess)
     fail("CUDA ", what, " of ", bytes, " bytes failed: ", cudaGetErrorString(status),
-         ". Check that a GPU is visible (nvidia-smi) and has enough free memory.");
+         status == cudaErrorMemoryAllocation || status == cudaErrorNoDevice || status == cudaErrorInvalidDevice
+             ? ". Check that a GPU is visible (nvidia-smi) and has enough free memory."
+             : ". A copy reports the faults of kernels queued before it: rerun with CUDA_LAUNCH_BLOCKING=1 "
+               "(or under compute-sanitizer) to see which kernel failed.");
 }
 CachingAllocator* cuda_caching_allocator() {
   // Created on first use for the device current then (one GPU per process:

@@ -53,6 +53,19 @@ ncclDataType_t nccl_type(DType dtype) {
   internal_error(__FILE__, __LINE__, "NcclComm: unknown dtype");
 }
 
+// cudaEventQuery, without leaving its "not ready" behind as the thread's
+// last error: CUDA runtimes have recorded it there, and every kernel launch
+// is checked with cudaGetLastError, so the first launch after a collective
+// that was still running when polled would fail with "device not ready"
+// (PyTorch clears it the same way). A different error waiting there is
+// returned instead, not swallowed.
+cudaError_t query_event(cudaEvent_t event) {
+  const cudaError_t state = cudaEventQuery(event);
+  if (state != cudaErrorNotReady) return state;
+  const cudaError_t last = cudaGetLastError();
+  return last == cudaSuccess || last == cudaErrorNotReady ? cudaErrorNotReady : last;
+}
+
 ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Sum ? ncclSum : ncclMax; }
 
 char* byte_ptr(const Tensor& t, int64_t element) {
@@ -84,6 +97,10 @@ class NcclComm final : public Communicator {
   // Polls `event` (recorded on the stream after `collective`) until it has
   // completed, checking NCCL's asynchronous errors and the timeout.
   void poll(cudaEvent_t event, const char* collective);
+  // Ends the job (aborting the communicator) for an error query_event returned.
+  void fail_query(cudaError_t state) {
+    cuda_check(state, "cudaEventQuery(event)", __FILE__, __LINE__, comm_, name_);
+  }
 
  private:
   // The communicator's stream waits for the work queued so far on the compute stream.
@@ -169,7 +186,7 @@ void NcclComm::wait(const char* collective) {
 void NcclComm::poll(cudaEvent_t event, const char* collective) {
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
-    const cudaError_t state = cudaEventQuery(event);
+    const cudaError_t state = query_event(event);
     if (state == cudaSuccess) return;
     if (state != cudaErrorNotReady) cuda_check(state, "cudaEventQuery(event)", __FILE__, __LINE__, comm_, name_);
     ncclResult_t async_error = ncclSuccess;
@@ -223,7 +240,9 @@ class NcclPending final : public PendingCollective {
   }
   bool test() override {
     if (waited_) return true;
-    if (cudaEventQuery(done_) == cudaErrorNotReady) return false;
+    const cudaError_t state = query_event(done_);
+    if (state == cudaErrorNotReady) return false;
+    if (state != cudaSuccess) comm_->fail_query(state);  // reported, not hidden
     wait();  // done, or an error, which poll() reports (aborting the communicator) instead of hiding it
     return true;
   }

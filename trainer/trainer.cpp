@@ -570,6 +570,10 @@ StepMetrics Trainer::train_step() {
   consumed_samples_ += t.global_batch_size;
   m.consumed_samples = consumed_samples_;
   m.consumed_tokens = consumed_samples_ * seq;
+  // The optimizer's kernels may still be queued on a GPU: the step's time
+  // includes them (not the next step's). Free of cost: the next micro-batch's
+  // token upload waits for the device anyway.
+  device_synchronize(device_);
   m.step_time_s = seconds_since(start);
   elapsed_s_ += m.step_time_s;
   m.elapsed_s = elapsed_s_;

@@ -84,6 +84,12 @@ class Lt {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
+    // Shapes that change every micro-batch (expert parallelism's received
+    // rows; the composition's per-expert pair counts) would grow the cache
+    // without end: past kMaxPlans it starts again (descriptors are host
+    // objects, free to destroy once the GEMMs using them are launched, and
+    // a caller holds its plan only until it has launched, on this thread).
+    if (plans_.size() >= kMaxPlans) drop_plans();
     Plan p;
     DECO_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -149,6 +155,16 @@ class Lt {
   Lt() {
     DECO_CUBLAS_CHECK(cublasLtCreate(&handle_));
     workspace(nullptr);  // the legacy stream's, allocated up front like the model's buffers
+  }
+  static constexpr size_t kMaxPlans = 4096;
+  void drop_plans() {
+    for (auto& [key, p] : plans_) {
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.c);
+      cublasLtMatmulDescDestroy(p.desc);
+    }
+    plans_.clear();
   }
   cublasLtHandle_t handle_ = nullptr;
   std::vector<std::pair<cudaStream_t, void*>> workspaces_;  // few: the legacy stream and a side stream
