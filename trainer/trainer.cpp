@@ -163,6 +163,14 @@ void Trainer::setup_expert_compute() {
           measure_expert_crossover(config_.model, config_.training.micro_batch_size * config_.model.seq_length,
                                    device_, config_.training.activation_dtype());
       measured = {x.ratio, x.dense_s, x.sparse_low_s, x.sparse_high_s};
+      if (device_ == Device::CUDA) {
+        // The measured layer's blocks go back to the device, and the peaks
+        // restart, so the set-up memory report (and peak memory) counts the
+        // run, not this one-off layer.
+        device_synchronize(device_);
+        cuda_caching_allocator()->release_cached();
+        cuda_caching_allocator()->reset_peaks();
+      }
     }
     groups_.world->all_reduce_sum(measured);
     expert_crossover_ = measured[0];
