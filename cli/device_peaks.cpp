@@ -10,12 +10,18 @@
 namespace deco::cli {
 namespace {
 
+// The best of at least 4 rounds, and of as many more as fit in about a
+// quarter second (at most 400): the first round warms up (cuBLASLt's
+// heuristic, page faults), and a GPU found idle needs some hundred
+// milliseconds of work before its clocks are up, far more than a few rounds
+// of a millisecond each (a low peak would inflate every "of floor" figure).
 template <typename F> double best_seconds(F&& run) {
-  double best = 1e300;
-  for (int round = 0; round < 4; ++round) {  // the first round warms up (cuBLASLt's heuristic, page faults)
+  double best = 1e300, spent = 0.0;
+  for (int round = 0; round < 400 && (round < 4 || spent < 0.25); ++round) {
     const auto t0 = std::chrono::steady_clock::now();
     run();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    spent += s;
     if (round > 0) best = std::min(best, s);
   }
   return best;

@@ -1,6 +1,7 @@
 // deco: train and inspect DECO models. See README.md for the quickstart.
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -26,6 +27,9 @@ int report_error(const char* message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line by line even into a file or pipe: a run killed by a timeout or a
+  // failing rank still leaves every line it printed (std::cout shares stdout's buffer).
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CLI::App app{"deco: pre-training for DECO sparse Mixture-of-Experts transformers"};
   app.set_version_flag("--version", std::string("deco ") + DECO_VERSION);
   app.require_subcommand(1);

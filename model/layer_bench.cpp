@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
@@ -42,6 +44,30 @@ ModelConfig one_deco_layer(const ModelConfig& c, ExpertCompute compute) {
   one.recompute = Recompute::None;
   one.expert_compute = compute;
   return one;
+}
+
+// Token rows of N x H standard normal values (scaled by `scale`; with
+// `bias_feature` column 0 is 1), drawn from their own stream, once per
+// process and shape: at deco-1.2b's 32768 x 1792 tokens a draw is about 59 M
+// values, seconds on one core, and bench-layer times a dozen variants and
+// ratios over the same rows. One shape is kept per name.
+const std::vector<double>& bench_rows(const std::string& name, int64_t N, int64_t H, double scale, bool bias_feature) {
+  struct Entry {
+    int64_t n = -1, h = -1;
+    std::vector<double> values;
+  };
+  static std::map<std::string, Entry> cache;
+  Entry& e = cache[name];
+  if (e.n != N || e.h != H) {
+    e.values.assign(static_cast<size_t>(N * H), 0.0);
+    Rng rng(stream_key(3, name));
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        e.values[static_cast<size_t>(t * H + h)] = bias_feature && h == 0 ? 1.0 : scale * rng.normal();
+    e.n = N;
+    e.h = H;
+  }
+  return e.values;
 }
 
 }  // namespace
@@ -85,14 +111,12 @@ void force_router_ratio(const Tensor& router_weight, const Tensor& x, double rat
   // z = bias + g with g ~ N(0, 1): P(z > 0) = Phi(bias). Ratio 1: far enough that no pair is off.
   const double bias = ratio >= 1.0 ? 12.0 : normal_quantile(ratio);
   Rng rng(stream_key(seed, "bench-layer"));
-  std::vector<double> w(static_cast<size_t>(E * H)), xs(static_cast<size_t>(N * H));
+  std::vector<double> w(static_cast<size_t>(E * H));
   const double wstd = 1.0 / std::sqrt(static_cast<double>(H - 1));
   for (int64_t e = 0; e < E; ++e)
     for (int64_t h = 0; h < H; ++h) w[static_cast<size_t>(e * H + h)] = h == 0 ? bias : wstd * rng.normal();
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t h = 0; h < H; ++h) xs[static_cast<size_t>(t * H + h)] = h == 0 ? 1.0 : rng.normal();
   fill(router_weight, w);
-  fill(x, xs);
+  fill(x, bench_rows(str("bench-layer-x-", seed), N, H, 1.0, true));
 }
 
 LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCompute compute, double ratio,
@@ -113,12 +137,7 @@ LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCom
     ops::copy(copy->flat(), master.flat());
   }
   DecoFfn layer(c, copy ? *copy : master, grads, 0, nullptr, copy ? &master : nullptr);
-  {
-    Rng rng(stream_key(3, "bench-layer-dy"));
-    std::vector<double> g(static_cast<size_t>(tokens * H));
-    for (double& v : g) v = rng.normal() / static_cast<double>(tokens);  // a mean loss's gradient scale
-    fill(dy, g);
-  }
+  fill(dy, bench_rows("bench-layer-dy", tokens, H, 1.0 / static_cast<double>(tokens), false));  // a mean loss's scale
   layer.refresh_derived();
 
   std::vector<double> times;

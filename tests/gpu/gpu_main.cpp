@@ -1,5 +1,8 @@
 // deco_gpu_tests [FILTER]: every DECO_GPU_TEST of tests/gpu/test_cuda_*.cpp,
 // or those whose name contains FILTER. See gpu_test.h.
+#include <signal.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -107,6 +110,25 @@ void expect_equal(const std::string& what, const Tensor& cpu, const Tensor& gpu)
 
 }  // namespace deco::gpu_test
 
+namespace {
+
+// A test that hangs (a kernel waiting at a barrier or cp.async it never
+// reaches) ends the program after kTestSeconds with its name, instead of
+// using the suite's whole time limit and every test after it.
+constexpr unsigned kTestSeconds = 90;
+const char* volatile running_test = "";
+
+void on_alarm(int) {
+  const char head[] = "FAIL the test ", tail[] = " still runs after 90 s: stopping the GPU tests\n";
+  ssize_t ignored = write(STDOUT_FILENO, head, sizeof(head) - 1);
+  ignored = write(STDOUT_FILENO, running_test, std::strlen(running_test));
+  ignored = write(STDOUT_FILENO, tail, sizeof(tail) - 1);
+  (void)ignored;
+  _exit(3);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace deco;
   // Line-buffered: a test that hangs until the suite's timeout kills it, or
@@ -117,18 +139,31 @@ int main(int argc, char** argv) {
     return 77;
   }
   const char* filter = argc > 1 ? argv[1] : "";
+  signal(SIGALRM, on_alarm);
+  int ran = 0;
   for (const auto& [name, fn] : gpu_test::registry()) {
     if (std::strstr(name, filter) == nullptr) continue;
+    ++ran;
     std::printf("---- %s\n", name);
     const auto start = std::chrono::steady_clock::now();
+    running_test = name;
+    alarm(kTestSeconds);
     try {
       fn();
     } catch (const std::exception& e) {
       std::printf("FAIL %s threw: %s\n", name, e.what());
       gpu_test::count_failure();
     }
+    alarm(0);
+    // Process-wide switches a test may have left changed (when it threw between setting and restoring them).
+    ops::set_attention_tensor_cores(true);
+    ops::set_sparse_expert_kernels(ops::SparseExpertKernels::Wide);
     std::printf("     %s: %.2f s\n", name,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  if (ran == 0) {
+    std::printf("FAIL no GPU test matches '%s'\n", filter);
+    return 1;
   }
   std::printf("%s\n", gpu_test::failures ? "GPU tests FAILED" : "all GPU tests passed");
   return gpu_test::failures ? 1 : 0;

@@ -1,6 +1,7 @@
 #include "tests/mpi/collective_checks.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <numeric>
 
@@ -115,10 +116,15 @@ std::vector<std::string> check_all_reduce_async(Communicator& comm, Device devic
   for (int64_t k = 0; k < 3; ++k) pending.push_back(comm.all_reduce_async(buffers[static_cast<size_t>(k)], ReduceOp::Sum));
   pending[0]->wait();
   pending[1]->wait();
+  std::vector<std::string> failures;
+  // test() until it says done, within a bound (a collective that never
+  // completes is a failure here, not a hang of the whole program).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (!pending[2]->test()) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return {str("all_reduce_async on the ", comm.name(), " group: test() never said done within 60 s")};
   }
   pending[2]->wait();  // after test() said done: returns at once
-  std::vector<std::string> failures;
   for (int64_t k = 0; k < 3; ++k) {
     std::vector<double> expected(static_cast<size_t>(sizes[k]), 0.0);
     for (int64_t r = 0; r < comm.size(); ++r)

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // a run cut short by a timeout keeps the lines it printed
   // catch_discover_tests registers every case with CTest through CMake
   // lists, where a ';' splits a name: such a case would silently never run
   // under scripts/test.sh.

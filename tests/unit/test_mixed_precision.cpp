@@ -238,7 +238,7 @@ LayerRun run_layer(ExpertCompute compute, double ratio, Device device, bool over
 }  // namespace
 
 TEST_CASE("bf16 DECO layer: sparse against dense at forced ratios, idle experts and tokens with no expert",
-          "[model][bf16][deco]") {
+          "[model][bf16][deco][gpu]") {
   // On the CPU always (the bf16 reference), and on the GPU when there is one
   // (issue 7's check: both paths on the device to bf16 rounding). The two
   // paths round at different points (per pair against per token x expert
