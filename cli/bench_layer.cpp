@@ -84,6 +84,7 @@ int bench_layer(const BenchLayerArgs& args) {
       variants.push_back({"sp-cublas", path, SparseExpertKernels::Composition, m.moe_shared_expert_overlap});
     }
   }
+  LayerBenchRows rows;  // every variant and ratio times the layer over the same token rows
   for (double ratio : args.ratios) {
     double dense_seconds = 0.0;
     for (const Variant& v : variants) {
@@ -91,7 +92,7 @@ int bench_layer(const BenchLayerArgs& args) {
       ModelConfig variant = m;
       variant.moe_shared_expert_overlap = v.overlap;
       const LayerBench r = bench_deco_layer(variant, tokens, v.path, ratio, device, static_cast<int>(args.warmup),
-                                            static_cast<int>(args.iters), dtype);
+                                            static_cast<int>(args.iters), dtype, &rows);
       ops::set_sparse_expert_kernels(chosen);
       const double flop_floor = r.flops / peak, byte_floor = r.bytes / bandwidth;
       if (v.path == ExpertCompute::Dense && v.overlap == m.moe_shared_expert_overlap) dense_seconds = r.seconds;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,28 +45,29 @@ ModelConfig one_deco_layer(const ModelConfig& c, ExpertCompute compute) {
   return one;
 }
 
-// Token rows of N x H standard normal values (scaled by `scale`; with
-// `bias_feature` column 0 is 1), drawn from their own stream, once per
-// process and shape: at deco-1.2b's 32768 x 1792 tokens a draw is about 59 M
-// values, seconds on one core, and bench-layer times a dozen variants and
-// ratios over the same rows. One shape is kept per name.
-const std::vector<double>& bench_rows(const std::string& name, int64_t N, int64_t H, double scale, bool bias_feature) {
-  struct Entry {
-    int64_t n = -1, h = -1;
-    std::vector<double> values;
-  };
-  static std::map<std::string, Entry> cache;
-  Entry& e = cache[name];
-  if (e.n != N || e.h != H) {
-    e.values.assign(static_cast<size_t>(N * H), 0.0);
-    Rng rng(stream_key(3, name));
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t h = 0; h < H; ++h)
-        e.values[static_cast<size_t>(t * H + h)] = bias_feature && h == 0 ? 1.0 : scale * rng.normal();
-    e.n = N;
-    e.h = H;
-  }
-  return e.values;
+// rows <- N x H values from the named stream: N(0, 1) x scale, column 0 set to 1 with bias_feature.
+void draw_rows(std::vector<double>& rows, const std::string& name, int64_t N, int64_t H, double scale,
+               bool bias_feature) {
+  rows.assign(static_cast<size_t>(N * H), 0.0);
+  Rng rng(stream_key(3, name));
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      rows[static_cast<size_t>(t * H + h)] = bias_feature && h == 0 ? 1.0 : scale * rng.normal();
+}
+
+// The router weights of force_router_ratio (x aside).
+void force_router_weights(const Tensor& router_weight, double ratio, uint64_t seed) {
+  DECO_ASSERT(ratio > 0 && ratio <= 1, "ratio ", ratio, " outside (0, 1]");
+  const int64_t E = router_weight.size(0), H = router_weight.size(1);
+  DECO_ASSERT(H >= 2, "router [", E, ", ", H, "]: the bias feature needs H >= 2");
+  // z = bias + g with g ~ N(0, 1): P(z > 0) = Phi(bias). Ratio 1: far enough that no pair is off.
+  const double bias = ratio >= 1.0 ? 12.0 : normal_quantile(ratio);
+  Rng rng(stream_key(seed, "bench-layer"));
+  std::vector<double> w(static_cast<size_t>(E * H));
+  const double wstd = 1.0 / std::sqrt(static_cast<double>(H - 1));
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t h = 0; h < H; ++h) w[static_cast<size_t>(e * H + h)] = h == 0 ? bias : wstd * rng.normal();
+  fill(router_weight, w);
 }
 
 }  // namespace
@@ -105,22 +105,31 @@ double sparse_pair_row_bytes(const ModelConfig& c, double pairs, size_t dtype_by
 }
 
 void force_router_ratio(const Tensor& router_weight, const Tensor& x, double ratio, uint64_t seed) {
-  DECO_ASSERT(ratio > 0 && ratio <= 1, "ratio ", ratio, " outside (0, 1]");
-  const int64_t N = x.size(0), H = x.size(1), E = router_weight.size(0);
-  DECO_ASSERT(H >= 2 && router_weight.size(1) == H, "router [", E, ", ", router_weight.size(1), "] for inputs of ", H);
-  // z = bias + g with g ~ N(0, 1): P(z > 0) = Phi(bias). Ratio 1: far enough that no pair is off.
-  const double bias = ratio >= 1.0 ? 12.0 : normal_quantile(ratio);
-  Rng rng(stream_key(seed, "bench-layer"));
-  std::vector<double> w(static_cast<size_t>(E * H));
-  const double wstd = 1.0 / std::sqrt(static_cast<double>(H - 1));
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t h = 0; h < H; ++h) w[static_cast<size_t>(e * H + h)] = h == 0 ? bias : wstd * rng.normal();
-  fill(router_weight, w);
-  fill(x, bench_rows(str("bench-layer-x-", seed), N, H, 1.0, true));
+  DECO_ASSERT(x.size(1) == router_weight.size(1), "router [", router_weight.size(0), ", ", router_weight.size(1),
+              "] for inputs of ", x.size(1));
+  force_router_weights(router_weight, ratio, seed);
+  LayerBenchRows rows;
+  fill(x, rows.x(x.size(0), x.size(1)));
+}
+
+const std::vector<double>& LayerBenchRows::x(int64_t N, int64_t H) {
+  if (x_.n != N || x_.h != H) draw_rows(x_.values, "bench-layer-x", N, H, 1.0, true);
+  x_.n = N;
+  x_.h = H;
+  return x_.values;
+}
+
+const std::vector<double>& LayerBenchRows::dy(int64_t N, int64_t H) {
+  if (dy_.n != N || dy_.h != H) draw_rows(dy_.values, "bench-layer-dy", N, H, 1.0 / static_cast<double>(N), false);
+  dy_.n = N;
+  dy_.h = H;
+  return dy_.values;
 }
 
 LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCompute compute, double ratio,
-                            Device device, int warmup, int iters, DType dtype) {
+                            Device device, int warmup, int iters, DType dtype, LayerBenchRows* shared) {
+  LayerBenchRows own;
+  LayerBenchRows& token_rows = shared ? *shared : own;
   const ModelConfig c = one_deco_layer(config, compute);
   const int64_t H = c.hidden_size;
   const ParamLayout layout(c);
@@ -129,7 +138,8 @@ LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCom
   init_params(master, c, 1);
   Buffer x(dtype, device, Shape{tokens, H}), y(dtype, device, Shape{tokens, H});
   Buffer dx(dtype, device, Shape{tokens, H}), dy(dtype, device, Shape{tokens, H});
-  force_router_ratio(master.get(layer_param(0, "mlp.moe_router.weight")), x, ratio, 2);
+  force_router_weights(master.get(layer_param(0, "mlp.moe_router.weight")), ratio, 2);
+  fill(x, token_rows.x(tokens, H));
   // Mixed precision: the layer computes with a bf16 copy, the router with the master weights.
   std::unique_ptr<ParamStore> copy;
   if (dtype != master_dtype) {
@@ -137,7 +147,7 @@ LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCom
     ops::copy(copy->flat(), master.flat());
   }
   DecoFfn layer(c, copy ? *copy : master, grads, 0, nullptr, copy ? &master : nullptr);
-  fill(dy, bench_rows("bench-layer-dy", tokens, H, 1.0 / static_cast<double>(tokens), false));  // a mean loss's scale
+  fill(dy, token_rows.dy(tokens, H));
   layer.refresh_derived();
 
   std::vector<double> times;
@@ -172,10 +182,13 @@ LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCom
 ExpertCrossover measure_expert_crossover(const ModelConfig& config, int64_t tokens, Device device, DType dtype) {
   ExpertCrossover x;
   const int warmup = 1, iters = 3;
-  x.dense_s = bench_deco_layer(config, tokens, ExpertCompute::Dense, 0.5, device, warmup, iters, dtype).seconds;
-  const LayerBench low = bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kLow, device, warmup, iters, dtype);
+  LayerBenchRows rows;  // the three runs' token rows, drawn once
+  x.dense_s =
+      bench_deco_layer(config, tokens, ExpertCompute::Dense, 0.5, device, warmup, iters, dtype, &rows).seconds;
+  const LayerBench low =
+      bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kLow, device, warmup, iters, dtype, &rows);
   const LayerBench high =
-      bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kHigh, device, warmup, iters, dtype);
+      bench_deco_layer(config, tokens, ExpertCompute::Sparse, x.kHigh, device, warmup, iters, dtype, &rows);
   x.sparse_low_s = low.seconds;
   x.sparse_high_s = high.seconds;
   const double slope = (high.seconds - low.seconds) / (high.ratio - low.ratio);

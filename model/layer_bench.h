@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 #include "model/model_config.h"
@@ -46,6 +47,24 @@ double sparse_pair_row_bytes(const ModelConfig& config, double pairs, size_t dty
 // are N(0, 1), the other router columns N(0, 1 / (H - 1)). ratio in (0, 1].
 void force_router_ratio(const Tensor& router_weight, const Tensor& x, double ratio, uint64_t seed);
 
+// The token rows a series of layer benchmarks shares, drawn once per shape
+// (at deco-1.2b's 32768 x 1792 tokens each is about 59 M normals, seconds on
+// one core, and deco bench-layer times a dozen variants and ratios over the
+// same rows): x as force_router_ratio draws it (feature 0 is 1), and dy, a
+// mean loss's gradient (N(0, 1) / N). Held only as long as the object.
+class LayerBenchRows {
+ public:
+  const std::vector<double>& x(int64_t N, int64_t H);
+  const std::vector<double>& dy(int64_t N, int64_t H);
+
+ private:
+  struct Rows {
+    int64_t n = -1, h = -1;
+    std::vector<double> values;
+  };
+  Rows x_, dy_;
+};
+
 struct LayerBench {
   ExpertCompute compute;
   double asked_ratio = 0, ratio = 0;  // the forced ratio and the one measured
@@ -62,8 +81,10 @@ struct LayerBench {
 // gradient included, as in training. dtype: F32, or BF16 for mixed
 // precision as the model runs it (bf16 weights copy and activations,
 // float32 master weights for the router, float32 gradients).
+// `shared` (optional) lends the token rows drawn for an earlier call of the same shape.
 LayerBench bench_deco_layer(const ModelConfig& config, int64_t tokens, ExpertCompute compute, double ratio,
-                            Device device, int warmup, int iters, DType dtype = DType::F32);
+                            Device device, int warmup, int iters, DType dtype = DType::F32,
+                            LayerBenchRows* shared = nullptr);
 
 // model.expert_compute auto's crossover for this config's DECO layer on
 // `device` at `tokens` tokens per micro-batch: the activation ratio below

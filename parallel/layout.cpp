@@ -145,12 +145,20 @@ void enable_device_collectives(ProcessGroups& groups) {
       fail("ranks ", std::min(r, groups.layout.rank), " and ", std::max(r, groups.layout.rank), " both use GPU ",
            device, " of ", host, ", and NCCL needs a GPU per rank; launch at most as many ranks per node as it has "
            "GPUs (mpirun -np N --map-by ppr:GPUS:node), or train on the CPU.");
-  // The communicators the loop below creates: the data-parallel group's,
-  // the expert-parallel group's and, with expert parallelism, the
-  // expert-data-parallel group's, each where the group has more than one rank.
-  const bool own_expert_parallel = groups.expert_parallel->size() > 1;
-  const bool own_expert_data_parallel = groups.layout.ep_size > 1 && groups.expert_data_parallel->size() > 1;
-  const int communicators = 1 + (own_expert_parallel ? 1 : 0) + (own_expert_data_parallel ? 1 : 0);
+  // One NCCL communicator per distinct group with more than one rank (each
+  // holds GPU buffers and takes seconds to create): the data-parallel group
+  // is the world (dp_size = world_size), so the world's device side is the
+  // same communicator, and so is the expert-data-parallel group's without
+  // expert parallelism (rank r at position r in all three); a group of one
+  // needs none (SelfComm copies on the GPU too).
+  std::unique_ptr<Communicator>* const kinds[] = {&groups.data_parallel, &groups.world, &groups.expert_parallel,
+                                                  &groups.expert_data_parallel};
+  auto shares_data_parallel = [&](std::unique_ptr<Communicator>* group) {
+    return group == &groups.world || (group == &groups.expert_data_parallel && groups.layout.ep_size == 1);
+  };
+  int communicators = 0;
+  for (std::unique_ptr<Communicator>* group : kinds)
+    communicators += (*group)->size() > 1 && !shares_data_parallel(group) ? 1 : 0;
   // More than one: the expert exchange (blocking) runs while the gradient
   // buckets of the other groups are in flight, so their kernels must run in
   // one order on every rank (nccl_comm.h). Every rank takes the same remedy:
@@ -172,35 +180,24 @@ void enable_device_collectives(ProcessGroups& groups) {
             : "; they share one stream, so their kernels run one at a time in launch order (NCCL before 2.26, "
               "or NCCL_LAUNCH_ORDER_IMPLICIT=0)";
   }
-  // One NCCL communicator per distinct group with more than one rank (each
-  // holds GPU buffers and takes seconds to create): the data-parallel group
-  // is the world (dp_size = world_size), so the world's device side is the
-  // same communicator; a group of one needs none (SelfComm copies on the GPU too).
   Communicator* data_parallel_nccl = nullptr;
-  int created = 0;
-  for (std::unique_ptr<Communicator>* group :
-       {&groups.data_parallel, &groups.world, &groups.expert_parallel, &groups.expert_data_parallel}) {
+  for (std::unique_ptr<Communicator>* group : kinds) {
     std::unique_ptr<Communicator> device_side;
     if ((*group)->size() == 1) {
       device_side = std::make_unique<SelfComm>((*group)->name());
-    } else if (group == &groups.world || (group == &groups.expert_data_parallel && groups.layout.ep_size == 1)) {
-      // The world, and without expert parallelism the expert-data-parallel
-      // group too (rank r at position r in all three): one communicator and
-      // one stream, so the dense and expert gradient buckets never run NCCL
-      // kernels side by side either.
+    } else if (shares_data_parallel(group)) {
+      // One communicator and one stream: without expert parallelism the
+      // dense and expert gradient buckets never run NCCL kernels side by side.
       DECO_ASSERT(data_parallel_nccl != nullptr && (*group)->size() == groups.data_parallel->size(),
                   "a group sharing the data-parallel group's communicator has its members");
       device_side = std::make_unique<SharedComm>(*data_parallel_nccl, (*group)->name());
     } else {
       // nullptr: ordered after the calling thread's current stream at each call (core/stream.h).
       device_side = make_nccl_comm(**group, device, nullptr, shared_stream);
-      ++created;
     }
     if (group == &groups.data_parallel) data_parallel_nccl = device_side.get();
     *group = std::make_unique<ByDeviceComm>(std::move(*group), std::move(device_side));
   }
-  DECO_ASSERT(created == communicators, "enable_device_collectives counted ", communicators,
-              " NCCL communicators and created ", created);
 #else
   fail("GPU training over ", groups.layout.world_size, " processes needs NCCL, and this deco was built without it; "
        "rebuild where nccl.h and libnccl are found (see CMakeLists.txt), or train on one GPU.");

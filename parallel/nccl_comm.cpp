@@ -97,9 +97,13 @@ class NcclComm final : public Communicator {
   // Polls `event` (recorded on the stream after `collective`) until it has
   // completed, checking NCCL's asynchronous errors and the timeout.
   void poll(cudaEvent_t event, const char* collective);
-  // Ends the job (aborting the communicator) for an error query_event returned.
-  void fail_query(cudaError_t state) {
+  // One look at `event`: true once it has completed, false while not; an
+  // error ends the job (aborting the communicator) instead of hiding it.
+  bool reached(cudaEvent_t event) {
+    const cudaError_t state = query_event(event);
+    if (state == cudaErrorNotReady) return false;
     cuda_check(state, "cudaEventQuery(event)", __FILE__, __LINE__, comm_, name_);
+    return true;
   }
 
  private:
@@ -186,9 +190,7 @@ void NcclComm::wait(const char* collective) {
 void NcclComm::poll(cudaEvent_t event, const char* collective) {
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
-    const cudaError_t state = query_event(event);
-    if (state == cudaSuccess) return;
-    if (state != cudaErrorNotReady) cuda_check(state, "cudaEventQuery(event)", __FILE__, __LINE__, comm_, name_);
+    if (reached(event)) return;
     ncclResult_t async_error = ncclSuccess;
     DECO_NCCL_CALL(ncclCommGetAsyncError(comm_, &async_error));
     if (async_error != ncclSuccess && async_error != ncclInProgress)
@@ -240,11 +242,8 @@ class NcclPending final : public PendingCollective {
   }
   bool test() override {
     if (waited_) return true;
-    const cudaError_t state = query_event(done_);
-    if (state == cudaErrorNotReady) return false;
-    if (state != cudaSuccess) comm_->fail_query(state);  // reported, not hidden
-    wait();  // done, or an error, which poll() reports (aborting the communicator) instead of hiding it
-    return true;
+    waited_ = comm_->reached(done_);
+    return waited_;
   }
 
  private:

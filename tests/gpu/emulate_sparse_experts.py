@@ -191,19 +191,25 @@ def gather_block_expert(aux, experts, block):
     return e
 
 
+def gather_block_starts(offsets, experts, pairs):
+    """ExpertTable::aux for the gather GEMM, as the host fills it: each expert's first block, then the grid."""
+    aux, blocks = [0] * (experts + 1), 0
+    for e in range(experts):
+        aux[e] = blocks
+        blocks += (offsets[e + 1] - offsets[e] + pairs - 1) // pairs
+    aux[experts] = blocks
+    return aux
+
+
 def check_block_decode():
     """Every gather block finds its expert for tables with empty experts first, last and in runs."""
     for offsets in ([0, 0, 0, 5, 5, 200, 200], [0, 0, 1], [0, 3, 3, 3], [7, 7, 300, 300, 301],
                     [0, 128, 128, 129], [0, 64, 64, 64, 64, 65]):
         experts = len(offsets) - 1
         for pairs in (64, 128):
-            aux, blocks = [0] * (experts + 1), 0
-            for e in range(experts):
-                aux[e] = blocks
-                blocks += (offsets[e + 1] - offsets[e] + pairs - 1) // pairs
-            aux[experts] = blocks
+            aux = gather_block_starts(offsets, experts, pairs)
             decoded = []
-            for b in range(blocks):
+            for b in range(aux[experts]):
                 e = gather_block_expert(aux, experts, b)
                 decoded.append((e, offsets[e] + (b - aux[e]) * pairs))
             expected = [(e, r) for e in range(experts) for r in range(offsets[e], offsets[e + 1], pairs)]
@@ -222,7 +228,6 @@ def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, offsets, aux
     r0 = offsets[e] + (block - aux[e]) * S.pairs
     rows = min(S.pairs, offsets[e + 1] - r0)
     check(rows > 0 and offsets[e] <= r0, f"gather block {block} decodes to expert {e} without pairs left")
-    tiles_seen.append((e, r0))
     for i in range(S.pairs):
         tok[i] = index[inb(index, r0 + i, "index")] if i < rows else -1
 
@@ -257,24 +262,12 @@ def gather_gemm_kernel(NK, S, block, c, ldc, x, ldx, index, w, ldw, offsets, aux
             store_pack(c, ((r0 + r + 8) * ldc + 8 * j + 2 * C)[m], acc[warp, j][m, 2], acc[warp, j][m, 3])
 
 
-tiles_seen = []  # (expert, first pair) of every gather block, as it decoded them
-
-
 def expert_gather_gemm(c, ldc, x, ldx, x_cols, index, w, ldw, expert_rows, offsets, experts, wide):
     S = WIDE if wide else NARROW
     check(1 <= experts <= MAX_EXPERTS, "the parameter table holds the experts")
-    aux, blocks = [0] * (experts + 1), 0  # each expert's first block (ExpertTable::aux), then the grid
-    for e in range(experts):
-        aux[e] = blocks
-        blocks += (offsets[e + 1] - offsets[e] + S.pairs - 1) // S.pairs
-    aux[experts] = blocks
-    if blocks == 0:
-        return
-    del tiles_seen[:]
-    for block in range(blocks):
+    aux = gather_block_starts(offsets, experts, S.pairs)
+    for block in range(aux[experts]):
         gather_gemm_kernel(expert_rows, S, block, c, ldc, x, ldx, index, w, ldw, offsets, aux, experts, x_cols)
-    expected = [(e, r) for e in range(experts) for r in range(offsets[e], offsets[e + 1], S.pairs)]
-    check(tiles_seen == expected, "the gather blocks cover each expert's pairs in tiles, in order, once")
 
 
 # ---------------------------------------------------------------- scatter GEMM

@@ -140,6 +140,9 @@ int main(int argc, char** argv) {
   }
   const char* filter = argc > 1 ? argv[1] : "";
   signal(SIGALRM, on_alarm);
+  // Process-wide switches a test may leave changed (when it throws between setting and restoring them).
+  const bool tensor_cores = ops::attention_tensor_cores();
+  const ops::SparseExpertKernels sparse_kernels = ops::sparse_expert_kernels();
   int ran = 0;
   for (const auto& [name, fn] : gpu_test::registry()) {
     if (std::strstr(name, filter) == nullptr) continue;
@@ -155,9 +158,8 @@ int main(int argc, char** argv) {
       gpu_test::count_failure();
     }
     alarm(0);
-    // Process-wide switches a test may have left changed (when it threw between setting and restoring them).
-    ops::set_attention_tensor_cores(true);
-    ops::set_sparse_expert_kernels(ops::SparseExpertKernels::Wide);
+    ops::set_attention_tensor_cores(tensor_cores);
+    ops::set_sparse_expert_kernels(sparse_kernels);
     std::printf("     %s: %.2f s\n", name,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
