@@ -27,6 +27,14 @@ template <typename T> DECO_HD T exp_t(T x) {
 #endif
 }
 
+template <typename T> DECO_HD T sqrt_t(T x) {
+#if defined(__CUDA_ARCH__)
+  return sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 template <typename T> DECO_HD T sigmoid(T x) { return T(1) / (T(1) + exp_t(-x)); }
 
 // SiLU(x) = x * sigmoid(x)
@@ -46,6 +54,32 @@ template <typename T> DECO_HD void rope_rotate(T& a, T& b, T cos_t, T sin_t) {
   T b2 = b * cos_t + a * sin_t;
   a = a2;
   b = b2;
+}
+
+// AdamW's per-step constants in the parameters' dtype, computed on the host
+// in double (ops::adamw_constants).
+template <typename T> struct AdamWConstants {
+  T beta1, beta2;
+  T grad_scale;        // the clipping factor, applied to the gradient first
+  T lr, eps;
+  T decay_factor;      // 1 - lr * weight_decay, for the tensors that decay
+  T inv_bc1;           // 1 / (1 - beta1^t)
+  T inv_sqrt_bc2;      // 1 / sqrt(1 - beta2^t)
+};
+
+// One element of AdamW in PyTorch's form: the moments of the scaled
+// gradient, then p = p * (1 - lr wd) - lr * mhat / (sqrt(vhat) + eps), with
+// the bias corrections folded into mhat and the denominator. The same
+// operations in the same order on the CPU and the GPU, so a float32 update
+// differs between them only by fused multiply-adds.
+template <typename T>
+DECO_HD void adamw_element(T& p, T& m, T& v, T g, const AdamWConstants<T>& c, bool decay) {
+  const T gi = g * c.grad_scale;
+  m = c.beta1 * m + (T(1) - c.beta1) * gi;
+  v = c.beta2 * v + (T(1) - c.beta2) * gi * gi;
+  const T mhat = m * c.inv_bc1;
+  const T denom = sqrt_t(v) * c.inv_sqrt_bc2 + c.eps;
+  p = (decay ? p * c.decay_factor : p) - c.lr * mhat / denom;
 }
 
 }  // namespace deco::math

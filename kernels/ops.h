@@ -13,9 +13,12 @@
 //  - Reductions a caller needs on the host (losses, norms) return double.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
+#include "kernels/math.h"
 
 namespace deco::ops {
 
@@ -280,8 +283,42 @@ struct AdamWStep {
   int64_t step;        // 1-based, for bias correction
   double grad_scale;   // multiplies the gradient first (clipping)
 };
-// PyTorch/Megatron AdamW: p -= lr*wd*p (decoupled), then the Adam update.
-void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                  const AdamWStep& hp, bool decay);
+
+// The step's constants in dtype T, computed in double as PyTorch does.
+template <typename T> math::AdamWConstants<T> adamw_constants(const AdamWStep& hp) {
+  const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
+  const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));
+  return {static_cast<T>(hp.beta1),         static_cast<T>(hp.beta2),
+          static_cast<T>(hp.grad_scale),    static_cast<T>(hp.lr),
+          static_cast<T>(hp.eps),           static_cast<T>(1.0 - hp.lr * hp.weight_decay),
+          static_cast<T>(1.0 / bc1),        static_cast<T>(1.0 / std::sqrt(bc2))};
+}
+
+// One stretch of a fused AdamW update: `size` elements from `offset` of the
+// flat parameter and gradient buffers, whose moments start at
+// `moment_offset` of the moment buffers (the same offset, or a ZeRO-1
+// shard's), with weight decay or not (decay: 0 or 1). Four int64s, so a table
+// of chunks is an I64 tensor [chunks, 4] that can live on the GPU.
+struct AdamWChunk {
+  int64_t offset = 0, moment_offset = 0, size = 0, decay = 0;
+};
+static_assert(sizeof(AdamWChunk) == 4 * sizeof(int64_t), "an AdamW chunk table is an I64 [n, 4] tensor");
+// The most elements one chunk covers: one GPU thread block's share, so
+// every block does a similar amount of work.
+constexpr int64_t kAdamWChunkElements = int64_t{1} << 16;
+// `segments` (any sizes) cut, in order, into chunks of at most
+// kAdamWChunkElements elements; empty segments are dropped.
+std::vector<AdamWChunk> adamw_chunks(const std::vector<AdamWChunk>& segments);
+
+// Fused multi-tensor AdamW, PyTorch's and Megatron's: decoupled weight decay
+// (p *= 1 - lr wd, for the chunks that decay), then the Adam update with
+// bias correction, of the gradient scaled by hp.grad_scale (clipping).
+// params, grads: the flat parameter and gradient buffers; m, v: the flat
+// moment buffers (the moments of element offset + i are at moment_offset + i).
+// chunks: an I64 [n, 4] table of AdamWChunk on the parameters' device,
+// from adamw_chunks; every parameter tensor of a model in one pass (one
+// kernel launch on the GPU), elements outside the chunks untouched.
+void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v, const Tensor& chunks,
+                  const AdamWStep& hp);
 
 }  // namespace deco::ops

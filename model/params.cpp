@@ -171,6 +171,13 @@ ParamLayout::ParamLayout(std::vector<ParamSpec> specs) : specs_(std::move(specs)
   }
 }
 
+FlatRange equal_shard(const FlatRange& region, int64_t parts, int64_t index) {
+  DECO_ASSERT(parts >= 1 && index >= 0 && index < parts && region.size() % parts == 0, "equal_shard: a region of ",
+              region.size(), " elements does not split into ", parts, " equal shards (the layout pads it for ZeRO-1)");
+  const int64_t shard = region.size() / parts;
+  return {region.begin + index * shard, region.begin + (index + 1) * shard};
+}
+
 const ParamSpec* ParamLayout::find(const std::string& name) const {
   for (const ParamSpec& s : specs_)
     if (s.name == name) return &s;

@@ -40,6 +40,18 @@ struct ParamSpec {
   bool sharded() const { return shard_dim >= 0; }
 };
 
+// A range [begin, end) of elements of the flat parameter buffer.
+struct FlatRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+// The `index`-th of `parts` equal contiguous shards of `region`: the one
+// rule by which the ZeRO-1 optimizer's shards (Trainer::shard_context) and
+// the gradient reducer's owners (GradReducer) cut a region. The region's
+// size must divide by `parts` (ParamLayout pads the regions for it).
+FlatRange equal_shard(const FlatRange& region, int64_t parts, int64_t index);
+
 class ParamLayout {
  public:
   // The parameters one rank holds: everything, except that with expert

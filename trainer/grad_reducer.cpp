@@ -25,11 +25,9 @@ GradReducer::GradReducer(const ParamLayout& layout, const Tensor& grads, Communi
     if (r.group->size() == 1 || r.begin == r.end) continue;
     // Pieces reduced as one: the region, or each owner's shard of it.
     const int64_t pieces = reduce_to_owners ? r.group->size() : 1;
-    DECO_ASSERT((r.end - r.begin) % pieces == 0, "GradReducer: a region of ", r.end - r.begin,
-                " elements does not split into ", pieces, " equal shards (the layout pads it for ZeRO-1)");
-    const int64_t shard = (r.end - r.begin) / pieces;
     for (int64_t piece = 0; piece < pieces; ++piece) {
-      const int64_t begin = r.begin + piece * shard, end = begin + shard;
+      const FlatRange owned = equal_shard({r.begin, r.end}, pieces, piece);
+      const int64_t begin = owned.begin, end = owned.end;
       for (int64_t b = begin; b < end; b += bucket_elements) {
         Bucket bucket;
         bucket.begin = b;

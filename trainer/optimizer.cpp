@@ -14,12 +14,52 @@ AdamW::AdamW(const OptimizerConfig& config, const ParamLayout& layout, DType dty
   if (owned_.empty()) {
     m_ = std::make_unique<ParamStore>(layout, dtype, device);
     v_ = std::make_unique<ParamStore>(layout, dtype, device);
-    return;
+  } else {
+    int64_t n = 0;
+    for (const FlatRange& r : owned_) n += r.size();
+    m_shard_ = Buffer(dtype, device, Shape{n});
+    v_shard_ = Buffer(dtype, device, Shape{n});
   }
-  int64_t n = 0;
-  for (const FlatRange& r : owned_) n += r.size();
-  m_shard_ = Buffer(dtype, device, Shape{n});
-  v_shard_ = Buffer(dtype, device, Shape{n});
+  // The chunk table of the fused update, built once: the layout and the
+  // shards do not change during a run.
+  const std::vector<ops::AdamWChunk> chunks = ops::adamw_chunks(segments());
+  chunks_ = Buffer(DType::I64, device, Shape{static_cast<int64_t>(chunks.size()), 4});
+  device_copy(device, chunks_.tensor().raw(), Device::CPU, chunks.data(), chunks.size() * sizeof(ops::AdamWChunk));
+}
+
+std::vector<ops::AdamWChunk> AdamW::segments() const {
+  std::vector<ops::AdamWChunk> out;
+  // Neighbouring parameters with the same decay rule whose moments are
+  // neighbours too become one segment.
+  auto add = [&](int64_t offset, int64_t moment_offset, int64_t size, bool decay) {
+    if (size <= 0) return;
+    if (!out.empty()) {
+      ops::AdamWChunk& last = out.back();
+      if (last.decay == int64_t{decay} && last.offset + last.size == offset &&
+          last.moment_offset + last.size == moment_offset) {
+        last.size += size;
+        return;
+      }
+    }
+    out.push_back({offset, moment_offset, size, int64_t{decay}});
+  };
+  if (!sharded()) {
+    for (const ParamSpec& spec : layout_->specs())
+      add(spec.offset, spec.offset, spec.shape.numel(), spec.weight_decay);
+    return out;
+  }
+  // Each owned range covers parts of one or more parameters; each part is
+  // updated with its parameter's weight-decay rule, its moments at its place
+  // in the shard buffer (the owned ranges back to back).
+  int64_t moment_offset = 0;
+  for (const FlatRange& r : owned_) {
+    for (const ParamSpec& spec : layout_->specs()) {
+      const int64_t lo = std::max(r.begin, spec.offset), hi = std::min(r.end, spec.offset + spec.shape.numel());
+      if (lo < hi) add(lo, moment_offset + lo - r.begin, hi - lo, spec.weight_decay);
+    }
+    moment_offset += r.size();
+  }
+  return out;
 }
 
 const ParamStore& AdamW::exp_avg() const {
@@ -46,26 +86,7 @@ void AdamW::step(const ParamStore& params, const ParamStore& grads, double lr, d
   hp.weight_decay = config_.weight_decay;
   hp.step = step_;
   hp.grad_scale = grad_scale;
-  if (!sharded()) {
-    for (const ParamSpec& spec : layout_->specs())
-      ops::adamw_update(params.get(spec), grads.get(spec), m_->get(spec), v_->get(spec), hp, spec.weight_decay);
-    return;
-  }
-  // Each owned range covers parts of one or more parameters; each part is
-  // updated with its parameter's weight-decay rule (the update is
-  // elementwise, so a part gives the same values as the whole).
-  const Tensor p = params.flat(), g = grads.flat(), m = m_shard_.tensor(), v = v_shard_.tensor();
-  int64_t moment_offset = 0;
-  for (const FlatRange& r : owned_) {
-    for (const ParamSpec& spec : layout_->specs()) {
-      const int64_t lo = std::max(r.begin, spec.offset), hi = std::min(r.end, spec.offset + spec.shape.numel());
-      if (lo >= hi) continue;
-      const int64_t mlo = moment_offset + lo - r.begin, mhi = moment_offset + hi - r.begin;
-      ops::adamw_update(p.slice(lo, hi), g.slice(lo, hi), m.slice(mlo, mhi), v.slice(mlo, mhi), hp,
-                        spec.weight_decay);
-    }
-    moment_offset += r.size();
-  }
+  ops::adamw_update(params.flat(), grads.flat(), exp_avg_flat(), exp_avg_sq_flat(), chunks_, hp);
 }
 
 }  // namespace deco

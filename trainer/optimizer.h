@@ -6,16 +6,11 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/ops.h"
 #include "model/params.h"
 #include "trainer/config.h"
 
 namespace deco {
-
-// A range [begin, end) of elements of the flat parameter buffer.
-struct FlatRange {
-  int64_t begin = 0, end = 0;
-  int64_t size() const { return end - begin; }
-};
 
 class AdamW {
  public:
@@ -41,6 +36,9 @@ class AdamW {
   // (the owned ranges back to back).
   Tensor exp_avg_flat() const { return m_ ? m_->flat() : m_shard_.tensor(); }
   Tensor exp_avg_sq_flat() const { return v_ ? v_->flat() : v_shard_.tensor(); }
+  // What one step updates: stretches of the flat buffers (with their
+  // moments' place and decay rule), neighbours with the same rule merged.
+  std::vector<ops::AdamWChunk> segments() const;
 
  private:
   OptimizerConfig config_;
@@ -48,6 +46,7 @@ class AdamW {
   std::vector<FlatRange> owned_;
   std::unique_ptr<ParamStore> m_, v_;  // unsharded
   Buffer m_shard_, v_shard_;           // sharded: the owned ranges back to back
+  Buffer chunks_;                      // I64 [chunks, 4]: the fused update's table, on the device
   int64_t step_ = 0;
 };
 

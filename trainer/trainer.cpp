@@ -253,11 +253,8 @@ ShardContext Trainer::shard_context(int64_t rank) const {
   c.writes_experts = expert_dp_rank == 0;
   if (zero_) {  // equal shards of each region (padded to 64 x world by the layout)
     const ParamLayout& layout = model_->layout();
-    const int64_t dense_chunk = layout.dense_numel() / L.dp_size;
-    const int64_t expert_chunk = layout.expert_numel() / L.expert_dp_size;
-    c.owned = {{rank * dense_chunk, (rank + 1) * dense_chunk},
-               {layout.dense_numel() + expert_dp_rank * expert_chunk,
-                layout.dense_numel() + (expert_dp_rank + 1) * expert_chunk}};
+    c.owned = {equal_shard({0, layout.dense_numel()}, L.dp_size, rank),
+               equal_shard({layout.dense_numel(), layout.total_numel()}, L.expert_dp_size, expert_dp_rank)};
   }
   return c;
 }

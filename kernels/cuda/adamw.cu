@@ -1,46 +1,53 @@
-// CUDA: AdamW (kernels/cpu/adamw.cpp's semantics, the same per-element
-// arithmetic in the same order and dtype, so a float32 update matches the
-// CPU's to the rounding of exp/sqrt implementations).
-#include <cmath>
-
+// CUDA: the fused multi-tensor AdamW (kernels/cpu/adamw.cpp's semantics).
+// One launch updates every chunk of the table, so a model's few hundred
+// parameter tensors cost one kernel, not one each. A block owns one chunk
+// (at most kAdamWChunkElements elements, so blocks carry similar work) and
+// its threads stride through it with coalesced accesses; the arithmetic is
+// kernels/math.h's adamw_element, the one the CPU reference runs.
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
+#include "kernels/math.h"
 
 namespace deco::cuda {
 namespace {
 
+constexpr int kAdamWThreads = 256;
+
 template <typename T>
-__global__ void adamw_kernel(T* p, const T* g, T* m, T* v, int64_t n, T b1, T b2, T gs, T lr, T eps, T wd, T inv_bc1,
-                             T inv_sqrt_bc2) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const T gi = g[i] * gs;
-  const T mi = b1 * m[i] + (T(1) - b1) * gi;
-  const T vi = b2 * v[i] + (T(1) - b2) * gi * gi;
-  m[i] = mi;
-  v[i] = vi;
-  const T mhat = mi * inv_bc1;
-  const T denom = sqrt(vi) * inv_sqrt_bc2 + eps;
-  p[i] = p[i] * wd - lr * mhat / denom;
+__global__ void __launch_bounds__(kAdamWThreads)
+    adamw_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+                 const ops::AdamWChunk* __restrict__ chunks, const math::AdamWConstants<T> constants) {
+  const ops::AdamWChunk chunk = chunks[blockIdx.x];
+  const bool decay = chunk.decay != 0;
+  T* pc = p + chunk.offset;
+  const T* gc = g + chunk.offset;
+  T* mc = m + chunk.moment_offset;
+  T* vc = v + chunk.moment_offset;
+  // size <= kAdamWChunkElements, so an int index suffices.
+  const int size = static_cast<int>(chunk.size);
+  for (int i = static_cast<int>(threadIdx.x); i < size; i += kAdamWThreads) {
+    T pi = pc[i], mi = mc[i], vi = vc[i];
+    math::adamw_element(pi, mi, vi, gc[i], constants, decay);
+    pc[i] = pi;
+    mc[i] = mi;
+    vc[i] = vi;
+  }
 }
 
 }  // namespace
 
-void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const ops::AdamWStep& hp,
-                  bool decay) {
-  const int64_t n = param.numel();
+void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v, const Tensor& chunks,
+                  const ops::AdamWStep& hp) {
+  static_assert(ops::kAdamWChunkElements <= (int64_t{1} << 30), "a chunk's index is an int");
+  const int64_t n = chunks.size(0);
   if (n == 0) return;
-  // The step's constants in double on the host, as the CPU computes them.
-  const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
-  const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));
-  const double wd_factor = decay ? 1.0 - hp.lr * hp.weight_decay : 1.0;
-  dispatch_float(param.dtype(), [&](auto tag) {
+  DECO_ASSERT(n <= 0x7fffffff, "adamw_update: more chunks than a grid holds");
+  const auto* table = static_cast<const ops::AdamWChunk*>(chunks.raw());
+  dispatch_float(params.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    adamw_kernel<T><<<static_cast<unsigned>((n + 255) / 256), 256, 0, current_stream()>>>(
-        param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), n, static_cast<T>(hp.beta1),
-        static_cast<T>(hp.beta2), static_cast<T>(hp.grad_scale), static_cast<T>(hp.lr), static_cast<T>(hp.eps),
-        static_cast<T>(wd_factor), static_cast<T>(1.0 / bc1), static_cast<T>(1.0 / std::sqrt(bc2)));
+    adamw_kernel<T><<<static_cast<unsigned>(n), kAdamWThreads, 0, current_stream()>>>(
+        params.data<T>(), grads.data<T>(), m.data<T>(), v.data<T>(), table, ops::adamw_constants<T>(hp));
   });
   DECO_CUDA_CHECK(cudaGetLastError());
 }

@@ -119,7 +119,7 @@ void normsilu_backward(const Tensor& dc, const Tensor& dgamma, const Tensor& dac
 // ---- LM head + cross-entropy (loss.cu) and AdamW (adamw.cu)
 double lm_head_cross_entropy(const Tensor& dx, const Tensor& dw, const Tensor& logits, const Tensor& x,
                              const Tensor& w, const Tensor& targets, double grad_scale);
-void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                  const ops::AdamWStep& hp, bool decay);
+void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, const Tensor& v, const Tensor& chunks,
+                  const ops::AdamWStep& hp);
 
 }  // namespace deco::cuda

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <utility>
 #include <vector>
 
 #include "core/bf16.h"
@@ -205,21 +206,37 @@ DECO_GPU_TEST(lm_head_cross_entropy) {
   expect_scalar("lm_head_cross_entropy forward only", cpu_fwd, gpu_fwd, 1e-6);
 }
 
-// AdamW: the same float32 arithmetic per element, up to fused multiply-adds
-// (1e-6), with and without decay, after a few steps so the moments matter.
+// The fused AdamW: the same float32 arithmetic per element (kernels/math.h),
+// up to fused multiply-adds (1e-6), over one chunk table with the cases a
+// model's has: a segment longer than one chunk (several blocks), decayed and
+// undecayed segments, moments at other offsets (a ZeRO-1 shard's), a
+// one-element segment, and parameters outside every segment, which must keep
+// their values exactly. A few steps, so the moments matter.
 DECO_GPU_TEST(adamw) {
-  const int64_t n = 10007;
-  Buffer p = random_host({n}, 161), m(DType::F32, Device::CPU, {n}), v(DType::F32, Device::CPU, {n});
-  Buffer pd = to_device(p), md = zeros_device({n}), vd = zeros_device({n});
+  const int64_t C = ops::kAdamWChunkElements, n = 2 * C + 10007, moments = n;
+  const std::vector<ops::AdamWChunk> chunks = ops::adamw_chunks(
+      {{0, 5000, C + 777, 1}, {C + 1000, 0, 4000, 0}, {C + 6000, C + 5777, C + 2500, 1}, {n - 1, 4000, 1, 0}});
+  Buffer table(DType::I64, Device::CPU, Shape{static_cast<int64_t>(chunks.size()), 4});
+  std::copy(chunks.begin(), chunks.end(), static_cast<ops::AdamWChunk*>(table.tensor().raw()));
+  Buffer p = random_host({n}, 161), m(DType::F32, Device::CPU, {moments}), v(DType::F32, Device::CPU, {moments});
+  const Buffer p0 = to_host(to_device(p));
+  Buffer pd = to_device(p), md = zeros_device({moments}), vd = zeros_device({moments}), tabled = to_device(table);
   for (int64_t step = 1; step <= 3; ++step) {
     Buffer g = random_host({n}, 170 + static_cast<uint64_t>(step));
     const ops::AdamWStep hp{3e-4, 0.9, 0.95, 1e-8, 0.1, step, 0.8};
-    ops::adamw_update(p, g, m, v, hp, step != 2);
-    ops::adamw_update(pd, to_device(g), md, vd, hp, step != 2);
+    ops::adamw_update(p, g, m, v, table, hp);
+    ops::adamw_update(pd, to_device(g), md, vd, tabled, hp);
   }
-  expect_close("adamw param", p, to_host(pd), 1e-6);
+  const Buffer got = to_host(pd);
+  expect_close("adamw param", p, got, 1e-6);
   expect_close("adamw m", m, to_host(md), 1e-6);
   expect_close("adamw v", v, to_host(vd), 1e-6);
+  // Outside every segment: untouched, on both sides.
+  for (const auto& [lo, hi] : {std::pair<int64_t, int64_t>{C + 777, C + 1000}, {C + 5000, C + 6000},
+                               {2 * C + 8500, n - 1}}) {
+    expect_equal("adamw outside the chunks (cpu)", p0.tensor().slice(lo, hi), p.tensor().slice(lo, hi));
+    expect_equal("adamw outside the chunks (gpu)", p0.tensor().slice(lo, hi), got.tensor().slice(lo, hi));
+  }
 }
 
 // core/tensor.h's HostStaging on device tensors: asynchronous copies into

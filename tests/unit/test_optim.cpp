@@ -2,9 +2,13 @@
 // against values computed by hand (the derivations are in the comments).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/ops.h"
+#include "model/params.h"
+#include "trainer/optimizer.h"
 #include "trainer/schedule.h"
 #include "trainer/sparsity.h"
 
@@ -87,6 +91,16 @@ TEST_CASE("sparsity coefficient: multiply above target, divide down to the floor
   CHECK(SparsityController(c).coef() == 0.5);
 }
 
+namespace {
+// A float64 CPU tensor over one value, and the one-chunk table that updates it.
+Tensor scalar(double* x) { return Tensor(x, DType::F64, Device::CPU, {1}); }
+Buffer chunk_table(const std::vector<ops::AdamWChunk>& chunks) {
+  Buffer t(DType::I64, Device::CPU, Shape{static_cast<int64_t>(chunks.size()), 4});
+  std::copy(chunks.begin(), chunks.end(), static_cast<ops::AdamWChunk*>(t.tensor().raw()));
+  return t;
+}
+}  // namespace
+
 TEST_CASE("AdamW matches the PyTorch update computed by hand", "[optim]") {
   // p = 1, lr 0.1, betas (0.9, 0.95), eps 1e-8, weight decay 0.1; gradients 0.5, -0.25, 0.125.
   // Step 1: p = 1 * (1 - 0.01) = 0.99; m = 0.05, v = 0.0125; mhat = 0.5, sqrt(vhat) = 0.5;
@@ -95,18 +109,126 @@ TEST_CASE("AdamW matches the PyTorch update computed by hand", "[optim]") {
   const double expected[] = {0.890000002, 0.8542630578558273, 0.8110522654784148};
   const double grads[] = {0.5, -0.25, 0.125};
   double p = 1.0, m = 0.0, v = 0.0, g = 0.0;
-  const Tensor tp(&p, DType::F64, Device::CPU, {1}), tm(&m, DType::F64, Device::CPU, {1}),
-      tv(&v, DType::F64, Device::CPU, {1}), tg(&g, DType::F64, Device::CPU, {1});
+  const Buffer decayed = chunk_table({{0, 0, 1, 1}}), not_decayed = chunk_table({{0, 0, 1, 0}});
   for (int t = 0; t < 3; ++t) {
     g = grads[t];
-    ops::adamw_update(tp, tg, tm, tv, ops::AdamWStep{0.1, 0.9, 0.95, 1e-8, 0.1, t + 1, 1.0}, true);
+    ops::adamw_update(scalar(&p), scalar(&g), scalar(&m), scalar(&v), decayed,
+                      ops::AdamWStep{0.1, 0.9, 0.95, 1e-8, 0.1, t + 1, 1.0});
     CHECK(p == Approx(expected[t]).epsilon(1e-14));
   }
   // No decay for excluded tensors; grad_scale (clipping) multiplies the gradient first.
   double q = 1.0, qm = 0.0, qv = 0.0, qg = 4.0;
-  ops::adamw_update(Tensor(&q, DType::F64, Device::CPU, {1}), Tensor(&qg, DType::F64, Device::CPU, {1}),
-                    Tensor(&qm, DType::F64, Device::CPU, {1}), Tensor(&qv, DType::F64, Device::CPU, {1}),
-                    ops::AdamWStep{0.1, 0.9, 0.95, 1e-8, 0.1, 1, 0.25}, false);
+  ops::adamw_update(scalar(&q), scalar(&qg), scalar(&qm), scalar(&qv), not_decayed,
+                    ops::AdamWStep{0.1, 0.9, 0.95, 1e-8, 0.1, 1, 0.25});
   CHECK(qm == Approx(0.1));  // (1 - 0.9) * 4 * 0.25
   CHECK(q == Approx(1.0 - 0.1 * 1.0 / (1.0 + 1e-8)).epsilon(1e-14));
+}
+
+TEST_CASE("adamw_chunks cuts segments in order into chunks of at most kAdamWChunkElements", "[optim]") {
+  const int64_t C = ops::kAdamWChunkElements;
+  const std::vector<ops::AdamWChunk> chunks =
+      ops::adamw_chunks({{0, 100, 2 * C + 5, 1}, {2 * C + 20, 0, 3, 0}, {9, 9, 0, 1}});
+  REQUIRE(chunks.size() == 4);  // the empty segment gives none
+  const ops::AdamWChunk want[] = {{0, 100, C, 1}, {C, 100 + C, C, 1}, {2 * C, 100 + 2 * C, 5, 1}, {2 * C + 20, 0, 3, 0}};
+  for (size_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(chunks[i].offset == want[i].offset);
+    CHECK(chunks[i].moment_offset == want[i].moment_offset);
+    CHECK(chunks[i].size == want[i].size);
+    CHECK(chunks[i].decay == want[i].decay);
+  }
+}
+
+TEST_CASE("the fused AdamW update: each chunk with its decay rule and its moments, nothing else touched",
+          "[optim]") {
+  // Two segments of one flat buffer, the first longer than a chunk and
+  // decayed, its moments 200 elements in; the second not decayed, its
+  // moments at the start of the moment buffers (a ZeRO-1 shard's kind of
+  // placement). Each element is checked against PyTorch's update written out
+  // here, over two steps with clipping.
+  const int64_t C = ops::kAdamWChunkElements, n = C + 300;
+  const int64_t a_size = C + 50, b_offset = C + 100, b_size = 150;
+  std::vector<double> p(n), g(n), m(n, 0.0), v(n, 0.0);
+  for (int64_t i = 0; i < n; ++i) p[size_t(i)] = std::sin(0.37 * double(i)) + 0.5;
+  const std::vector<double> p0 = p;
+  const Buffer table = chunk_table(ops::adamw_chunks({{0, 200, a_size, 1}, {b_offset, 0, b_size, 0}}));
+  const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, clip = 0.5;
+  // The expected values, element by element.
+  std::vector<double> want_p = p0, want_m(n, 0.0), want_v(n, 0.0);
+  for (int64_t t = 1; t <= 2; ++t) {
+    for (int64_t i = 0; i < n; ++i) g[size_t(i)] = std::cos(0.11 * double(i * t)) * double(t);
+    auto expect_update = [&](int64_t i, int64_t mi, bool decay) {
+      const double gi = g[size_t(i)] * clip;
+      want_m[size_t(mi)] = b1 * want_m[size_t(mi)] + (1 - b1) * gi;
+      want_v[size_t(mi)] = b2 * want_v[size_t(mi)] + (1 - b2) * gi * gi;
+      const double mhat = want_m[size_t(mi)] / (1 - std::pow(b1, double(t)));
+      const double vhat = want_v[size_t(mi)] / (1 - std::pow(b2, double(t)));
+      want_p[size_t(i)] = want_p[size_t(i)] * (decay ? 1 - lr * wd : 1.0) - lr * mhat / (std::sqrt(vhat) + eps);
+    };
+    for (int64_t i = 0; i < a_size; ++i) expect_update(i, 200 + i, true);
+    for (int64_t i = 0; i < b_size; ++i) expect_update(b_offset + i, i, false);
+    auto view = [&](std::vector<double>& x) { return Tensor(x.data(), DType::F64, Device::CPU, {n}); };
+    ops::adamw_update(view(p), view(g), view(m), view(v), table, ops::AdamWStep{lr, b1, b2, eps, wd, t, clip});
+  }
+  double worst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    worst = std::max({worst, std::abs(p[size_t(i)] - want_p[size_t(i)]), std::abs(m[size_t(i)] - want_m[size_t(i)]),
+                      std::abs(v[size_t(i)] - want_v[size_t(i)])});
+  }
+  CHECK(worst < 1e-12);
+  // Parameters outside both segments are untouched, bit for bit.
+  for (int64_t i = a_size; i < b_offset; ++i) CHECK(p[size_t(i)] == p0[size_t(i)]);
+  for (int64_t i = b_offset + b_size; i < n; ++i) CHECK(p[size_t(i)] == p0[size_t(i)]);
+  // A chunk table that runs past the buffers is refused.
+  const Buffer bad = chunk_table({{n - 10, 0, 20, 1}});
+  auto view = [&](std::vector<double>& x) { return Tensor(x.data(), DType::F64, Device::CPU, {n}); };
+  CHECK_THROWS(ops::adamw_update(view(p), view(g), view(m), view(v), bad, ops::AdamWStep{lr, b1, b2, eps, wd, 3, 1}));
+}
+
+TEST_CASE("AdamW's segments merge neighbours with one decay rule, and ZeRO-1 shards update the same values",
+          "[optim]") {
+  auto spec = [](const char* name, int64_t size, bool decay) {
+    ParamSpec s;
+    s.name = name;
+    s.shape = Shape{size};
+    s.weight_decay = decay;
+    return s;
+  };
+  // Offsets are aligned to 64 elements: a 0, b 128, c 192, d 256. Padding
+  // separates neighbours otherwise, and is never updated.
+  const ParamLayout layout({spec("a", 128, true), spec("b", 64, true), spec("c", 64, false), spec("d", 70, true)});
+  OptimizerConfig config;
+  config.lr = 1e-2;
+  config.weight_decay = 0.1;
+  auto same = [](const std::vector<ops::AdamWChunk>& got, const std::vector<ops::AdamWChunk>& want) {
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(i);
+      CHECK(got[i].offset == want[i].offset);
+      CHECK(got[i].moment_offset == want[i].moment_offset);
+      CHECK(got[i].size == want[i].size);
+      CHECK(got[i].decay == want[i].decay);
+    }
+  };
+  AdamW whole(config, layout, DType::F32, Device::CPU);
+  same(whole.segments(), {{0, 0, 192, 1}, {192, 192, 64, 0}, {256, 256, 70, 1}});
+  // Two owned ranges that cover everything, cut inside b: the same segments.
+  AdamW split(config, layout, DType::F32, Device::CPU, {{0, 150}, {150, 384}});
+  same(split.segments(), {{0, 0, 192, 1}, {192, 192, 64, 0}, {256, 256, 70, 1}});
+  // One shard in the middle: its moments are the shard buffer's, from 0.
+  const AdamW shard(config, layout, DType::F32, Device::CPU, {{100, 300}});
+  same(shard.segments(), {{100, 0, 92, 1}, {192, 92, 64, 0}, {256, 156, 44, 1}});
+
+  // The unsharded and the split optimizer give bit-identical parameters.
+  ParamStore p1(layout, DType::F32, Device::CPU), p2(layout, DType::F32, Device::CPU),
+      grads(layout, DType::F32, Device::CPU);
+  for (int64_t i = 0; i < layout.total_numel(); ++i) {
+    p1.flat().data<float>()[i] = p2.flat().data<float>()[i] = float(0.1 * double(i) - 1.0);
+    grads.flat().data<float>()[i] = float(std::sin(double(i)));
+  }
+  for (int step = 0; step < 3; ++step) {
+    whole.step(p1, grads, 1e-2, 0.7);
+    split.step(p2, grads, 1e-2, 0.7);
+  }
+  for (int64_t i = 0; i < layout.total_numel(); ++i) CHECK(p1.flat().data<float>()[i] == p2.flat().data<float>()[i]);
 }
