@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli/commands.h"
@@ -73,15 +74,20 @@ int bench_layer(const BenchLayerArgs& args) {
     SparseExpertKernels kernels;
     bool overlap;
   };
-  const SparseExpertKernels chosen = ops::sparse_expert_kernels();
+  // "sparse" runs the config's model.sparse_expert_kernels; the other two choices follow it.
+  use_gpu_kernels(m);
+  const SparseExpertKernels chosen = m.sparse_expert_kernels;
   std::vector<Variant> variants;
   for (ExpertCompute path : paths) {
     const bool sparse = path == ExpertCompute::Sparse;
     variants.push_back({expert_compute_name(path), path, chosen, m.moe_shared_expert_overlap});
     if (serial_too) variants.push_back({sparse ? "sp-serial" : "dn-serial", path, chosen, false});
     if (sparse && both_sparse) {
-      variants.push_back({"sp-narrow", path, SparseExpertKernels::Narrow, m.moe_shared_expert_overlap});
-      variants.push_back({"sp-cublas", path, SparseExpertKernels::Composition, m.moe_shared_expert_overlap});
+      const std::pair<SparseExpertKernels, const char*> others[] = {{SparseExpertKernels::Wide, "sp-wide"},
+                                                                   {SparseExpertKernels::Narrow, "sp-narrow"},
+                                                                   {SparseExpertKernels::Composition, "sp-cublas"}};
+      for (const auto& [kernels, label] : others)
+        if (kernels != chosen) variants.push_back({label, path, kernels, m.moe_shared_expert_overlap});
     }
   }
   LayerBenchRows rows;  // every variant and ratio times the layer over the same token rows
@@ -110,12 +116,14 @@ int bench_layer(const BenchLayerArgs& args) {
     }
   }
   std::printf("\nflop fl. = FLOPs / peak, byte fl. = bytes / bandwidth; 'of floor' = the larger floor / time; "
-              "'vs dense' = dense time / sparse time at the same ratio; sparse and sp-narrow: the tensor-core kernels in "
-              "8- and 4-warp blocks, sp-cublas: gather + cuBLAS grouped GEMM + scatter; dn-serial and sp-serial: the shared "
+              "'vs dense' = dense time / sparse time at the same ratio; sparse: model.sparse_expert_kernels (%s), "
+              "sp-wide and sp-narrow: the tensor-core kernels in 8- and 4-warp blocks, sp-cublas: gather + cuBLAS "
+              "grouped GEMM + scatter (on a GPU in bf16 at D = 64; elsewhere sparse is the composition); dn-serial and sp-serial: the shared "
               "expert in line instead of on a second stream beside the routed experts (model.moe_shared_expert_overlap); "
               "rows ms = the H-wide rows per pair that the "
               "gather + grouped GEMM + scatter composition moves (model/layer_bench.h: sparse_pair_row_bytes) / "
-              "bandwidth; the tensor-core kernels (sparse on a GPU) read them by index instead.\n");
+              "bandwidth; the tensor-core kernels read them by index instead.\n",
+              ops::sparse_expert_kernels_name(chosen));
   return 0;
 }
 

@@ -26,6 +26,13 @@ enum class ExpertCompute { Dense, Sparse, Auto };
 // backward. All three give bit-identical results.
 enum class Recompute { None, Selective, Full };
 
+// The attention kernels a GPU runs (model.attention_backend, after Megatron's
+// --attention-backend): tensor_cores runs the tensor-core flash kernels where
+// they apply (bf16; kernels/cuda/attention_tc.cu says which shapes) and the
+// CUDA-core kernels elsewhere; cuda_cores runs the CUDA-core kernels always.
+// Both are exact up to rounding. No effect on the CPU.
+enum class AttentionBackend { TensorCores, CudaCores };
+
 // Sparsity regularizer on the router's ReLU outputs (deco-model.md section 3).
 enum class RegType { None, Entropy, L1 };
 
@@ -52,6 +59,13 @@ struct ModelConfig {
   // its router and routed experts (Megatron's --moe-shared-expert-overlap);
   // the results are bit-identical either way. No effect on the CPU.
   bool moe_shared_expert_overlap = true;
+  // GPU kernel choices, process-wide (use_gpu_kernels): neither changes
+  // what is computed beyond rounding, so both may change on resume.
+  AttentionBackend attention_backend = AttentionBackend::TensorCores;
+  // The sparse path's expert products on a GPU in bf16 (ops::SparseExpertKernels):
+  // wide or narrow tensor-core blocks, or the gather + cuBLAS grouped GEMM +
+  // scatter composition (what the CPU always runs).
+  ops::SparseExpertKernels sparse_expert_kernels = ops::SparseExpertKernels::Wide;
   Recompute recompute = Recompute::None;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
@@ -61,6 +75,11 @@ struct ModelConfig {
   int64_t expert_rows() const { return num_experts * moe_ffn_hidden_size; }
 };
 
+// Sets kernels/ops.h's process-wide switches from the config's GPU kernel
+// choices (attention_backend, sparse_expert_kernels).
+void use_gpu_kernels(const ModelConfig& config);
+
+const char* attention_backend_name(AttentionBackend backend);
 const char* expert_act_name(ops::ExpertAct act);
 const char* expert_compute_name(ExpertCompute mode);
 const char* reg_type_name(RegType type);

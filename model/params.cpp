@@ -45,6 +45,19 @@ const char* expert_act_name(ops::ExpertAct act) {
   return "?";
 }
 
+void use_gpu_kernels(const ModelConfig& config) {
+  ops::set_attention_tensor_cores(config.attention_backend == AttentionBackend::TensorCores);
+  ops::set_sparse_expert_kernels(config.sparse_expert_kernels);
+}
+
+const char* attention_backend_name(AttentionBackend backend) {
+  switch (backend) {
+    case AttentionBackend::TensorCores: return "tensor_cores";
+    case AttentionBackend::CudaCores: return "cuda_cores";
+  }
+  return "?";
+}
+
 const char* expert_compute_name(ExpertCompute mode) {
   switch (mode) {
     case ExpertCompute::Dense: return "dense";

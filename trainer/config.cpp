@@ -104,6 +104,17 @@ const EnumTable<ExpertCompute>& enum_table(ExpertCompute) {
       {"dense", ExpertCompute::Dense}, {"sparse", ExpertCompute::Sparse}, {"auto", ExpertCompute::Auto}};
   return table;
 }
+const EnumTable<AttentionBackend>& enum_table(AttentionBackend) {
+  static const EnumTable<AttentionBackend> table{{"tensor_cores", AttentionBackend::TensorCores},
+                                                 {"cuda_cores", AttentionBackend::CudaCores}};
+  return table;
+}
+const EnumTable<ops::SparseExpertKernels>& enum_table(ops::SparseExpertKernels) {
+  static const EnumTable<ops::SparseExpertKernels> table{{"wide", ops::SparseExpertKernels::Wide},
+                                                         {"narrow", ops::SparseExpertKernels::Narrow},
+                                                         {"composition", ops::SparseExpertKernels::Composition}};
+  return table;
+}
 const EnumTable<Recompute>& enum_table(Recompute) {
   static const EnumTable<Recompute> table{
       {"none", Recompute::None}, {"selective", Recompute::Selective}, {"full", Recompute::Full}};
@@ -372,7 +383,9 @@ const std::vector<Section>& schema() {
         DECO_FIELD(model, expert_gated),
         DECO_FIELD(model, router_scale_init),
         DECO_FIELD(model, expert_compute),
-        DECO_FIELD(model, moe_shared_expert_overlap)}},
+        DECO_FIELD(model, moe_shared_expert_overlap),
+        DECO_FIELD(model, attention_backend),
+        DECO_FIELD(model, sparse_expert_kernels)}},
       {"training",
        {DECO_FIELD(training, micro_batch_size, "the number of sequences per micro-batch"),
         DECO_FIELD(training, global_batch_size, "the number of sequences per optimizer step"),

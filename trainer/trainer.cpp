@@ -43,6 +43,7 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
             groups.layout.dp_size, groups.layout.dp_rank) {
   set_cpu_threads(config_.training.threads);
   device_ = select_device();
+  use_gpu_kernels(config_.model);  // before expert_compute auto times a layer with them
   // Several GPUs: device tensors (gradients, exchanged tokens) through NCCL, host values through MPI.
   if (device_ == Device::CUDA) enable_device_collectives(groups_);
   check_memory();
@@ -330,6 +331,9 @@ void Trainer::print_banner() {
     out << "gpu: " << cuda_device_description() << (config_.training.bf16 ? ", bf16 mixed precision" : ", float32")
         << "; device memory after set-up:\n"
         << memory_report(cuda_caching_allocator()->stats(), total_bytes);
+    out << "gpu kernels: attention " << attention_backend_name(m.attention_backend);
+    if (m.num_experts > 0) out << ", sparse experts " << ops::sparse_expert_kernels_name(m.sparse_expert_kernels);
+    out << " (model.attention_backend, model.sparse_expert_kernels)\n";
   }
   out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
       << m.num_layers << " layers";

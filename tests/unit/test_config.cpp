@@ -367,6 +367,34 @@ TEST_CASE("enum names agree with the model's name functions", "[config]") {
         "mode.yaml", Doc().set("model", "expert_compute", deco::expert_compute_name(mode)).text());
     CHECK(load_config(path).model.expert_compute == mode);
   }
+  using deco::AttentionBackend;
+  for (const AttentionBackend backend : {AttentionBackend::TensorCores, AttentionBackend::CudaCores}) {
+    const std::string path = dir.write(
+        "attn.yaml", Doc().set("model", "attention_backend", deco::attention_backend_name(backend)).text());
+    CHECK(load_config(path).model.attention_backend == backend);
+  }
+  using deco::ops::SparseExpertKernels;
+  for (const SparseExpertKernels k :
+       {SparseExpertKernels::Wide, SparseExpertKernels::Narrow, SparseExpertKernels::Composition}) {
+    const std::string path = dir.write(
+        "kern.yaml", Doc().set("model", "sparse_expert_kernels", deco::ops::sparse_expert_kernels_name(k)).text());
+    CHECK(load_config(path).model.sparse_expert_kernels == k);
+  }
+}
+
+TEST_CASE("the GPU kernel choices set the process-wide kernel switches", "[config]") {
+  using deco::ops::SparseExpertKernels;
+  deco::ModelConfig m;
+  CHECK(m.attention_backend == deco::AttentionBackend::TensorCores);  // the defaults
+  CHECK(m.sparse_expert_kernels == SparseExpertKernels::Wide);
+  m.attention_backend = deco::AttentionBackend::CudaCores;
+  m.sparse_expert_kernels = SparseExpertKernels::Composition;
+  deco::use_gpu_kernels(m);
+  CHECK_FALSE(deco::ops::attention_tensor_cores());
+  CHECK(deco::ops::sparse_expert_kernels() == SparseExpertKernels::Composition);
+  deco::use_gpu_kernels(deco::ModelConfig{});
+  CHECK(deco::ops::attention_tensor_cores());
+  CHECK(deco::ops::sparse_expert_kernels() == SparseExpertKernels::Wide);
 }
 
 // ---------------------------------------------------------------- defaults and parsing
@@ -578,6 +606,9 @@ TEST_CASE("wrong types name the key, the expected type and the value", "[config]
        "model.expert_act must be one of norm_silu, norm_silu_nomean, norm_silu_norms, silu; "
        "got 'gelu'"},
       {"model", "expert_compute", "fast", "must be one of dense, sparse"},
+      {"model", "attention_backend", "flash", "model.attention_backend must be one of tensor_cores, cuda_cores"},
+      {"model", "sparse_expert_kernels", "grouped",
+       "model.sparse_expert_kernels must be one of wide, narrow, composition"},
       {"schedule", "lr_decay_style", "step", "must be one of constant, linear, cosine, wsd"},
       {"schedule", "lr_wsd_decay_style", "step", "must be one of exponential, linear, cosine"},
       {"sparsity", "reg_type", "l2", "must be one of entropy, l1, none"},
