@@ -115,6 +115,13 @@ const EnumTable<ops::SparseExpertKernels>& enum_table(ops::SparseExpertKernels) 
                                                          {"composition", ops::SparseExpertKernels::Composition}};
   return table;
 }
+const EnumTable<ExitSignal>& enum_table(ExitSignal) {
+  static const EnumTable<ExitSignal> table{{"sigterm", ExitSignal::Term},
+                                           {"sigint", ExitSignal::Int},
+                                           {"sigusr1", ExitSignal::Usr1},
+                                           {"sigusr2", ExitSignal::Usr2}};
+  return table;
+}
 const EnumTable<Recompute>& enum_table(Recompute) {
   static const EnumTable<Recompute> table{
       {"none", Recompute::None}, {"selective", Recompute::Selective}, {"full", Recompute::Full}};
@@ -398,7 +405,11 @@ const std::vector<Section>& schema() {
         DECO_FIELD(training, device),
         DECO_FIELD(training, bf16),
         DECO_FIELD(training, recompute),
-        DECO_FIELD(training, max_nonfinite_skips)}},
+        DECO_FIELD(training, max_nonfinite_skips),
+        DECO_FIELD(training, exit_interval),
+        DECO_FIELD(training, exit_duration_in_mins),
+        DECO_FIELD(training, exit_signal_handler),
+        DECO_FIELD(training, exit_signal)}},
       {"optimizer",
        {DECO_FIELD(optimizer, lr, "the peak learning rate"),
         DECO_FIELD(optimizer, min_lr),
@@ -821,6 +832,8 @@ class Validator {
     non_negative("training.eval_interval", t.eval_interval);
     non_negative("training.eval_iters", t.eval_iters);
     non_negative("training.threads", t.threads);
+    non_negative("training.exit_interval", t.exit_interval);
+    non_negative("training.exit_duration_in_mins", t.exit_duration_in_mins);
     check(t.device == "cpu" || t.device == "cuda", {"training.device"},
           str("training.device (", t.device, ") must be cpu or cuda."));
   }

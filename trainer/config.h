@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/model_config.h"
+#include "trainer/exit_signal.h"
 
 namespace deco {
 
@@ -44,6 +45,13 @@ struct TrainingConfig {
   // A step whose loss or gradients are not finite is skipped (no update);
   // this many skips in a row stop the run.
   int64_t max_nonfinite_skips = 10;
+  // Planned stops (Megatron-LM's --exit-interval, --exit-duration-in-mins,
+  // --exit-signal-handler): the run saves a checkpoint (when checkpoint.save
+  // is set) and ends, to be continued with checkpoint.load: auto.
+  int64_t exit_interval = 0;          // after a step that is a multiple of this; 0: never
+  double exit_duration_in_mins = 0;   // once the run has lasted this long (since deco started); 0: never
+  bool exit_signal_handler = false;   // on exit_signal, after the step it arrives in (trainer/exit_signal.h)
+  ExitSignal exit_signal = ExitSignal::Term;
 };
 
 struct OptimizerConfig {

@@ -41,6 +41,9 @@ Trainer::Trainer(const Config& config, ProcessGroups& groups, const TrainerOptio
       sparsity_(config.sparsity),
       plan_(config.training.micro_batch_size, config.training.global_batch_size,
             groups.layout.dp_size, groups.layout.dp_rank) {
+  // First, so that a signal during the set-up is not lost: it stops the run after its first step.
+  if (config_.training.exit_signal_handler)
+    exit_signal_ = std::make_unique<ExitSignalHandler>(config_.training.exit_signal);
   set_cpu_threads(config_.training.threads);
   device_ = select_device();
   use_gpu_kernels(config_.model);  // before expert_compute auto times a layer with them
@@ -358,13 +361,24 @@ void Trainer::train() {
   const int64_t interval = config_.checkpoint.save_interval;
   while (step_ < config_.training.train_iters) {
     train_step();
+    if (!stop_reason_.empty()) break;  // a planned stop: the final save below keeps this step
     if (interval > 0 && step_ % interval == 0) save_checkpoint();
   }
   save_checkpoint();  // the final state, unless the interval just saved it
   if (checkpoints_) checkpoints_->wait();
-  if (options_.console && groups_.layout.rank == 0)
-    *options_.console << "done: " << step_ << " steps, " << consumed_samples_ << " samples, metrics in "
-                      << (metrics_ ? metrics_->path() : std::string("(rank 0)")) << "\n";
+  if (!options_.console || groups_.layout.rank != 0) return;
+  std::ostream& out = *options_.console;
+  if (bar_shown_) out << "\r\033[K";
+  if (step_ < config_.training.train_iters) {
+    out << "stopped at step " << step_ << " of " << config_.training.train_iters << ": " << stop_reason_ << "; "
+        << (config_.checkpoint.save.empty()
+                ? std::string("checkpoint.save is not set, so nothing was saved")
+                : str("saved ", config_.checkpoint.save, "/", checkpoint_dir_name(step_),
+                      "; continue the run with checkpoint.load: auto"))
+        << "\n";
+  }
+  out << "done: " << step_ << " steps, " << consumed_samples_ << " samples, metrics in "
+      << (metrics_ ? metrics_->path() : std::string("(rank 0)")) << "\n";
 }
 
 void Trainer::reduce_gradients() {
@@ -477,13 +491,17 @@ StepMetrics Trainer::train_step() {
   // tokens per expert [n * E], rows sent to other expert-parallel ranks [n],
   // tokens with no active expert [n], (token, expert) rows the routed
   // experts computed [n] (all slots on the dense path, the pairs on the sparse one).
-  std::vector<int64_t> counts(n_deco * (5 + E), 0);
+  // Then two flags for the planned stops every rank must take at the same
+  // step: this rank got the exit signal, this rank's clock has passed
+  // training.exit_duration_in_mins.
+  std::vector<int64_t> counts(n_deco * (5 + E) + 2, 0);
   int64_t* pairs = counts.data();
   int64_t* slots = pairs + n_deco;
   int64_t* expert_tokens = slots + n_deco;
   int64_t* rows_sent = expert_tokens + n_deco * E;
   int64_t* idle = rows_sent + n_deco;
   int64_t* computed = idle + n_deco;
+  int64_t* stops = computed + n_deco;
   sums.resize(3 + n_deco, 0.0);  // then the routing entropy summed over tokens, per DECO layer
 
   const double wait_before = loader_->wait_seconds();
@@ -516,6 +534,8 @@ StepMetrics Trainer::train_step() {
     profile::Region region("grad_reduce");
     reduce_gradients();
   }
+  stops[0] = exit_signal_ && exit_signal_->received() ? 1 : 0;
+  stops[1] = t.exit_duration_in_mins > 0 && seconds_since(started_) >= t.exit_duration_in_mins * 60.0 ? 1 : 0;
   groups_.world->all_reduce_sum(sums);
   groups_.world->all_reduce_sum(counts);
 
@@ -577,6 +597,14 @@ StepMetrics Trainer::train_step() {
 
   ++step_;
   consumed_samples_ += t.global_batch_size;
+  stop_reason_.clear();  // set when a planned stop ends the run before its last step
+  const bool last = step_ >= t.train_iters;
+  if (!last && stops[0] > 0)
+    stop_reason_ = str(exit_signal_name(t.exit_signal), " was received (training.exit_signal_handler)");
+  else if (!last && stops[1] > 0)
+    stop_reason_ = str("the run has lasted training.exit_duration_in_mins (", t.exit_duration_in_mins, " minutes)");
+  else if (!last && t.exit_interval > 0 && step_ % t.exit_interval == 0)
+    stop_reason_ = str("the step is a multiple of training.exit_interval (", t.exit_interval, ")");
   m.consumed_samples = consumed_samples_;
   m.consumed_tokens = consumed_samples_ * seq;
   // The optimizer's kernels may still be queued on a GPU: the step's time

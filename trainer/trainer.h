@@ -4,6 +4,7 @@
 // validation, and metrics.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -45,6 +46,11 @@ class Trainer {
   // Mean lm loss over the next training.eval_iters global batches of the
   // validation split (each evaluation reads fresh batches, as Megatron-LM does).
   double evaluate();
+
+  // Why the last step stopped the run before training.train_iters (a
+  // planned stop every rank agreed on: training.exit_interval,
+  // exit_duration_in_mins, exit_signal_handler); empty if it did not.
+  const std::string& stop_reason() const { return stop_reason_; }
 
   const Model& model() const { return *model_; }
   int64_t step() const { return step_; }
@@ -103,6 +109,12 @@ class Trainer {
   FlatRange dense_shard_, expert_shard_;
   Buffer shard_scratch_;
   std::unique_ptr<GradReducer> reducer_;  // parallel.overlap_grad_reduce
+  // Planned stops: the signal handler while training runs, when this
+  // process started training (training.exit_duration_in_mins), and why
+  // the last step stopped the run.
+  std::unique_ptr<ExitSignalHandler> exit_signal_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::string stop_reason_;
 };
 
 }  // namespace deco

@@ -12,8 +12,9 @@ weights of the data-parallel run (its checkpoint) must match too. The
 sharded checkpoints of step 10 (expert parallel 2 on 4 ranks, with and
 without ZeRO-1) resume on 1 and 4 ranks in other layouts and continue the
 single process's run. Then: a rank that fails at step 5 ends the whole job
-promptly with its message, and an impossible layout is refused before any
-work. Gradient buckets started during the backward pass
+promptly with its message, SIGUSR1 to one rank (training.exit_signal_handler)
+stops both at one step with its checkpoint, and an impossible layout is
+refused before any work. Gradient buckets started during the backward pass
 (parallel.overlap_grad_reduce) give dp2's results bit for bit and dp2 x ep2's
 to 1e-5, and with ZeRO-1 (each bucket reduced to its shard's owner) ZeRO-1's
 on 2 ranks bit for bit and on 4 ranks to 1e-5.
@@ -39,6 +40,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -243,6 +245,36 @@ def main():
     out = r.stdout + r.stderr
     check(r.returncode != 0 and seconds < 60, f"a failing rank ends the job ({seconds:.1f} s, exit {r.returncode})")
     check("rank 1 of 2: fault injected by DECO_FAULT_INJECT at step 5" in out, "its message names the rank")
+
+    # A planned stop under mpirun: SIGUSR1 to one rank only stops both at the
+    # same step (each rank's flag rides on the step's all-reduce), with a
+    # checkpoint of that step, and the job exits 0.
+    stop_dir, stop_ckpt = os.path.join(work, "signal_dp2"), f"{work}/signal_dp2_ckpt"
+    args = [a.mpirun, "-np", "2", "--oversubscribe", deco, "train", "--config", config, "--run-dir", stop_dir]
+    for s_ in [*base, "training.train_iters=2000", "training.exit_signal_handler=true", "training.exit_signal=SIGUSR1",
+               f"checkpoint.save={stop_ckpt}"]:
+        args += ["--set", s_]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not os.path.exists(os.path.join(stop_dir, "metrics.jsonl"))
+                                      or len(rows(stop_dir)) < 2):
+        time.sleep(0.01)
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "deco train"], capture_output=True,
+                           text=True).stdout.split()
+    check(len(ranks) == 2, f"mpirun started two ranks ({ranks})")
+    if ranks:
+        os.kill(int(ranks[-1]), signal.SIGUSR1)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    stopped = len(rows(stop_dir))
+    check(proc.returncode == 0 and 2 <= stopped < 2000,
+          f"SIGUSR1 to one of two ranks stops the job at step {stopped}, exit {proc.returncode} ({err.strip()[-300:]})")
+    check(f"stopped at step {stopped} of 2000: SIGUSR1 was received" in out, "rank 0 says where and why")
+    latest = open(os.path.join(stop_ckpt, "latest")).read().strip() if os.path.exists(stop_ckpt) else ""
+    check(latest == f"step_{stopped:07d}", f"the checkpoint of that step is saved ({latest})")
 
     # An impossible layout is refused before any work.
     r, run_dir, seconds = train("layout", 3, ["training.micro_batch_size=1", "training.global_batch_size=24",

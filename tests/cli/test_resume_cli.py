@@ -6,7 +6,11 @@ kills it with SIGKILL once it has saved (possibly in the middle of its next
 save), relaunches the same command with checkpoint.load: auto, and checks
 that metrics.jsonl then equals an uninterrupted run's, step for step and
 bit for bit, and that the checkpoint directory holds only complete
-checkpoints and `latest`.
+checkpoints and `latest`. Then the planned stops: training.exit_interval
+(stopped at 25 and 50, relaunched twice) and SIGUSR1 with
+training.exit_signal_handler each save the step they stop at, exit 0, and
+continue to the same metrics; training.exit_duration_in_mins stops a run
+early too.
 
 Usage: test_resume_cli.py --deco build/deco --source-dir . --workdir DIR
 """
@@ -81,6 +85,62 @@ def main():
     entries = sorted(os.listdir(save_dir))
     check(entries == ["latest", "step_0000056", "step_0000060"],
           f"keep_last 2 leaves the last two checkpoints and no temporaries ({entries})")
+
+    # Planned stops (training.exit_interval, exit_signal_handler): the run
+    # saves the step it stopped at and exits 0, and relaunching with
+    # checkpoint.load: auto continues it to the uninterrupted run's metrics.
+    def same_as_reference(run, what):
+        got = rows(run)
+        check([x["step"] for x in got] == list(range(1, 61)), f"{what}: one metrics row per step, 1 to 60")
+        check(all(x[k] == y[k] for x, y in zip(got, reference)
+                  for k in ("lm_loss", "reg_loss", "grad_norm", "reg_coef", "lr", "activation_ratio")),
+              f"{what}: every step's metrics equal the uninterrupted run's exactly")
+
+    run_dir, save_dir = os.path.join(work, "interval"), os.path.join(work, "interval_ckpt")
+    stops = []
+    for _ in range(3):  # stops at 25 and 50, then runs to the end
+        r = subprocess.run(command(run_dir, save_dir, ["training.exit_interval=25", "checkpoint.load=auto"]),
+                           capture_output=True, text=True)
+        check(r.returncode == 0, f"a run with training.exit_interval 25 exits 0 ({r.stderr.strip()[-300:]})")
+        stops.append(next((l for l in r.stdout.splitlines() if l.startswith("stopped at")), "done"))
+    check(stops[0].startswith("stopped at step 25 of 60: the step is a multiple of training.exit_interval (25); "
+                              f"saved {save_dir}/step_0000025"), f"the first stops at 25 and says so ({stops[0]})")
+    check(stops[1].startswith("stopped at step 50 of 60") and stops[2] == "done",
+          f"the second stops at 50, the third finishes ({stops[1:]})")
+    same_as_reference(run_dir, "25 + 25 + 10 steps (exit_interval)")
+
+    run_dir, save_dir = os.path.join(work, "duration"), os.path.join(work, "duration_ckpt")
+    r = subprocess.run(command(run_dir, save_dir, ["training.exit_duration_in_mins=0.002"]), capture_output=True,
+                       text=True)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("stopped at")), "")
+    check(r.returncode == 0 and "the run has lasted training.exit_duration_in_mins (0.002 minutes)" in line,
+          f"training.exit_duration_in_mins 0.002 stops the run early ({line or r.stderr.strip()[-200:]})")
+
+    run_dir, save_dir = os.path.join(work, "signal"), os.path.join(work, "signal_ckpt")
+    stopping = ["training.exit_signal_handler=true", "training.exit_signal=SIGUSR1"]
+    proc = subprocess.Popen(command(run_dir, save_dir, stopping), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+                                      or len(rows(run_dir)) < 3):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    stopped = len(rows(run_dir))
+    check(proc.returncode == 0, f"SIGUSR1 with training.exit_signal_handler: exit 0 ({err.strip()[-300:]})")
+    check(3 <= stopped < 60, f"it stopped early, after step {stopped}")
+    check(f"stopped at step {stopped} of 60: SIGUSR1 was received (training.exit_signal_handler); "
+          f"saved {save_dir}/step_{stopped:07d}" in out, "it says where it stopped and what it saved")
+    latest = open(os.path.join(save_dir, "latest")).read().strip()
+    check(latest == f"step_{stopped:07d}", f"latest names the stopped step ({latest})")
+    r = subprocess.run(command(run_dir, save_dir, [*stopping, "checkpoint.load=auto"]), capture_output=True, text=True)
+    check(r.returncode == 0, f"the run continues ({r.stderr.strip()[-300:]})")
+    same_as_reference(run_dir, f"{stopped} steps + SIGUSR1 + the rest")
+
     print(f"{len(FAILURES)} failure(s)")
     return 1 if FAILURES else 0
 

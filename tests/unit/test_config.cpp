@@ -367,6 +367,13 @@ TEST_CASE("enum names agree with the model's name functions", "[config]") {
         "mode.yaml", Doc().set("model", "expert_compute", deco::expert_compute_name(mode)).text());
     CHECK(load_config(path).model.expert_compute == mode);
   }
+  for (const deco::ExitSignal sig : {deco::ExitSignal::Term, deco::ExitSignal::Int, deco::ExitSignal::Usr1,
+                                     deco::ExitSignal::Usr2}) {
+    // Written as a user would (SIGUSR1); read case-insensitively.
+    const std::string path =
+        dir.write("sig.yaml", Doc().set("training", "exit_signal", deco::exit_signal_name(sig)).text());
+    CHECK(load_config(path).training.exit_signal == sig);
+  }
   using deco::AttentionBackend;
   for (const AttentionBackend backend : {AttentionBackend::TensorCores, AttentionBackend::CudaCores}) {
     const std::string path = dir.write(
@@ -607,6 +614,8 @@ TEST_CASE("wrong types name the key, the expected type and the value", "[config]
        "got 'gelu'"},
       {"model", "expert_compute", "fast", "must be one of dense, sparse"},
       {"model", "attention_backend", "flash", "model.attention_backend must be one of tensor_cores, cuda_cores"},
+      {"training", "exit_signal", "SIGKILL", "training.exit_signal must be one of sigterm, sigint, sigusr1, sigusr2"},
+      {"training", "exit_signal_handler", "on", "training.exit_signal_handler must be true or false"},
       {"model", "sparse_expert_kernels", "grouped",
        "model.sparse_expert_kernels must be one of wide, narrow, composition"},
       {"schedule", "lr_decay_style", "step", "must be one of constant, linear, cosine, wsd"},
@@ -688,6 +697,8 @@ TEST_CASE("impossible values name the key and the constraint", "[config]") {
       {{{"model.dense_layers", "3"}}, "model.dense_layers", "between 0 and", 1},
       {{{"model.dense_layers", "-1"}}, "model.dense_layers", "between 0 and", 1},
       {{{"model.num_experts", "-2"}}, "model.num_experts", "negative", 1},
+      {{{"training.exit_interval", "-1"}}, "training.exit_interval", "negative", 1},
+      {{{"training.exit_duration_in_mins", "-0.5"}}, "training.exit_duration_in_mins", "negative", 1},
       {{{"model.ffn_hidden_size", "0"}}, "model.ffn_hidden_size", "positive", 1},
       {{{"model.moe_ffn_hidden_size", "0"}}, "model.moe_ffn_hidden_size", "positive", 1},
       {{{"model.moe_shared_expert_intermediate_size", "-1"}},
