@@ -103,8 +103,10 @@ def main():
         # would run eagerly (the wrapper compiles forward only, and loss calls
         # the original module's forward), and one graph of the whole model
         # takes minutes to compile at 32 layers. The LM head and loss stay
-        # eager. (torch.compile needs PyTorch 2; untested here, where Debian's
-        # is 1.13: the lent GPU machine's is 2.11.)
+        # eager. (torch.compile needs PyTorch 2: Debian's is 1.13, the lent
+        # GPU machine's 2.11. Run on the CPU with PyTorch 2.11.0 from PyPI in a
+        # venv, 2026-12-03: tiny.yaml --bf16 --sdpa --compile trains; the GPU
+        # path itself is unrun.)
         layers = model.model.layers
         for i in range(len(layers)):
             layers[i] = torch.compile(layers[i])
@@ -137,7 +139,7 @@ def main():
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 out = loss_fn(next_micro_batch(), reg_coef=args.reg_coef, reg_type=reg_type)
             (out.loss / n_micro).backward()
-            lm_sum += float(out.lm_loss)
+            lm_sum += float(out.lm_loss.detach())
             ratio_sum += out.activation_ratio
         if o.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(params, o.clip_grad)
