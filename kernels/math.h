@@ -68,18 +68,21 @@ template <typename T> struct AdamWConstants {
 };
 
 // One element of AdamW in PyTorch's form: the moments of the scaled
-// gradient, then p = p * (1 - lr wd) - lr * mhat / (sqrt(vhat) + eps), with
-// the bias corrections folded into mhat and the denominator. The same
-// operations in the same order on the CPU and the GPU, so a float32 update
-// differs between them only by fused multiply-adds.
+// gradient, then p = p * decay - lr * mhat / (sqrt(vhat) + eps), with the
+// bias corrections folded into mhat and the denominator. decay is
+// c.decay_factor for the tensors that decay and 1 for the others (an exact
+// multiply, and one expression either way, so the compiler may fuse it with
+// the subtraction the same way for both). The same operations in the same
+// order on the CPU and the GPU, so a float32 update differs between them
+// only by fused multiply-adds.
 template <typename T>
-DECO_HD void adamw_element(T& p, T& m, T& v, T g, const AdamWConstants<T>& c, bool decay) {
+DECO_HD void adamw_element(T& p, T& m, T& v, T g, const AdamWConstants<T>& c, T decay) {
   const T gi = g * c.grad_scale;
   m = c.beta1 * m + (T(1) - c.beta1) * gi;
   v = c.beta2 * v + (T(1) - c.beta2) * gi * gi;
   const T mhat = m * c.inv_bc1;
   const T denom = sqrt_t(v) * c.inv_sqrt_bc2 + c.eps;
-  p = (decay ? p * c.decay_factor : p) - c.lr * mhat / denom;
+  p = p * decay - c.lr * mhat / denom;
 }
 
 }  // namespace deco::math

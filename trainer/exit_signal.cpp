@@ -48,18 +48,29 @@ ExitSignalHandler::ExitSignalHandler(ExitSignal signal) : signal_(signal) {
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESETHAND | SA_RESTART;  // the second signal gets the default action
   const int number = exit_signal_number(signal);
-  if (sigaction(number, &action, &previous_) != 0)
+  if (sigaction(number, &action, &previous_) != 0) {
+    const int error = errno;
+    g_installed.store(false);
     fail("cannot install a handler for ", exit_signal_name(signal), " (training.exit_signal_handler): ",
-         std::strerror(errno), ".");
-  // A launcher may have blocked it; the main thread takes it then.
-  sigset_t set;
+         std::strerror(error), ".");
+  }
+  // A launcher may have blocked it; this thread (and the threads it starts) take it then.
+  sigset_t set, old;
   sigemptyset(&set);
   sigaddset(&set, number);
-  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  pthread_sigmask(SIG_UNBLOCK, &set, &old);
+  was_blocked_ = sigismember(&old, number) == 1;
 }
 
 ExitSignalHandler::~ExitSignalHandler() {
-  sigaction(exit_signal_number(signal_), &previous_, nullptr);
+  const int number = exit_signal_number(signal_);
+  sigaction(number, &previous_, nullptr);
+  if (was_blocked_) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, number);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  }
   g_installed.store(false);
 }
 

@@ -36,6 +36,7 @@ class ExitSignalHandler {
  private:
   ExitSignal signal_;
   struct sigaction previous_ {};
+  bool was_blocked_ = false;  // in the installing thread, before: blocked again after
 };
 
 }  // namespace deco

@@ -27,6 +27,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// When this process started, near enough: static initialization, before
+// main (training.exit_duration_in_mins counts from here, as Megatron-LM
+// counts from the start of its set-up).
+const Clock::time_point process_start = Clock::now();
+
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
@@ -535,7 +540,7 @@ StepMetrics Trainer::train_step() {
     reduce_gradients();
   }
   stops[0] = exit_signal_ && exit_signal_->received() ? 1 : 0;
-  stops[1] = t.exit_duration_in_mins > 0 && seconds_since(started_) >= t.exit_duration_in_mins * 60.0 ? 1 : 0;
+  stops[1] = t.exit_duration_in_mins > 0 && seconds_since(process_start) >= t.exit_duration_in_mins * 60.0 ? 1 : 0;
   groups_.world->all_reduce_sum(sums);
   groups_.world->all_reduce_sum(counts);
 

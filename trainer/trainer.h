@@ -4,7 +4,6 @@
 // validation, and metrics.
 #pragma once
 
-#include <chrono>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -109,11 +108,9 @@ class Trainer {
   FlatRange dense_shard_, expert_shard_;
   Buffer shard_scratch_;
   std::unique_ptr<GradReducer> reducer_;  // parallel.overlap_grad_reduce
-  // Planned stops: the signal handler while training runs, when this
-  // process started training (training.exit_duration_in_mins), and why
-  // the last step stopped the run.
+  // Planned stops: the signal handler while training runs, and why the
+  // last step stopped the run.
   std::unique_ptr<ExitSignalHandler> exit_signal_;
-  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::string stop_reason_;
 };
 

@@ -48,9 +48,10 @@ void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& m, co
 #pragma omp parallel for schedule(dynamic)
     for (int64_t c = 0; c < n; ++c) {
       const AdamWChunk k = table[c];
+      const T decay = k.decay != 0 ? constants.decay_factor : T(1);
       for (int64_t i = 0; i < k.size; ++i)
         math::adamw_element(p[k.offset + i], pm[k.moment_offset + i], pv[k.moment_offset + i], g[k.offset + i],
-                            constants, k.decay != 0);
+                            constants, decay);
     }
   });
 }

@@ -19,7 +19,7 @@ __global__ void __launch_bounds__(kAdamWThreads)
     adamw_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                  const ops::AdamWChunk* __restrict__ chunks, const math::AdamWConstants<T> constants) {
   const ops::AdamWChunk chunk = chunks[blockIdx.x];
-  const bool decay = chunk.decay != 0;
+  const T decay = chunk.decay != 0 ? constants.decay_factor : T(1);
   T* pc = p + chunk.offset;
   const T* gc = g + chunk.offset;
   T* mc = m + chunk.moment_offset;

@@ -57,6 +57,12 @@ def rows(run_dir):
     return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
 
 
+def steps_logged(run_dir):
+    """Complete lines of metrics.jsonl so far (while deco may be writing the next one)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    return open(path).read().count("\n") if os.path.exists(path) else 0
+
+
 def rel(a, b):
     return abs(a - b) / max(abs(a), 1e-30)
 
@@ -256,8 +262,7 @@ def main():
         args += ["--set", s_]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and (not os.path.exists(os.path.join(stop_dir, "metrics.jsonl"))
-                                      or len(rows(stop_dir)) < 2):
+    while time.time() < deadline and steps_logged(stop_dir) < 2:
         time.sleep(0.01)
     ranks = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "deco train"], capture_output=True,
                            text=True).stdout.split()

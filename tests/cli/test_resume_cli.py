@@ -30,6 +30,12 @@ def rows(run_dir):
     return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
 
 
+def steps_logged(run_dir):
+    """Complete lines of metrics.jsonl so far (while deco may be writing the next one)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    return open(path).read().count("\n") if os.path.exists(path) else 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--deco", required=True)
@@ -121,8 +127,7 @@ def main():
     proc = subprocess.Popen(command(run_dir, save_dir, stopping), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and (not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
-                                      or len(rows(run_dir)) < 3):
+    while time.time() < deadline and steps_logged(run_dir) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGUSR1)
     try:
