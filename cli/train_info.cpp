@@ -54,7 +54,9 @@ int train(const TrainArgs& args) {
                     : !config.logging.run_dir.empty() ? config.logging.run_dir
                                                       : default_run_dir(args.cfg.config);
   options.console = groups.layout.rank == 0 ? &std::cout : nullptr;
-  options.console_is_terminal = ::isatty(STDOUT_FILENO) == 1;
+  // Not under an MPI launcher: Open MPI gives each rank's stdout a pseudo-terminal
+  // even when mpirun's own output goes to a file, so the bar would fill the log.
+  options.console_is_terminal = ::isatty(STDOUT_FILENO) == 1 && !launch.under_mpi();
   options.load_weights = args.load_weights;
   // With several processes an error ends the job here, while the trainer
   // and the communicators are alive: unwinding first would run NCCL's
