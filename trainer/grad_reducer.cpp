@@ -27,11 +27,10 @@ GradReducer::GradReducer(const ParamLayout& layout, const Tensor& grads, Communi
     const int64_t pieces = reduce_to_owners ? r.group->size() : 1;
     for (int64_t piece = 0; piece < pieces; ++piece) {
       const FlatRange owned = equal_shard({r.begin, r.end}, pieces, piece);
-      const int64_t begin = owned.begin, end = owned.end;
-      for (int64_t b = begin; b < end; b += bucket_elements) {
+      for (int64_t b = owned.begin; b < owned.end; b += bucket_elements) {
         Bucket bucket;
         bucket.begin = b;
-        bucket.end = std::min(end, b + bucket_elements);
+        bucket.end = std::min(owned.end, b + bucket_elements);
         bucket.group = r.group;
         bucket.owner = reduce_to_owners ? piece : -1;
         buckets_.push_back(std::move(bucket));

@@ -43,16 +43,14 @@ std::vector<ops::AdamWChunk> AdamW::segments() const {
     }
     out.push_back({offset, moment_offset, size, int64_t{decay}});
   };
-  if (!sharded()) {
-    for (const ParamSpec& spec : layout_->specs())
-      add(spec.offset, spec.offset, spec.shape.numel(), spec.weight_decay);
-    return out;
-  }
-  // Each owned range covers parts of one or more parameters; each part is
-  // updated with its parameter's weight-decay rule, its moments at its place
-  // in the shard buffer (the owned ranges back to back).
+  // Each owned range (unsharded: the whole buffer) covers parts of one or
+  // more parameters; each part is updated with its parameter's weight-decay
+  // rule, its moments at its place in the moment buffers (the owned ranges
+  // back to back).
+  const std::vector<FlatRange> ranges =
+      sharded() ? owned_ : std::vector<FlatRange>{{0, layout_->total_numel()}};
   int64_t moment_offset = 0;
-  for (const FlatRange& r : owned_) {
+  for (const FlatRange& r : ranges) {
     for (const ParamSpec& spec : layout_->specs()) {
       const int64_t lo = std::max(r.begin, spec.offset), hi = std::min(r.end, spec.offset + spec.shape.numel());
       if (lo < hi) add(lo, moment_offset + lo - r.begin, hi - lo, spec.weight_decay);

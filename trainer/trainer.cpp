@@ -603,13 +603,14 @@ StepMetrics Trainer::train_step() {
   ++step_;
   consumed_samples_ += t.global_batch_size;
   stop_reason_.clear();  // set when a planned stop ends the run before its last step
-  const bool last = step_ >= t.train_iters;
-  if (!last && stops[0] > 0)
-    stop_reason_ = str(exit_signal_name(t.exit_signal), " was received (training.exit_signal_handler)");
-  else if (!last && stops[1] > 0)
-    stop_reason_ = str("the run has lasted training.exit_duration_in_mins (", t.exit_duration_in_mins, " minutes)");
-  else if (!last && t.exit_interval > 0 && step_ % t.exit_interval == 0)
-    stop_reason_ = str("the step is a multiple of training.exit_interval (", t.exit_interval, ")");
+  if (step_ < t.train_iters) {
+    if (stops[0] > 0)
+      stop_reason_ = str(exit_signal_name(t.exit_signal), " was received (training.exit_signal_handler)");
+    else if (stops[1] > 0)
+      stop_reason_ = str("the run has lasted training.exit_duration_in_mins (", t.exit_duration_in_mins, " minutes)");
+    else if (t.exit_interval > 0 && step_ % t.exit_interval == 0)
+      stop_reason_ = str("the step is a multiple of training.exit_interval (", t.exit_interval, ")");
+  }
   m.consumed_samples = consumed_samples_;
   m.consumed_tokens = consumed_samples_ * seq;
   // The optimizer's kernels may still be queued on a GPU: the step's time

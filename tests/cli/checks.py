@@ -1,7 +1,9 @@
 """What every command-line test shares: one "ok"/"FAIL" line per check, the
 list of failures the test's exit status comes from, and how a user error
 must look."""
+import os
 import subprocess
+import time
 
 FAILURES = []
 
@@ -27,3 +29,25 @@ def expect_error(deco, args, must_contain, what, only_line=True):
           and lines[-1].startswith("error: ") and all(s in lines[-1] for s in must_contain))
     check(ok, f"{what}: exit {r.returncode}, stderr {r.stderr.strip()!r}")
     return r
+
+
+def steps_logged(run_dir):
+    """Complete lines of RUN_DIR/metrics.jsonl so far (deco may be writing the next one)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    return open(path).read().count("\n") if os.path.exists(path) else 0
+
+
+def wait_for_steps(run_dir, steps, timeout):
+    """Polls until the running deco has logged `steps` steps, or `timeout` seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and steps_logged(run_dir) < steps:
+        time.sleep(0.01)
+
+
+def finish(proc, timeout):
+    """(stdout, stderr) of a Popen'd process once it ends; killed after `timeout` seconds."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()

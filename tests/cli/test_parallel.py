@@ -48,19 +48,13 @@ import time
 import h5py
 import numpy as np
 
-from checks import FAILURES, check
+from checks import FAILURES, check, finish, wait_for_steps
 
 TOL = 1e-5
 
 
 def rows(run_dir):
     return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
-
-
-def steps_logged(run_dir):
-    """Complete lines of metrics.jsonl so far (while deco may be writing the next one)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    return open(path).read().count("\n") if os.path.exists(path) else 0
 
 
 def rel(a, b):
@@ -261,19 +255,13 @@ def main():
                f"checkpoint.save={stop_ckpt}"]:
         args += ["--set", s_]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and steps_logged(stop_dir) < 2:
-        time.sleep(0.01)
+    wait_for_steps(stop_dir, 2, timeout=120)
     ranks = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "deco train"], capture_output=True,
                            text=True).stdout.split()
     check(len(ranks) == 2, f"mpirun started two ranks ({ranks})")
     if ranks:
         os.kill(int(ranks[-1]), signal.SIGUSR1)
-    try:
-        out, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
+    out, err = finish(proc, timeout=120)
     stopped = len(rows(stop_dir))
     check(proc.returncode == 0 and 2 <= stopped < 2000,
           f"SIGUSR1 to one of two ranks stops the job at step {stopped}, exit {proc.returncode} ({err.strip()[-300:]})")

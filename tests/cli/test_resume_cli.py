@@ -23,17 +23,11 @@ import subprocess
 import sys
 import time
 
-from checks import FAILURES, check
+from checks import FAILURES, check, finish, wait_for_steps
 
 
 def rows(run_dir):
     return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
-
-
-def steps_logged(run_dir):
-    """Complete lines of metrics.jsonl so far (while deco may be writing the next one)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    return open(path).read().count("\n") if os.path.exists(path) else 0
 
 
 def main():
@@ -126,15 +120,9 @@ def main():
     stopping = ["training.exit_signal_handler=true", "training.exit_signal=SIGUSR1"]
     proc = subprocess.Popen(command(run_dir, save_dir, stopping), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and steps_logged(run_dir) < 3:
-        time.sleep(0.01)
+    wait_for_steps(run_dir, 3, timeout=300)
     proc.send_signal(signal.SIGUSR1)
-    try:
-        out, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
+    out, err = finish(proc, timeout=120)
     stopped = len(rows(run_dir))
     check(proc.returncode == 0, f"SIGUSR1 with training.exit_signal_handler: exit 0 ({err.strip()[-300:]})")
     check(3 <= stopped < 60, f"it stopped early, after step {stopped}")

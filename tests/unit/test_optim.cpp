@@ -175,6 +175,10 @@ TEST_CASE("the fused AdamW update: each chunk with its decay rule and its moment
     worst = std::max({worst, std::abs(p[size_t(i)] - want_p[size_t(i)]), std::abs(m[size_t(i)] - want_m[size_t(i)]),
                       std::abs(v[size_t(i)] - want_v[size_t(i)])});
   }
+  // float64 on both sides, values of order 1: the op multiplies by the bias
+  // corrections' inverses where the expected values divide, which moves
+  // each result by a few ulps (~1e-16); 1e-12 leaves room for that and
+  // catches any wrong term (a missed decay alone moves p by 1e-3 x p).
   CHECK(worst < 1e-12);
   // Parameters outside both segments are untouched, bit for bit.
   for (int64_t i = a_size; i < b_offset; ++i) CHECK(p[size_t(i)] == p0[size_t(i)]);
