@@ -20,6 +20,7 @@ packages=(
   python3-pip                               # fetches the safetensors and tensorboard packages for tests
   libprotobuf-dev protobuf-compiler         # TensorBoard event files (trainer/proto/event.proto)
   libboost-dev                              # their CRC32C (Boost.CRC)
+  libboost-context-dev                      # the CUDA emulator's fibers (tests/cuda_emu)
   python3-protobuf python3-six python3-absl # what the tensorboard package's reader needs (its test)
   chromium-headless-shell python3-pil       # deco report's test: a real browser renders it, PIL reads the screenshot
 )

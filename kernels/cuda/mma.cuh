@@ -12,10 +12,30 @@
 
 #include <cstdint>
 
+#if defined(DECO_CUDA_EMULATION)
+#include "tests/cuda_emu/mma_emu.h"
+#endif
+
 namespace deco::cuda {
 
 using bf16 = __nv_bfloat16;
 
+#if defined(DECO_CUDA_EMULATION)
+// The CPU emulator of tests/cuda_emu runs these as warp collectives.
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  deco_emu::MmaArgs args{c, a, b0, b1};
+  deco_emu::warp_collective(0xffffffffu, "mma.sync", &args, deco_emu::mma_op);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* row) {
+  deco_emu::LdmatrixArgs args{r, row};
+  deco_emu::warp_collective(0xffffffffu, "ldmatrix", &args, deco_emu::ldmatrix_x4_trans_op);
+}
+__device__ __forceinline__ void cp_async16(bf16* dst, const bf16* src, bool valid) {
+  deco_emu::cp_async(dst, src, 16, valid ? 16 : 0);
+}
+__device__ __forceinline__ void cp_async_commit() { deco_emu::cp_async_commit(); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { deco_emu::cp_async_wait(N); }
+#else
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -46,6 +66,8 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+
+#endif
 
 __device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 

@@ -1,0 +1,549 @@
+// The CUDA emulator's runtime: the blocks of a launch run one after another
+// on the calling host thread, each CUDA thread of a block a fiber
+// (Boost.Context) that runs until it reaches a barrier or a warp collective; then the CUDA
+// runtime API functions deco calls, over host memory. Every stream is the
+// host thread's program order: a kernel or copy has finished when its call
+// returns, so events are timestamps and waits return at once.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <boost/context/fiber.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "tests/cuda_emu/cuda_emu.h"
+
+namespace deco_emu {
+namespace {
+
+enum class State { Runnable, AtBarrier, AtWarp, Done };
+
+struct Copy {
+  void* dst;
+  const void* src;
+  int bytes, src_bytes;
+};
+
+struct Fiber {
+  boost::context::fiber context;  // the thread, while it is suspended
+  boost::context::fiber sink;     // the scheduler, while the thread runs
+  Lane lane;
+  State state = State::Runnable;
+  unsigned mask = 0;  // at a warp collective: its mask, kind, arguments and operation
+  const char* kind = nullptr;
+  void* args = nullptr;
+  WarpOp op = nullptr;
+  std::vector<Copy> open;                 // cp.async since the last commit
+  std::vector<std::vector<Copy>> groups;  // committed, oldest first
+};
+
+constexpr size_t kStackBytes = 256u << 10;
+constexpr size_t kMaxThreads = 1024;
+constexpr size_t kDefaultSharedBytes = 48u << 10;
+constexpr size_t kOptinSharedBytes = 227u << 10;  // Hopper's per-block maximum
+
+struct Block {
+  uint3 index;
+  dim3 dim, grid;
+  const char* kernel = "";
+  void (*body)(void*) = nullptr;
+  void* context = nullptr;
+  std::vector<Fiber> fibers;
+  Fiber* current = nullptr;
+  std::vector<unsigned char> dynamic;
+  std::unordered_set<void*> declared;
+  std::string error;
+};
+
+Block* running = nullptr;  // the block being run (one at a time, under launch_mutex)
+std::mutex launch_mutex;
+thread_local cudaError_t last_error = cudaSuccess;
+std::mutex optin_mutex;
+std::unordered_map<const void*, int> shared_optin;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
+
+// Fiber stacks, kept for the next block: mapped with a guard page below
+// each, so an overflow is a segmentation fault, not silent corruption.
+std::vector<char*>& stacks() {
+  static std::vector<char*> pool;
+  return pool;
+}
+char* stack_for(size_t i) {
+  auto& pool = stacks();
+  while (pool.size() <= i) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+      std::fprintf(stderr, "CUDA emulator: cannot map a fiber stack\n");
+      std::abort();
+    }
+    mprotect(p, page, PROT_NONE);
+    pool.push_back(static_cast<char*>(p) + page);
+  }
+  return pool[i];
+}
+
+// Hands a fiber the pooled stack of its thread index (kept for the next block).
+struct PooledStack {
+  size_t index;
+  boost::context::stack_context allocate() {
+    boost::context::stack_context s;
+    s.size = kStackBytes;
+    s.sp = stack_for(index) + kStackBytes;  // stacks grow down from sp
+    return s;
+  }
+  void deallocate(boost::context::stack_context&) noexcept {}
+};
+
+void suspend(State state) {
+  Fiber* f = running->current;
+  f->state = state;
+  f->sink = std::move(f->sink).resume();
+}
+
+std::string where(const Block& b, const Fiber* f) {
+  char s[160];
+  if (f)
+    std::snprintf(s, sizeof(s), "block (%u,%u,%u) thread (%u,%u,%u)", b.index.x, b.index.y, b.index.z,
+                  f->lane.thread_idx.x, f->lane.thread_idx.y, f->lane.thread_idx.z);
+  else
+    std::snprintf(s, sizeof(s), "block (%u,%u,%u)", b.index.x, b.index.y, b.index.z);
+  return s;
+}
+
+void record(Block& b, const Fiber* f, const std::string& what) {
+  if (b.error.empty()) b.error = std::string(b.kernel) + ", " + where(b, f) + ": " + what;
+}
+
+// Releases the warp collectives of warp w whose lanes have all arrived.
+// Returns whether any was released; records an error for a collective that
+// can never complete.
+bool release_warp(Block& b, int w) {
+  const int n = static_cast<int>(b.fibers.size());
+  const int first = 32 * w, lanes = std::min(32, n - first);
+  bool released = false;
+  unsigned handled = 0;
+  for (int l = 0; l < lanes; ++l) {
+    Fiber& f = b.fibers[first + l];
+    if (f.state != State::AtWarp || (handled >> l & 1u)) continue;
+    const unsigned mask = f.mask;
+    bool complete = true;
+    for (int k = 0; k < 32; ++k) {
+      if (!(mask >> k & 1u)) continue;
+      if (k >= lanes) {
+        record(b, &f, std::string(f.kind) + " names lane " + std::to_string(k) + " of a warp of " +
+                          std::to_string(lanes) + " threads");
+        return false;
+      }
+      const Fiber& o = b.fibers[first + k];
+      if (o.state == State::Done) {
+        record(b, &f, std::string(f.kind) + " waits for lane " + std::to_string(k) + ", which has exited");
+        return false;
+      }
+      if (o.state != State::AtWarp) {
+        complete = false;
+        continue;
+      }
+      if (o.mask != mask || std::strcmp(o.kind, f.kind) != 0) {
+        record(b, &f, std::string(f.kind) + " (mask " + std::to_string(mask) + ") meets " + o.kind + " (mask " +
+                          std::to_string(o.mask) + ") of lane " + std::to_string(k) + ": divergent warp collectives");
+        return false;
+      }
+    }
+    handled |= mask;
+    if (!complete) continue;
+    void* args[32] = {};
+    for (int k = 0; k < 32; ++k)
+      if (mask >> k & 1u) args[k] = b.fibers[first + k].args;
+    b.current = &f;  // for errors the operation reports
+    f.op(args, mask);
+    for (int k = 0; k < 32; ++k)
+      if (mask >> k & 1u) b.fibers[first + k].state = State::Runnable;
+    released = true;
+  }
+  return released;
+}
+
+std::string describe_wait(const Block& b) {
+  std::string s;
+  int shown = 0;
+  for (const Fiber& f : b.fibers) {
+    if (f.state == State::Done || shown >= 4) continue;
+    s += "; thread " + std::to_string(f.lane.linear) +
+         (f.state == State::AtBarrier ? " at __syncthreads" : std::string(" at ") + f.kind);
+    ++shown;
+  }
+  return s;
+}
+
+// DECO_CUDA_EMULATOR_ORDER=reverse runs a block's threads from the last to
+// the first between barriers: a race between threads of one phase (a read
+// of what another thread writes before the next __syncthreads) reads the new
+// value in one order and the old one in the other, so running the tests in
+// both orders shows it.
+bool reverse_order() {
+  static const bool reverse = [] {
+    const char* v = std::getenv("DECO_CUDA_EMULATOR_ORDER");
+    return v && std::strcmp(v, "reverse") == 0;
+  }();
+  return reverse;
+}
+
+void run_block(Block& b) {
+  const int n = static_cast<int>(b.dim.x * b.dim.y * b.dim.z);
+  b.fibers.clear();  // the last block's fibers have all returned
+  b.fibers.resize(static_cast<size_t>(n));
+  b.declared.clear();
+  std::fill(b.dynamic.begin(), b.dynamic.end(), static_cast<unsigned char>(0xff));
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = b.fibers[i];
+    f.lane.linear = i;
+    f.lane.thread_idx = uint3{static_cast<unsigned>(i) % b.dim.x, static_cast<unsigned>(i) / b.dim.x % b.dim.y,
+                              static_cast<unsigned>(i) / (b.dim.x * b.dim.y)};
+    Fiber* fp = &f;
+    f.context = boost::context::fiber(std::allocator_arg, PooledStack{static_cast<size_t>(i)},
+                                      [fp](boost::context::fiber&& sink) {
+                                        fp->sink = std::move(sink);
+                                        running->body(running->context);
+                                        fp->state = State::Done;
+                                        return std::move(fp->sink);
+                                      });
+  }
+  for (;;) {
+    for (int k = 0; k < n; ++k) {
+      Fiber& f = b.fibers[reverse_order() ? n - 1 - k : k];
+      if (f.state != State::Runnable) continue;
+      b.current = &f;
+      f.context = std::move(f.context).resume();
+      if (!b.error.empty()) return;
+    }
+    bool live = false, all_at_barrier = true, released = false;
+    for (const Fiber& f : b.fibers) {
+      if (f.state == State::Done) continue;
+      live = true;
+      all_at_barrier = all_at_barrier && f.state == State::AtBarrier;
+    }
+    if (!live) return;
+    for (int w = 0; w * 32 < n; ++w) released = release_warp(b, w) || released;
+    if (!b.error.empty()) return;
+    if (released) continue;
+    if (all_at_barrier) {
+      for (Fiber& f : b.fibers)
+        if (f.state == State::AtBarrier) f.state = State::Runnable;
+      continue;
+    }
+    record(b, nullptr, "deadlock: threads wait at different barriers" + describe_wait(b));
+    return;
+  }
+}
+
+void perform(const std::vector<Copy>& group) {
+  for (const Copy& c : group) {
+    std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+    std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(c.bytes - c.src_bytes));
+  }
+}
+
+}  // namespace
+
+Lane& self() { return running->current->lane; }
+const uint3& block_idx() { return running->index; }
+const dim3& block_dim() { return running->dim; }
+const dim3& grid_dim() { return running->grid; }
+
+void block_barrier() { suspend(State::AtBarrier); }
+
+void warp_collective(unsigned mask, const char* kind, void* args, WarpOp op) {
+  Fiber* f = running->current;
+  f->mask = mask;
+  f->kind = kind;
+  f->args = args;
+  f->op = op;
+  if (!(mask >> (f->lane.linear % 32) & 1u)) {
+    record(*running, f, std::string(kind) + " with a mask that leaves out the calling lane");
+    suspend(State::Done);
+  }
+  suspend(State::AtWarp);
+}
+
+unsigned char* dynamic_shared() { return running->dynamic.data(); }
+
+void shared_declared(void* p, size_t bytes) {
+  if (running->declared.insert(p).second) std::memset(p, 0xff, bytes);
+}
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % 16 != 0))
+    fail_kernel("cp.async of 16 bytes from or to an address not 16-byte aligned");
+  running->current->open.push_back(Copy{dst, src, bytes, src_bytes});
+}
+
+void cp_async_commit() {
+  Fiber* f = running->current;
+  f->groups.push_back(std::move(f->open));
+  f->open.clear();
+}
+
+void cp_async_wait(int pending) {
+  Fiber* f = running->current;
+  while (static_cast<int>(f->groups.size()) > pending) {
+    perform(f->groups.front());
+    f->groups.erase(f->groups.begin());
+  }
+}
+
+void fail_kernel(const char* what) {
+  Block& b = *running;
+  record(b, b.current, what);
+  // From a thread: it stops here; the scheduler sees the error and ends the launch.
+  bool in_fiber = false;
+  for (const Fiber& f : b.fibers) in_fiber = in_fiber || (&f == b.current && f.state == State::Runnable);
+  if (in_fiber) suspend(State::Done);
+}
+
+void run_grid(const LaunchConfig& config, const void* kernel, const char* name, void (*body)(void*), void* context) {
+  const size_t threads = static_cast<size_t>(config.block.x) * config.block.y * config.block.z;
+  size_t shared_limit = kDefaultSharedBytes;
+  {
+    std::lock_guard<std::mutex> lock(optin_mutex);
+    auto it = shared_optin.find(kernel);
+    if (it != shared_optin.end()) shared_limit = std::max(shared_limit, static_cast<size_t>(it->second));
+  }
+  const uint64_t blocks = static_cast<uint64_t>(config.grid.x) * config.grid.y * config.grid.z;
+  if (threads == 0 || threads > kMaxThreads || blocks == 0 || config.grid.y > 65535 || config.grid.z > 65535) {
+    std::fprintf(stderr, "CUDA emulator: %s launched with grid (%u,%u,%u) and block (%u,%u,%u): invalid configuration\n",
+                 name, config.grid.x, config.grid.y, config.grid.z, config.block.x, config.block.y, config.block.z);
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (config.shared > shared_limit) {
+    std::fprintf(stderr,
+                 "CUDA emulator: %s asks for %zu bytes of dynamic shared memory, above its limit of %zu "
+                 "(48 KiB unless cudaFuncSetAttribute raised it)\n",
+                 name, config.shared, shared_limit);
+    last_error = cudaErrorInvalidValue;
+    return;
+  }
+  std::lock_guard<std::mutex> lock(launch_mutex);
+  Block b;
+  b.dim = config.block;
+  b.grid = config.grid;
+  b.kernel = name;
+  b.body = body;
+  b.context = context;
+  b.dynamic.resize(config.shared);
+  running = &b;
+  for (unsigned z = 0; z < config.grid.z && b.error.empty(); ++z)
+    for (unsigned y = 0; y < config.grid.y && b.error.empty(); ++y)
+      for (unsigned x = 0; x < config.grid.x && b.error.empty(); ++x) {
+        b.index = uint3{x, y, z};
+        run_block(b);
+      }
+  running = nullptr;
+  if (!b.error.empty()) {
+    std::fprintf(stderr, "CUDA emulator: %s\n", b.error.c_str());
+    last_error = cudaErrorLaunchFailure;
+  }
+}
+
+}  // namespace deco_emu
+
+// ---------------------------------------------------------------- the runtime API
+namespace {
+
+struct Event {
+  std::chrono::steady_clock::time_point at{};
+  bool recorded = false;
+};
+struct Stream {};
+
+std::mutex memory_mutex;
+std::unordered_map<void*, size_t> device_allocations;
+size_t device_bytes = 0;
+constexpr size_t kDeviceMemory = size_t{16} << 30;  // what the emulated device reports
+
+cudaError_t fail(cudaError_t e) {
+  deco_emu::last_error = e;
+  return e;
+}
+
+}  // namespace
+
+extern "C" {
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = deco_emu::last_error;
+  deco_emu::last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return deco_emu::last_error; }
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    default: return "cudaError";
+  }
+}
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorLaunchFailure: return "unspecified launch failure (the CUDA emulator's message is above)";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    default: return "CUDA error (emulated)";
+  }
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  const size_t bytes = (std::max<size_t>(size, 1) + 255) / 256 * 256;
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  if (device_bytes + bytes > kDeviceMemory) return fail(cudaErrorMemoryAllocation);
+  void* p = std::aligned_alloc(256, bytes);
+  if (!p) return fail(cudaErrorMemoryAllocation);
+  std::memset(p, 0xff, bytes);  // fresh device memory is not zero on a GPU either
+  device_allocations[p] = bytes;
+  device_bytes += bytes;
+  *ptr = p;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  auto it = device_allocations.find(ptr);
+  if (it == device_allocations.end()) return fail(cudaErrorInvalidValue);
+  device_bytes -= it->second;
+  device_allocations.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  *ptr = std::malloc(std::max<size_t>(size, 1));
+  return *ptr ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  *free = kDeviceMemory - device_bytes;
+  *total = kDeviceMemory;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
+  if (count) std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind, cudaStream_t) {
+  return cudaMemcpy(dst, src, count, kind);
+}
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  if (count) std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) { return cudaMemset(ptr, value, count); }
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof(prop->name), "deco CUDA emulator (CPU, sm_90 rules)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->totalGlobalMem = kDeviceMemory;
+  prop->multiProcessorCount = 1;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = static_cast<int>(deco_emu::kMaxThreads);
+  prop->sharedMemPerBlock = deco_emu::kDefaultSharedBytes;
+  prop->sharedMemPerBlockOptin = deco_emu::kOptinSharedBytes;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(deco_emu::kOptinSharedBytes); break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(deco_emu::kDefaultSharedBytes); break;
+    case cudaDevAttrMultiProcessorCount: *value = 1; break;
+    case cudaDevAttrWarpSize: *value = 32; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    default: return fail(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || static_cast<size_t>(value) > deco_emu::kOptinSharedBytes) return fail(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> lock(deco_emu::optin_mutex);
+    deco_emu::shared_optin[func] = value;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) { return deco_emu::last_error; }
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  *stream = reinterpret_cast<cudaStream_t>(new Stream);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete reinterpret_cast<Stream*>(stream);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return deco_emu::last_error; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = reinterpret_cast<cudaEvent_t>(new Event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { return cudaEventCreate(event); }
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete reinterpret_cast<Event*>(event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  auto* e = reinterpret_cast<Event*>(event);
+  e->at = std::chrono::steady_clock::now();
+  e->recorded = true;
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  const auto* a = reinterpret_cast<const Event*>(start);
+  const auto* b = reinterpret_cast<const Event*>(end);
+  if (!a->recorded || !b->recorded) return fail(cudaErrorInvalidValue);
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  return cudaSuccess;
+}
+
+}  // extern "C"
