@@ -12,15 +12,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/bf16.h"
+
 namespace deco_emu {
 
-inline float bits_to_float(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-inline float bf16_lo(uint32_t pair) { return bits_to_float(pair << 16); }
-inline float bf16_hi(uint32_t pair) { return bits_to_float(pair & 0xffff0000u); }
+// A packed bf16 pair's low and high elements (core/bf16.h's conversion).
+inline float bf16_lo(uint32_t pair) { return deco::bf16_bits_to_float(static_cast<uint16_t>(pair & 0xffffu)); }
+inline float bf16_hi(uint32_t pair) { return deco::bf16_bits_to_float(static_cast<uint16_t>(pair >> 16)); }
 
 struct MmaArgs {
   float* c;

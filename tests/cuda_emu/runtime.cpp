@@ -302,10 +302,10 @@ void cp_async_wait(int pending) {
 void fail_kernel(const char* what) {
   Block& b = *running;
   record(b, b.current, what);
-  // From a thread: it stops here; the scheduler sees the error and ends the launch.
-  bool in_fiber = false;
-  for (const Fiber& f : b.fibers) in_fiber = in_fiber || (&f == b.current && f.state == State::Runnable);
-  if (in_fiber) suspend(State::Done);
+  // From a running thread (not from a warp operation, which the scheduler
+  // runs for lanes at a collective): it stops here; the scheduler sees the
+  // error and ends the launch.
+  if (b.current && b.current->state == State::Runnable) suspend(State::Done);
 }
 
 void run_grid(const LaunchConfig& config, const void* kernel, const char* name, void (*body)(void*), void* context) {
