@@ -31,6 +31,15 @@ def expect_error(deco, args, must_contain, what, only_line=True):
     return r
 
 
+def train_command(deco, config, run_dir, sets, np_=1, mpirun=None, extra_args=()):
+    """`deco train` of CONFIG into RUN_DIR with each of SETS as --set, under
+    `mpirun -np NP --oversubscribe` (2 cores run 4 ranks) when NP > 1."""
+    args = [deco, "train", "--config", config, "--run-dir", run_dir, *extra_args]
+    for s in sets:
+        args += ["--set", s]
+    return [mpirun, "-np", str(np_), "--oversubscribe", *args] if np_ > 1 else args
+
+
 def steps_logged(run_dir):
     """Complete lines of RUN_DIR/metrics.jsonl so far (deco may be writing the next one)."""
     path = os.path.join(run_dir, "metrics.jsonl")

@@ -48,7 +48,7 @@ import time
 import h5py
 import numpy as np
 
-from checks import FAILURES, check, finish, wait_for_steps
+from checks import FAILURES, check, finish, train_command, wait_for_steps
 
 TOL = 1e-5
 
@@ -121,11 +121,7 @@ def main():
 
     def train(name, np_, extra=(), env=None, timeout=600):
         run_dir = os.path.join(work, name)
-        args = [deco, "train", "--config", config, "--run-dir", run_dir]
-        for s in [*base, *extra]:
-            args += ["--set", s]
-        if np_ > 1:
-            args = [a.mpirun, "-np", str(np_), "--oversubscribe", *args]
+        args = train_command(deco, config, run_dir, [*base, *extra], np_, a.mpirun)
         start = time.monotonic()
         r = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, **(env or {})})
@@ -229,11 +225,7 @@ def main():
     loads = []
     for name, np_, extra in [("load_single", 1, []), ("load_ep2", 2, ["parallel.expert_model_parallel_size=2"])]:
         run_dir = os.path.join(work, name)
-        args = [deco, "train", "--config", config, "--run-dir", run_dir, "--load", weights]
-        for s_ in [*base, *extra]:
-            args += ["--set", s_]
-        if np_ > 1:
-            args = [a.mpirun, "-np", str(np_), "--oversubscribe", *args]
+        args = train_command(deco, config, run_dir, [*base, *extra], np_, a.mpirun, ["--load", weights])
         r = subprocess.run(args, capture_output=True, text=True, timeout=300)
         check(r.returncode == 0, f"{name}: --load trains ({r.stderr.strip()[-300:]})")
         loads.append(rows(run_dir) if r.returncode == 0 else [])
@@ -250,10 +242,9 @@ def main():
     # same step (each rank's flag rides on the step's all-reduce), with a
     # checkpoint of that step, and the job exits 0.
     stop_dir, stop_ckpt = os.path.join(work, "signal_dp2"), f"{work}/signal_dp2_ckpt"
-    args = [a.mpirun, "-np", "2", "--oversubscribe", deco, "train", "--config", config, "--run-dir", stop_dir]
-    for s_ in [*base, "training.train_iters=2000", "training.exit_signal_handler=true", "training.exit_signal=SIGUSR1",
-               f"checkpoint.save={stop_ckpt}"]:
-        args += ["--set", s_]
+    args = train_command(deco, config, stop_dir, [*base, "training.train_iters=2000", "training.exit_signal_handler=true",
+                                                  "training.exit_signal=SIGUSR1", f"checkpoint.save={stop_ckpt}"],
+                         2, a.mpirun)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_steps(stop_dir, 2, timeout=120)
     ranks = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "deco train"], capture_output=True,

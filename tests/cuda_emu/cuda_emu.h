@@ -81,6 +81,9 @@ void cp_async_commit();
 void cp_async_wait(int pending);
 
 void fail_kernel(const char* what);  // reports, and the launch returns an error
+// What the last failed launch reported ("" after one that ran): for the
+// emulator's own tests (selftest.cu).
+const char* last_launch_failure();
 
 struct LaunchConfig {
   dim3 grid, block;

@@ -6,8 +6,8 @@
       -> ::deco_emu::launch(grid, block, shared, stream)(kernel, "kernel")(args)
   extern __shared__ [__align__(N)] T name[];
       -> T* name = reinterpret_cast<T*>(::deco_emu::dynamic_shared());
-  __shared__ T name[...];
-      -> static T name[...]; ::deco_emu::shared_var(name);
+  __shared__ [__align__(N)] T name[...];
+      -> [__align__(N)] static T name[...]; ::deco_emu::shared_var(name);
 
 One thread runs a block at a time, so a function-local static is the
 block's shared memory; shared_var fills it with 0xff bytes when the block's
@@ -63,15 +63,17 @@ def rewrite_launches(text):
 
 EXTERN_SHARED = re.compile(
     r'extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([A-Za-z_][\w:<>, ]*?)\s+([A-Za-z_]\w*)\s*\[\s*\]\s*;')
-SHARED = re.compile(r'__shared__\s+([^;]*?)\s+([A-Za-z_]\w*)\s*((?:\[[^\]]*\])*)\s*;')
+SHARED = re.compile(
+    r'__shared__\s+(__align__\(\s*\d+\s*\)\s+)?([^;]*?)\s+([A-Za-z_]\w*)\s*((?:\[[^\]]*\])*)\s*;')
 
 
 def rewrite_shared(text):
     text = EXTERN_SHARED.sub(
         lambda m: f'{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>(::deco_emu::dynamic_shared());',
         text)
-    text = SHARED.sub(lambda m: f'static {m.group(1)} {m.group(2)}{m.group(3)}; ::deco_emu::shared_var({m.group(2)});',
-                      text)
+    # An __align__ goes first: C++ takes alignas before `static`, not after.
+    text = SHARED.sub(lambda m: f'{m.group(1) or ""}static {m.group(2)} {m.group(3)}{m.group(4)}; '
+                                f'::deco_emu::shared_var({m.group(3)});', text)
     if '__shared__' in text.replace('extern __shared__', ''):
         raise SystemExit('hostify: a __shared__ declaration it cannot rewrite is left')
     return text

@@ -1,7 +1,8 @@
 // The CUDA emulator's runtime: the blocks of a launch run one after another
-// on the calling host thread, each CUDA thread of a block a fiber
-// (Boost.Context) that runs until it reaches a barrier or a warp collective; then the CUDA
-// runtime API functions deco calls, over host memory. Every stream is the
+// on the calling host thread, the CUDA threads of a block on fibers
+// (Boost.Context), each running until it reaches a barrier or a warp
+// collective (a thread that finishes without one hands its fiber to the
+// next thread); then the CUDA runtime API functions deco calls, over host memory. Every stream is the
 // host thread's program order: a kernel or copy has finished when its call
 // returns, so events are timestamps and waits return at once.
 #include <sys/mman.h>
@@ -23,7 +24,7 @@
 namespace deco_emu {
 namespace {
 
-enum class State { Runnable, AtBarrier, AtWarp, Done };
+enum class State { NotStarted, Runnable, AtBarrier, AtWarp, Done };
 
 struct Copy {
   void* dst;
@@ -31,11 +32,19 @@ struct Copy {
   int bytes, src_bytes;
 };
 
-struct Fiber {
-  boost::context::fiber context;  // the thread, while it is suspended
-  boost::context::fiber sink;     // the scheduler, while the thread runs
+// A fiber that runs CUDA threads of a block one after another: a thread that
+// finishes without waiting hands the fiber to the next thread not yet
+// started, so a kernel without barriers or warp collectives runs its whole
+// block on one fiber, and one that waits takes a fiber per thread.
+struct Worker {
+  boost::context::fiber context;  // the thread it runs, while that is suspended
+  boost::context::fiber sink;     // the scheduler, while a thread runs
+};
+
+struct Thread {
   Lane lane;
-  State state = State::Runnable;
+  State state = State::NotStarted;
+  Worker* worker = nullptr;  // the fiber it runs on, once started
   unsigned mask = 0;  // at a warp collective: its mask, kind, arguments and operation
   const char* kind = nullptr;
   void* args = nullptr;
@@ -55,8 +64,10 @@ struct Block {
   const char* kernel = "";
   void (*body)(void*) = nullptr;
   void* context = nullptr;
-  std::vector<Fiber> fibers;
-  Fiber* current = nullptr;
+  std::vector<Thread> threads;
+  std::vector<Worker> workers;  // reserved for one per thread: addresses stay put
+  int started = 0;              // threads started, in run order
+  Thread* current = nullptr;
   std::vector<unsigned char> dynamic;
   std::unordered_set<void*> declared;
   std::string error;
@@ -65,6 +76,7 @@ struct Block {
 Block* running = nullptr;  // the block being run (one at a time, under launch_mutex)
 std::mutex launch_mutex;
 thread_local cudaError_t last_error = cudaSuccess;
+thread_local std::string last_failure;  // the calling thread's last launch's report
 std::mutex optin_mutex;
 std::unordered_map<const void*, int> shared_optin;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
 
@@ -90,7 +102,7 @@ char* stack_for(size_t i) {
   return pool[i];
 }
 
-// Hands a fiber the pooled stack of its thread index (kept for the next block).
+// Hands a fiber the pooled stack of its worker index (kept for the next block).
 struct PooledStack {
   size_t index;
   boost::context::stack_context allocate() {
@@ -103,12 +115,12 @@ struct PooledStack {
 };
 
 void suspend(State state) {
-  Fiber* f = running->current;
-  f->state = state;
-  f->sink = std::move(f->sink).resume();
+  Thread* t = running->current;
+  t->state = state;
+  t->worker->sink = std::move(t->worker->sink).resume();
 }
 
-std::string where(const Block& b, const Fiber* f) {
+std::string where(const Block& b, const Thread* f) {
   char s[160];
   if (f)
     std::snprintf(s, sizeof(s), "block (%u,%u,%u) thread (%u,%u,%u)", b.index.x, b.index.y, b.index.z,
@@ -118,7 +130,7 @@ std::string where(const Block& b, const Fiber* f) {
   return s;
 }
 
-void record(Block& b, const Fiber* f, const std::string& what) {
+void record(Block& b, const Thread* f, const std::string& what) {
   if (b.error.empty()) b.error = std::string(b.kernel) + ", " + where(b, f) + ": " + what;
 }
 
@@ -126,12 +138,12 @@ void record(Block& b, const Fiber* f, const std::string& what) {
 // Returns whether any was released; records an error for a collective that
 // can never complete.
 bool release_warp(Block& b, int w) {
-  const int n = static_cast<int>(b.fibers.size());
+  const int n = static_cast<int>(b.threads.size());
   const int first = 32 * w, lanes = std::min(32, n - first);
   bool released = false;
   unsigned handled = 0;
   for (int l = 0; l < lanes; ++l) {
-    Fiber& f = b.fibers[first + l];
+    Thread& f = b.threads[first + l];
     if (f.state != State::AtWarp || (handled >> l & 1u)) continue;
     const unsigned mask = f.mask;
     bool complete = true;
@@ -142,7 +154,7 @@ bool release_warp(Block& b, int w) {
                           std::to_string(lanes) + " threads");
         return false;
       }
-      const Fiber& o = b.fibers[first + k];
+      const Thread& o = b.threads[first + k];
       if (o.state == State::Done) {
         record(b, &f, std::string(f.kind) + " waits for lane " + std::to_string(k) + ", which has exited");
         return false;
@@ -161,11 +173,11 @@ bool release_warp(Block& b, int w) {
     if (!complete) continue;
     void* args[32] = {};
     for (int k = 0; k < 32; ++k)
-      if (mask >> k & 1u) args[k] = b.fibers[first + k].args;
+      if (mask >> k & 1u) args[k] = b.threads[first + k].args;
     b.current = &f;  // for errors the operation reports
     f.op(args, mask);
     for (int k = 0; k < 32; ++k)
-      if (mask >> k & 1u) b.fibers[first + k].state = State::Runnable;
+      if (mask >> k & 1u) b.threads[first + k].state = State::Runnable;
     released = true;
   }
   return released;
@@ -174,7 +186,7 @@ bool release_warp(Block& b, int w) {
 std::string describe_wait(const Block& b) {
   std::string s;
   int shown = 0;
-  for (const Fiber& f : b.fibers) {
+  for (const Thread& f : b.threads) {
     if (f.state == State::Done || shown >= 4) continue;
     s += "; thread " + std::to_string(f.lane.linear) +
          (f.state == State::AtBarrier ? " at __syncthreads" : std::string(" at ") + f.kind);
@@ -196,47 +208,74 @@ bool reverse_order() {
   return reverse;
 }
 
+// The thread that runs k-th (in the order above).
+int run_order(const Block& b, int k) {
+  const int n = static_cast<int>(b.threads.size());
+  return reverse_order() ? n - 1 - k : k;
+}
+
+// Starts a worker on the next thread not yet started, and runs it until a
+// thread of it waits or no thread is left to start.
+void start_worker(Block& b) {
+  b.workers.emplace_back();
+  Worker* w = &b.workers.back();
+  w->context = boost::context::fiber(
+      std::allocator_arg, PooledStack{b.workers.size() - 1}, [w](boost::context::fiber&& sink) {
+        w->sink = std::move(sink);
+        Block& blk = *running;
+        const int n = static_cast<int>(blk.threads.size());
+        while (blk.started < n && blk.error.empty()) {
+          Thread& t = blk.threads[static_cast<size_t>(run_order(blk, blk.started++))];
+          t.worker = w;
+          t.state = State::Runnable;
+          blk.current = &t;
+          blk.body(blk.context);
+          t.state = State::Done;
+        }
+        return std::move(w->sink);
+      });
+  w->context = std::move(w->context).resume();
+}
+
 void run_block(Block& b) {
   const int n = static_cast<int>(b.dim.x * b.dim.y * b.dim.z);
-  b.fibers.clear();  // the last block's fibers have all returned
-  b.fibers.resize(static_cast<size_t>(n));
+  b.workers.clear();  // the last block's workers have all returned
+  b.workers.reserve(static_cast<size_t>(n));
+  b.threads.clear();
+  b.threads.resize(static_cast<size_t>(n));
+  b.started = 0;
   b.declared.clear();
   std::fill(b.dynamic.begin(), b.dynamic.end(), static_cast<unsigned char>(0xff));
   for (int i = 0; i < n; ++i) {
-    Fiber& f = b.fibers[i];
-    f.lane.linear = i;
-    f.lane.thread_idx = uint3{static_cast<unsigned>(i) % b.dim.x, static_cast<unsigned>(i) / b.dim.x % b.dim.y,
+    Thread& t = b.threads[i];
+    t.lane.linear = i;
+    t.lane.thread_idx = uint3{static_cast<unsigned>(i) % b.dim.x, static_cast<unsigned>(i) / b.dim.x % b.dim.y,
                               static_cast<unsigned>(i) / (b.dim.x * b.dim.y)};
-    Fiber* fp = &f;
-    f.context = boost::context::fiber(std::allocator_arg, PooledStack{static_cast<size_t>(i)},
-                                      [fp](boost::context::fiber&& sink) {
-                                        fp->sink = std::move(sink);
-                                        running->body(running->context);
-                                        fp->state = State::Done;
-                                        return std::move(fp->sink);
-                                      });
   }
   for (;;) {
     for (int k = 0; k < n; ++k) {
-      Fiber& f = b.fibers[reverse_order() ? n - 1 - k : k];
-      if (f.state != State::Runnable) continue;
-      b.current = &f;
-      f.context = std::move(f.context).resume();
+      Thread& t = b.threads[static_cast<size_t>(run_order(b, k))];
+      if (t.state == State::NotStarted) {
+        start_worker(b);
+      } else if (t.state == State::Runnable) {
+        b.current = &t;
+        t.worker->context = std::move(t.worker->context).resume();
+      }
       if (!b.error.empty()) return;
     }
     bool live = false, all_at_barrier = true, released = false;
-    for (const Fiber& f : b.fibers) {
-      if (f.state == State::Done) continue;
+    for (const Thread& t : b.threads) {
+      if (t.state == State::Done) continue;
       live = true;
-      all_at_barrier = all_at_barrier && f.state == State::AtBarrier;
+      all_at_barrier = all_at_barrier && t.state == State::AtBarrier;
     }
     if (!live) return;
     for (int w = 0; w * 32 < n; ++w) released = release_warp(b, w) || released;
     if (!b.error.empty()) return;
     if (released) continue;
     if (all_at_barrier) {
-      for (Fiber& f : b.fibers)
-        if (f.state == State::AtBarrier) f.state = State::Runnable;
+      for (Thread& t : b.threads)
+        if (t.state == State::AtBarrier) t.state = State::Runnable;
       continue;
     }
     record(b, nullptr, "deadlock: threads wait at different barriers" + describe_wait(b));
@@ -261,7 +300,7 @@ const dim3& grid_dim() { return running->grid; }
 void block_barrier() { suspend(State::AtBarrier); }
 
 void warp_collective(unsigned mask, const char* kind, void* args, WarpOp op) {
-  Fiber* f = running->current;
+  Thread* f = running->current;
   f->mask = mask;
   f->kind = kind;
   f->args = args;
@@ -286,13 +325,13 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
 }
 
 void cp_async_commit() {
-  Fiber* f = running->current;
+  Thread* f = running->current;
   f->groups.push_back(std::move(f->open));
   f->open.clear();
 }
 
 void cp_async_wait(int pending) {
-  Fiber* f = running->current;
+  Thread* f = running->current;
   while (static_cast<int>(f->groups.size()) > pending) {
     perform(f->groups.front());
     f->groups.erase(f->groups.begin());
@@ -308,7 +347,21 @@ void fail_kernel(const char* what) {
   if (b.current && b.current->state == State::Runnable) suspend(State::Done);
 }
 
+namespace {
+
+// A launch that failed: its report on stderr and for last_launch_failure, its error for cudaGetLastError.
+void launch_failed(cudaError_t error, const std::string& report) {
+  last_failure = report;
+  std::fprintf(stderr, "CUDA emulator: %s\n", report.c_str());
+  last_error = error;
+}
+
+}  // namespace
+
+const char* last_launch_failure() { return last_failure.c_str(); }
+
 void run_grid(const LaunchConfig& config, const void* kernel, const char* name, void (*body)(void*), void* context) {
+  last_failure.clear();
   const size_t threads = static_cast<size_t>(config.block.x) * config.block.y * config.block.z;
   size_t shared_limit = kDefaultSharedBytes;
   {
@@ -318,17 +371,20 @@ void run_grid(const LaunchConfig& config, const void* kernel, const char* name, 
   }
   const uint64_t blocks = static_cast<uint64_t>(config.grid.x) * config.grid.y * config.grid.z;
   if (threads == 0 || threads > kMaxThreads || blocks == 0 || config.grid.y > 65535 || config.grid.z > 65535) {
-    std::fprintf(stderr, "CUDA emulator: %s launched with grid (%u,%u,%u) and block (%u,%u,%u): invalid configuration\n",
-                 name, config.grid.x, config.grid.y, config.grid.z, config.block.x, config.block.y, config.block.z);
-    last_error = cudaErrorInvalidConfiguration;
+    char report[200];
+    std::snprintf(report, sizeof(report),
+                  "%s launched with grid (%u,%u,%u) and block (%u,%u,%u): invalid configuration", name,
+                  config.grid.x, config.grid.y, config.grid.z, config.block.x, config.block.y, config.block.z);
+    launch_failed(cudaErrorInvalidConfiguration, report);
     return;
   }
   if (config.shared > shared_limit) {
-    std::fprintf(stderr,
-                 "CUDA emulator: %s asks for %zu bytes of dynamic shared memory, above its limit of %zu "
-                 "(48 KiB unless cudaFuncSetAttribute raised it)\n",
-                 name, config.shared, shared_limit);
-    last_error = cudaErrorInvalidValue;
+    char report[200];
+    std::snprintf(report, sizeof(report),
+                  "%s asks for %zu bytes of dynamic shared memory, above its limit of %zu "
+                  "(48 KiB unless cudaFuncSetAttribute raised it)",
+                  name, config.shared, shared_limit);
+    launch_failed(cudaErrorInvalidValue, report);
     return;
   }
   std::lock_guard<std::mutex> lock(launch_mutex);
@@ -347,10 +403,7 @@ void run_grid(const LaunchConfig& config, const void* kernel, const char* name, 
         run_block(b);
       }
   running = nullptr;
-  if (!b.error.empty()) {
-    std::fprintf(stderr, "CUDA emulator: %s\n", b.error.c_str());
-    last_error = cudaErrorLaunchFailure;
-  }
+  if (!b.error.empty()) launch_failed(cudaErrorLaunchFailure, b.error);
 }
 
 }  // namespace deco_emu
@@ -368,6 +421,24 @@ std::mutex memory_mutex;
 std::unordered_map<void*, size_t> device_allocations;
 size_t device_bytes = 0;
 constexpr size_t kDeviceMemory = size_t{16} << 30;  // what the emulated device reports
+
+// DECO_CUDA_EMULATOR_DEVICES=N (1 to 8, default 1) emulated devices, all
+// over the same host memory: N ranks of one machine then select N devices,
+// as deco's multi-GPU runs ask (one GPU per rank).
+int emulated_devices() {
+  static const int count = [] {
+    const char* v = std::getenv("DECO_CUDA_EMULATOR_DEVICES");
+    const int n = v && *v ? std::atoi(v) : 1;
+    if (n < 1 || n > 8) {
+      std::fprintf(stderr, "CUDA emulator: DECO_CUDA_EMULATOR_DEVICES=%s: give a number of devices from 1 to 8\n", v);
+      std::exit(2);
+    }
+    return n;
+  }();
+  return count;
+}
+bool valid_device(int device) { return device >= 0 && device < emulated_devices(); }
+int current_device = 0;  // cudaSetDevice's, for the whole process
 
 cudaError_t fail(cudaError_t e) {
   deco_emu::last_error = e;
@@ -463,17 +534,22 @@ cudaError_t cudaMemset(void* ptr, int value, size_t count) {
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) { return cudaMemset(ptr, value, count); }
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = emulated_devices();
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = current_device;
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+cudaError_t cudaSetDevice(int device) {
+  if (!valid_device(device)) return fail(cudaErrorInvalidDevice);
+  current_device = device;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (!valid_device(device)) return fail(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
+  prop->pciDeviceID = device;
   std::snprintf(prop->name, sizeof(prop->name), "deco CUDA emulator (CPU, sm_90 rules)");
   prop->major = 9;
   prop->minor = 0;
@@ -486,7 +562,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (!valid_device(device)) return fail(cudaErrorInvalidDevice);
   switch (attr) {
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(deco_emu::kOptinSharedBytes); break;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(deco_emu::kDefaultSharedBytes); break;
