@@ -2,9 +2,10 @@
 // on the calling host thread, the CUDA threads of a block on fibers
 // (Boost.Context), each running until it reaches a barrier or a warp
 // collective (a thread that finishes without one hands its fiber to the
-// next thread); then the CUDA runtime API functions deco calls, over host memory. Every stream is the
-// host thread's program order: a kernel or copy has finished when its call
-// returns, so events are timestamps and waits return at once.
+// next thread); then the CUDA runtime API functions deco calls, over host
+// memory. Every stream is the host thread's program order: a kernel or copy
+// has finished when its call returns, so events are timestamps and waits
+// return at once.
 #include <sys/mman.h>
 #include <unistd.h>
 
