@@ -16,9 +16,10 @@ backward pass, each compared with the one GPU at every step as
 tests/cli/test_parallel.py compares CPU runs (same tolerance, 1e-5, and the
 same reasons for lr 3e-4 and the L1 regularizer). The expert-parallel ZeRO-1
 run's checkpoint of step 4 (sharded, written by both ranks) resumes on one
-GPU and continues the uninterrupted run. In bf16 (training.bf16) data
-parallel 2 is held to the one GPU's bf16 run: its first two steps to the
-same 1e-5, its loss curve to 1e-3 (below: the bf16 rounding of weights
+GPU and continues the uninterrupted run. A rank that fails at step 3 ends
+the two-rank job, its message printed. In bf16 (training.bf16) data
+parallel 2 is held to the one GPU's bf16 run: its first step to the same
+1e-5, its loss curve to 1e-3 (below: the bf16 rounding of weights
 amplifies the sum order's float32 difference).
 
 Usage: test_parallel_emulated_gpu.py --deco build/tests/cuda_emu/deco_emulated --mpirun mpirun
@@ -96,16 +97,30 @@ def main():
         check([g["step"] for g in got] == list(range(5, STEPS + 1)), "resumed: steps 5-8 logged")
         compare(reference[4:], got, "zero_ep2's checkpoint resumed on one GPU", against="the uninterrupted run")
 
+    # A rank that fails at step 3 ends the job while the other waits in an
+    # NCCL collective, with its message.
+    start = time.monotonic()
+    r = subprocess.run(train_command(deco, config, os.path.join(work, "fault_dp2"), base, 2, a.mpirun),
+                       capture_output=True, text=True, timeout=300, env={**env, "DECO_FAULT_INJECT": "1:3"})
+    seconds = time.monotonic() - start
+    check(r.returncode != 0 and seconds < 120,
+          f"fault_dp2: a failing rank ends the job ({seconds:.0f} s, exit {r.returncode})")
+    check("rank 1 of 2: fault injected by DECO_FAULT_INJECT at step 3" in r.stdout + r.stderr,
+          "fault_dp2: its message names the rank")
+
     # Mixed precision: the same comparison between bf16 runs.
     bf16_single, _ = train("bf16_single", 1, ["training.bf16=true"])
     bf16_dp2, _ = train("bf16_dp2", 2, ["training.bf16=true"])
     if bf16_single is not None and bf16_dp2 is not None:
-        # Steps 1-2 start from the same bf16 weights: the float32 tolerance.
-        # After them the float32 master weights differ by the sum order
-        # (~1e-8), which flips the bf16 rounding of a few weights (2^-9
-        # relative each) and routing with them: measured 1.4e-8 on the loss at
-        # step 3 and 1.3e-5 at worst by step 8, so the curve is held to 1e-3.
-        compare(bf16_single[:2], bf16_dp2[:2], "bf16 dp2, steps 1-2", against="bf16 on one emulated GPU")
+        # Step 1 starts from the same bf16 weights: the float32 tolerance.
+        # After it the float32 master weights differ by the sum order
+        # (~1e-8), which can flip the bf16 rounding of a few of tiny's ~1M
+        # weights (2^-9 relative each) and routing with them. Whether it does
+        # depends on the host BLAS's kernels (the emulated cuBLAS): on one
+        # machine step 2 still agreed to 1e-5, on another (OpenBLAS's
+        # Cooperlake kernels) its gradient norm differed by 7.2e-5 and the
+        # loss by 1.5e-5 by step 8. So the curve is held to 1e-3.
+        compare(bf16_single[:1], bf16_dp2[:1], "bf16 dp2, step 1", against="bf16 on one emulated GPU")
         worst = max(abs(x["lm_loss"] - y["lm_loss"]) / x["lm_loss"] for x, y in zip(bf16_single, bf16_dp2))
         check(len(bf16_dp2) == STEPS and worst < 1e-3,
               f"bf16 dp2's loss curve tracks one emulated GPU's (worst relative {worst:.1e}, allowed 1e-3)")
