@@ -141,6 +141,24 @@ void record(Block& b, const Thread* f, const std::string& what) {
 bool release_warp(Block& b, int w) {
   const int n = static_cast<int>(b.threads.size());
   const int first = 32 * w, lanes = std::min(32, n - first);
+  // The common case first: every lane of the warp at one collective over the whole warp.
+  const unsigned whole = lanes == 32 ? ~0u : (1u << lanes) - 1u;
+  Thread& lead = b.threads[first];
+  if (lead.state == State::AtWarp && lead.mask == whole) {
+    void* args[32] = {};
+    int l = 0;
+    for (; l < lanes; ++l) {
+      const Thread& o = b.threads[first + l];
+      if (o.state != State::AtWarp || o.mask != whole || o.kind != lead.kind) break;
+      args[l] = o.args;
+    }
+    if (l == lanes) {
+      b.current = &lead;  // for errors the operation reports
+      lead.op(args, whole);
+      for (int k = 0; k < lanes; ++k) b.threads[first + k].state = State::Runnable;
+      return true;
+    }
+  }
   bool released = false;
   unsigned handled = 0;
   for (int l = 0; l < lanes; ++l) {
@@ -238,42 +256,60 @@ void start_worker(Block& b) {
   w->context = std::move(w->context).resume();
 }
 
-void run_block(Block& b) {
+// The threads of every block of a launch: their indices, set once.
+void make_threads(Block& b) {
   const int n = static_cast<int>(b.dim.x * b.dim.y * b.dim.z);
-  b.workers.clear();  // the last block's workers have all returned
-  b.workers.reserve(static_cast<size_t>(n));
-  b.threads.clear();
   b.threads.resize(static_cast<size_t>(n));
-  b.started = 0;
-  b.declared.clear();
-  std::fill(b.dynamic.begin(), b.dynamic.end(), static_cast<unsigned char>(0xff));
+  b.workers.reserve(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
     Thread& t = b.threads[i];
     t.lane.linear = i;
     t.lane.thread_idx = uint3{static_cast<unsigned>(i) % b.dim.x, static_cast<unsigned>(i) / b.dim.x % b.dim.y,
                               static_cast<unsigned>(i) / (b.dim.x * b.dim.y)};
   }
+}
+
+void run_block(Block& b) {
+  const int n = static_cast<int>(b.threads.size());
+  b.workers.clear();  // the last block's workers have all returned
+  for (Thread& t : b.threads) {
+    t.state = State::NotStarted;
+    t.worker = nullptr;
+    t.open.clear();
+    t.groups.clear();
+  }
+  b.started = 0;
+  b.declared.clear();
+  std::fill(b.dynamic.begin(), b.dynamic.end(), static_cast<unsigned char>(0xff));
+  // A warp at a time (in run order), through its collectives until each of
+  // its threads waits at __syncthreads or has finished: the stacks of one
+  // warp stay in cache. Any order of the warps between two barriers is one
+  // a GPU may run.
   for (;;) {
-    for (int k = 0; k < n; ++k) {
-      Thread& t = b.threads[static_cast<size_t>(run_order(b, k))];
-      if (t.state == State::NotStarted) {
-        start_worker(b);
-      } else if (t.state == State::Runnable) {
-        b.current = &t;
-        t.worker->context = std::move(t.worker->context).resume();
-      }
+    for (int k = 0; k < n; k += 32) {
+      const int first = run_order(b, k) / 32 * 32, lanes = std::min(32, n - first);
+      do {
+        for (int l = 0; l < lanes; ++l) {
+          Thread& t = b.threads[static_cast<size_t>(first + (reverse_order() ? lanes - 1 - l : l))];
+          if (t.state == State::NotStarted) {
+            start_worker(b);
+          } else if (t.state == State::Runnable) {
+            b.current = &t;
+            t.worker->context = std::move(t.worker->context).resume();
+          }
+          if (!b.error.empty()) return;
+        }
+      } while (release_warp(b, first / 32));
       if (!b.error.empty()) return;
     }
-    bool live = false, all_at_barrier = true, released = false;
+    // Each thread now waits at __syncthreads or at a collective its warp cannot complete, or has finished.
+    bool live = false, all_at_barrier = true;
     for (const Thread& t : b.threads) {
       if (t.state == State::Done) continue;
       live = true;
       all_at_barrier = all_at_barrier && t.state == State::AtBarrier;
     }
     if (!live) return;
-    for (int w = 0; w * 32 < n; ++w) released = release_warp(b, w) || released;
-    if (!b.error.empty()) return;
-    if (released) continue;
     if (all_at_barrier) {
       for (Thread& t : b.threads)
         if (t.state == State::AtBarrier) t.state = State::Runnable;
@@ -396,6 +432,7 @@ void run_grid(const LaunchConfig& config, const void* kernel, const char* name, 
   b.body = body;
   b.context = context;
   b.dynamic.resize(config.shared);
+  make_threads(b);
   running = &b;
   for (unsigned z = 0; z < config.grid.z && b.error.empty(); ++z)
     for (unsigned y = 0; y < config.grid.y && b.error.empty(); ++y)
