@@ -59,6 +59,16 @@ template <bool kBarrier> __global__ void neighbour(float* out) {
   out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
 }
 
+// Each warp writes its half of shared memory, then reads the other warp's
+// half after __syncwarp (no barrier between warps: a race) or __syncthreads.
+template <bool kBarrier> __global__ void other_warp(float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = static_cast<float>(threadIdx.x);
+  if (kBarrier) __syncthreads();
+  else __syncwarp();
+  out[threadIdx.x] = s[(threadIdx.x + 32) % 64];
+}
+
 // The block's sum by a shared-memory tree: correct in either order.
 __global__ void tree_sum(const float* in, float* out) {
   __shared__ float s[256];
@@ -167,6 +177,20 @@ int main() {
   all = true;
   for (int i = 0; i < 64; ++i) all = all && neighbours[i] == static_cast<float>((i + 1) % 64);
   expect(all, "with the barrier, every thread reads its neighbour's value");
+
+  // The same between warps, past a __syncwarp: whichever warp runs first
+  // reads the other's half unwritten.
+  other_warp<false><<<1, 64>>>(out);
+  expect_launched("the other warp's read after __syncwarp");
+  const int warp_raced = count_nan(to_host(out, 64));
+  expect(warp_raced == 32, "after __syncwarp alone, " + std::to_string(warp_raced) +
+                               " of 64 threads read the other warp's shared memory unwritten");
+  other_warp<true><<<1, 64>>>(out);
+  expect_launched("the other warp's read after __syncthreads");
+  const std::vector<float> halves = to_host(out, 64);
+  all = true;
+  for (int i = 0; i < 64; ++i) all = all && halves[i] == static_cast<float>((i + 32) % 64);
+  expect(all, "after __syncthreads, every thread reads the other warp's value");
 
   std::vector<float> ones(256, 1.0f);
   cudaMemcpy(in, ones.data(), sizeof(float) * 256, cudaMemcpyHostToDevice);
