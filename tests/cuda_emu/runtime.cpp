@@ -215,8 +215,9 @@ std::string describe_wait(const Block& b) {
 }
 
 // DECO_CUDA_EMULATOR_ORDER=reverse runs a block's threads from the last to
-// the first between barriers: a race between threads of one phase (a read
-// of what another thread writes before the next __syncthreads) reads the new
+// the first between barriers, and a launch's blocks from the last to the
+// first: a race between threads of one phase (a read of what another thread
+// writes before the next __syncthreads), or between blocks, reads the new
 // value in one order and the old one in the other, so running the tests in
 // both orders shows it.
 bool reverse_order() {
@@ -434,12 +435,16 @@ void run_grid(const LaunchConfig& config, const void* kernel, const char* name, 
   b.dynamic.resize(config.shared);
   make_threads(b);
   running = &b;
-  for (unsigned z = 0; z < config.grid.z && b.error.empty(); ++z)
-    for (unsigned y = 0; y < config.grid.y && b.error.empty(); ++y)
-      for (unsigned x = 0; x < config.grid.x && b.error.empty(); ++x) {
-        b.index = uint3{x, y, z};
-        run_block(b);
-      }
+  // Blocks in order, or from the last to the first with the threads: a block
+  // that reads what another block of the launch writes sees it in one order
+  // and not in the other.
+  const uint3 g{config.grid.x, config.grid.y, config.grid.z};
+  for (uint64_t k = 0; k < blocks && b.error.empty(); ++k) {
+    const uint64_t i = reverse_order() ? blocks - 1 - k : k;
+    b.index = uint3{static_cast<unsigned>(i % g.x), static_cast<unsigned>(i / g.x % g.y),
+                    static_cast<unsigned>(i / (static_cast<uint64_t>(g.x) * g.y))};
+    run_block(b);
+  }
   running = nullptr;
   if (!b.error.empty()) launch_failed(cudaErrorLaunchFailure, b.error);
 }

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -67,6 +68,13 @@ template <bool kBarrier> __global__ void other_warp(float* out) {
   if (kBarrier) __syncthreads();
   else __syncwarp();
   out[threadIdx.x] = s[(threadIdx.x + 32) % 64];
+}
+
+// Block b writes its slot, then reads block b - 1's: a dependence between
+// blocks of one launch, which a GPU runs in any order.
+__global__ void previous_block(float* slots, float* out) {
+  slots[blockIdx.x] = static_cast<float>(blockIdx.x);
+  out[blockIdx.x] = blockIdx.x > 0 ? slots[blockIdx.x - 1] : 0.0f;
 }
 
 // The block's sum by a shared-memory tree: correct in either order.
@@ -191,6 +199,20 @@ int main() {
   all = true;
   for (int i = 0; i < 64; ++i) all = all && halves[i] == static_cast<float>((i + 32) % 64);
   expect(all, "after __syncthreads, every thread reads the other warp's value");
+
+  // Between blocks: in order each reads its predecessor's slot written; from
+  // the last block to the first (DECO_CUDA_EMULATOR_ORDER=reverse) unwritten.
+  float* slots = nullptr;
+  cudaMalloc(&slots, sizeof(float) * 8);
+  previous_block<<<8, 1>>>(slots, out);
+  expect_launched("the read of the previous block's slot");
+  const char* order = std::getenv("DECO_CUDA_EMULATOR_ORDER");
+  const bool reverse = order && std::strcmp(order, "reverse") == 0;
+  const int block_raced = count_nan(to_host(out, 8));
+  expect(block_raced == (reverse ? 7 : 0),
+         std::to_string(block_raced) + " of 8 blocks read the previous block's slot unwritten (" +
+             (reverse ? "blocks from the last to the first: 7 expected" : "blocks in order: 0 expected") + ")");
+  cudaFree(slots);
 
   std::vector<float> ones(256, 1.0f);
   cudaMemcpy(in, ones.data(), sizeof(float) * 256, cudaMemcpyHostToDevice);
