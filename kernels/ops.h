@@ -121,6 +121,11 @@ enum class SparseExpertKernels { Wide, Narrow, Composition };
 void set_sparse_expert_kernels(SparseExpertKernels choice);
 SparseExpertKernels sparse_expert_kernels();
 const char* sparse_expert_kernels_name(SparseExpertKernels choice);
+// For the start-up report: whether the sparse expert products of `experts`
+// experts of width `block` over hidden size `hidden` in `dtype` run on the
+// Wide or Narrow kernels chosen, or on the composition (the choice, or the
+// kernels not taking the shape). False in a build without CUDA.
+bool gpu_sparse_experts_on_own_kernels(DType dtype, int64_t block, int64_t hidden, int64_t experts);
 
 // ---------------------------------------------------------------- gather / scatter
 // out[P, K] = x[index[p], :]   (index int32[P])
@@ -176,6 +181,11 @@ void attention_forward(const Tensor& out, const Tensor& saved, const Tensor& q, 
 // compare the two. Process-wide.
 void set_attention_tensor_cores(bool enabled);
 bool attention_tensor_cores();
+// For the start-up report: whether attention of `head_dim` in `dtype` runs
+// on the tensor cores (the switch on, and the kernels taking the shape on
+// this GPU; each call also checks its operands' alignment, which deco's
+// buffers meet). False in a build without CUDA.
+bool gpu_attention_on_tensor_cores(DType dtype, int64_t head_dim);
 // dq, dk, dv (=) gradients of out with respect to q, k, v. out is
 // attention_forward's output (the tensor-core kernels take FlashAttention's
 // D = rowsum(dout o out) from it; the CPU reference recomputes D from the

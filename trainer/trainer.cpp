@@ -339,9 +339,36 @@ void Trainer::print_banner() {
     out << "gpu: " << cuda_device_description() << (config_.training.bf16 ? ", bf16 mixed precision" : ", float32")
         << "; device memory after set-up:\n"
         << memory_report(cuda_caching_allocator()->stats(), total_bytes);
-    out << "gpu kernels: attention " << attention_backend_name(m.attention_backend);
-    if (m.num_experts > 0) out << ", sparse experts " << ops::sparse_expert_kernels_name(m.sparse_expert_kernels);
-    out << " (model.attention_backend, model.sparse_expert_kernels)\n";
+    // What runs, which is not always what the config asks for, and why not.
+    const bool bf16 = config_.training.bf16;
+    const DType compute = bf16 ? DType::BF16 : DType::F32;
+    const bool tensor_cores = ops::gpu_attention_on_tensor_cores(compute, m.head_dim());
+    out << "gpu kernels: attention " << (tensor_cores ? "tensor_cores" : "cuda_cores");
+    if (!tensor_cores && m.attention_backend == AttentionBackend::TensorCores)
+      out << " (model.attention_backend tensor_cores needs "
+          << (!bf16 ? "training.bf16"
+              : m.head_dim() != 64 && m.head_dim() != 128
+                  ? str("head_dim 64 or 128, not ", m.head_dim())
+                  : std::string("more shared memory at this head_dim than this GPU gives a block"))
+          << ")";
+    if (m.num_experts > 0 && m.expert_compute != ExpertCompute::Dense) {
+      const int64_t local_experts = m.num_experts / groups_.layout.ep_size;
+      const bool own = ops::gpu_sparse_experts_on_own_kernels(compute, m.moe_ffn_hidden_size, m.hidden_size,
+                                                              local_experts);
+      out << ", sparse experts "
+          << ops::sparse_expert_kernels_name(own ? m.sparse_expert_kernels : ops::SparseExpertKernels::Composition);
+      if (!own && m.sparse_expert_kernels != ops::SparseExpertKernels::Composition)
+        out << " (model.sparse_expert_kernels " << ops::sparse_expert_kernels_name(m.sparse_expert_kernels)
+            << " needs "
+            << (!bf16 ? "training.bf16"
+                : m.moe_ffn_hidden_size != 64 || m.hidden_size % 64 != 0
+                    ? str("expert width 64 and a hidden size that is a multiple of 64, not ", m.moe_ffn_hidden_size,
+                          " and ", m.hidden_size)
+                    : str("fewer experts a rank than this one's ", local_experts,
+                          " (its parameter table and shared memory)"))
+            << ")";
+    }
+    out << "\n";
   }
   out << "model: " << counts.total << " parameters (" << counts.non_embedding << " non-embedding), "
       << m.num_layers << " layers";

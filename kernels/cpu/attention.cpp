@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/widen.h"
+#include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/dispatch.h"
 #include "kernels/math.h"
@@ -232,6 +233,16 @@ std::atomic<bool> g_attention_tensor_cores{true};
 
 void set_attention_tensor_cores(bool enabled) { g_attention_tensor_cores = enabled; }
 bool attention_tensor_cores() { return g_attention_tensor_cores; }
+
+bool gpu_attention_on_tensor_cores(DType dtype, int64_t head_dim) {
+#ifdef DECO_WITH_CUDA
+  return attention_tensor_cores() && cuda::tc_attention_supports(dtype, head_dim);
+#else
+  (void)dtype;
+  (void)head_dim;
+  return false;
+#endif
+}
 
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                         const Tensor& out, const Tensor& saved, const Tensor& q, const Tensor& k,

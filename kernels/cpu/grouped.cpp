@@ -97,6 +97,19 @@ Buffer pair_rows(const Tensor& like, int64_t pairs, int64_t cols) {
 
 void set_sparse_expert_kernels(SparseExpertKernels choice) { g_sparse_expert_kernels = choice; }
 SparseExpertKernels sparse_expert_kernels() { return g_sparse_expert_kernels; }
+
+bool gpu_sparse_experts_on_own_kernels(DType dtype, int64_t block, int64_t hidden, int64_t experts) {
+#ifdef DECO_WITH_CUDA
+  return sparse_expert_kernels() != SparseExpertKernels::Composition && dtype == DType::BF16 &&
+         cuda::sparse_expert_kernels_support(block, hidden, experts);
+#else
+  (void)dtype;
+  (void)block;
+  (void)hidden;
+  (void)experts;
+  return false;
+#endif
+}
 const char* sparse_expert_kernels_name(SparseExpertKernels choice) {
   switch (choice) {
     case SparseExpertKernels::Wide: return "wide";

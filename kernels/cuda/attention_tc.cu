@@ -535,13 +535,16 @@ bf16* mptr(const Tensor& t) { return static_cast<bf16*>(t.raw()); }
 
 }  // namespace
 
-bool tc_attention_applies(DType dtype, const ops::AttentionShape& shape,
-                          std::initializer_list<const Tensor*> operands) {
-  if (!ops::attention_tensor_cores()) return false;
-  if (dtype != DType::BF16 || (shape.head_dim != 64 && shape.head_dim != 128)) return false;
+bool tc_attention_supports(DType dtype, int64_t head_dim) {
+  if (dtype != DType::BF16 || (head_dim != 64 && head_dim != 128)) return false;
   // dQ at head size 128 needs 102 KB, more than sm_86/89 GPUs give a block:
   // those take the CUDA-core kernels.
-  if ((shape.head_dim == 64 ? max_smem_bytes<64>() : max_smem_bytes<128>()) > smem_optin_bytes()) return false;
+  return (head_dim == 64 ? max_smem_bytes<64>() : max_smem_bytes<128>()) <= smem_optin_bytes();
+}
+
+bool tc_attention_applies(DType dtype, const ops::AttentionShape& shape,
+                          std::initializer_list<const Tensor*> operands) {
+  if (!ops::attention_tensor_cores() || !tc_attention_supports(dtype, shape.head_dim)) return false;
   for (const Tensor* t : operands)
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;
   return true;

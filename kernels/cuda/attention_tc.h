@@ -11,8 +11,11 @@
 
 namespace deco::cuda {
 
-// bfloat16, head_dim 64 or 128, 16-byte aligned rows (the kernels copy
-// 8 elements at a time).
+// Whether the kernels take attention of this dtype and head size on this
+// GPU: bfloat16, head_dim 64 or 128, and the shared memory they need.
+bool tc_attention_supports(DType dtype, int64_t head_dim);
+// Whether a call runs on them: ops::attention_tensor_cores() on, supported,
+// and 16-byte aligned rows (the kernels copy 8 elements at a time).
 bool tc_attention_applies(DType dtype, const ops::AttentionShape& shape,
                           std::initializer_list<const Tensor*> operands);
 

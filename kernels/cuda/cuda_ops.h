@@ -48,6 +48,9 @@ void grouped_gemm_batched(const std::vector<GroupedProblem>& problems, bool tran
 // the 8-warp blocks of ops::SparseExpertKernels::Wide, else the 4-warp ones.
 bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, int64_t experts,
                                  std::initializer_list<const Tensor*> bf16_operands);
+// The shapes' part of it: D = 64, H a positive multiple of 64, the experts
+// within the parameter table and the scatter block's shared memory.
+bool sparse_expert_kernels_support(int64_t block, int64_t hidden, int64_t experts);
 void expert_gather_gemm(const Tensor& c, const Tensor& x, const Tensor& index, const Tensor& w, bool expert_rows,
                         const int32_t* offsets, int64_t experts, bool wide);
 void expert_scatter_gemm(const Tensor& y, const Tensor& g, const Tensor& index, const Tensor& w, bool expert_rows,

@@ -544,14 +544,18 @@ void weight_grad(const Matrix& mdw, bool expert_rows, const Matrix& mg, const Ma
 
 }  // namespace
 
-bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, int64_t experts,
-                                 std::initializer_list<const Tensor*> bf16_operands) {
+bool sparse_expert_kernels_support(int64_t block, int64_t hidden, int64_t experts) {
   if (block != kD || hidden <= 0 || hidden % kD != 0 || hidden > INT_MAX) return false;
   if (experts < 1 || experts > kMaxExperts) return false;  // the kernels' parameter table (ExpertTable)
   // The scatter block keeps two ints per expert in shared memory: past what
   // the GPU gives a block even in the narrow shape, the composition runs
   // instead (at kMaxExperts the narrow block needs 95 KB, within sm_86/89's 99).
-  if (ScatterSmem<4>::bytes(experts) > smem_optin_bytes()) return false;
+  return ScatterSmem<4>::bytes(experts) <= smem_optin_bytes();
+}
+
+bool sparse_expert_kernels_apply(int64_t block, int64_t hidden, int64_t experts,
+                                 std::initializer_list<const Tensor*> bf16_operands) {
+  if (!sparse_expert_kernels_support(block, hidden, experts)) return false;
   for (const Tensor* t : bf16_operands) {
     if (t->dtype() != DType::BF16 || t->device() != Device::CUDA) return false;
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0 || t->matrix().ld % 8 != 0) return false;

@@ -68,6 +68,10 @@ def main():
 
     reference, r = train("single", 1)
     check(reference is not None and "deco CUDA emulator" in r.stdout, "the run is on the emulated GPU")
+    # The kernels that run, not the ones asked for (tiny's defaults), and why.
+    check("gpu kernels: attention cuda_cores (model.attention_backend tensor_cores needs training.bf16), "
+          "sparse experts composition (model.sparse_expert_kernels wide needs training.bf16)" in r.stdout,
+          "in float32 rank 0 reports the CUDA-core attention and the composition")
     if reference is None:
         sys.exit(1)
 
@@ -109,7 +113,10 @@ def main():
           "fault_dp2: its message names the rank")
 
     # Mixed precision: the same comparison between bf16 runs.
-    bf16_single, _ = train("bf16_single", 1, ["training.bf16=true"])
+    bf16_single, r = train("bf16_single", 1, ["training.bf16=true"])
+    check("attention cuda_cores (model.attention_backend tensor_cores needs head_dim 64 or 128, not 32)" in r.stdout
+          and "composition (model.sparse_expert_kernels wide needs expert width 64" in r.stdout,
+          "in bf16 at tiny's shapes too, and why")
     bf16_dp2, _ = train("bf16_dp2", 2, ["training.bf16=true"])
     if bf16_single is not None and bf16_dp2 is not None:
         # Step 1 starts from the same bf16 weights: the float32 tolerance.
