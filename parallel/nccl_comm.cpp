@@ -190,11 +190,13 @@ void NcclComm::wait(const char* collective) {
 void NcclComm::poll(cudaEvent_t event, const char* collective) {
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
-    if (reached(event)) return;
+    // NCCL's asynchronous error before the event: one that NCCL reports is
+    // never passed over because the stream's work completed anyway.
     ncclResult_t async_error = ncclSuccess;
     DECO_NCCL_CALL(ncclCommGetAsyncError(comm_, &async_error));
     if (async_error != ncclSuccess && async_error != ncclInProgress)
       nccl_check(async_error, collective, __FILE__, __LINE__, comm_, name_);
+    if (reached(event)) return;
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double timeout = collective_timeout();
     if (timeout > 0 && waited >= timeout) end_job(comm_, stalled_collective_message(collective, name_, waited));

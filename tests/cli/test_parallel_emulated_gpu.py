@@ -17,7 +17,8 @@ tests/cli/test_parallel.py compares CPU runs (same tolerance, 1e-5, and the
 same reasons for lr 3e-4 and the L1 regularizer). The expert-parallel ZeRO-1
 run's checkpoint of step 4 (sharded, written by both ranks) resumes on one
 GPU and continues the uninterrupted run. A rank that fails at step 3 ends
-the two-rank job, its message printed. In bf16 (training.bf16) data
+the two-rank job, its message printed, and so does an asynchronous NCCL
+error on one rank (DECO_CUDA_EMULATOR_NCCL_FAIL). In bf16 (training.bf16) data
 parallel 2 is held to the one GPU's bf16 run: its first step to the same
 1e-5, its loss curve to 1e-3 (below: the bf16 rounding of weights
 amplifies the sum order's float32 difference).
@@ -111,6 +112,20 @@ def main():
           f"fault_dp2: a failing rank ends the job ({seconds:.0f} s, exit {r.returncode})")
     check("rank 1 of 2: fault injected by DECO_FAULT_INJECT at step 3" in r.stdout + r.stderr,
           "fault_dp2: its message names the rank")
+    # NCCL reporting an error (rank 1's 10th collective, in step 5: the
+    # emulated NCCL's asynchronous network error) ends the job the same way,
+    # after NcclComm aborts the communicator.
+    nccl_dir = os.path.join(work, "nccl_fault_dp2")
+    start = time.monotonic()
+    r = subprocess.run(train_command(deco, config, nccl_dir, base, 2, a.mpirun), capture_output=True, text=True,
+                       timeout=300, env={**env, "DECO_CUDA_EMULATOR_NCCL_FAIL": "1:10"})
+    seconds = time.monotonic() - start
+    logged = len(rows(nccl_dir)) if os.path.exists(os.path.join(nccl_dir, "metrics.jsonl")) else 0
+    check(r.returncode != 0 and seconds < 120 and 0 < logged < STEPS,
+          f"nccl_fault_dp2: an NCCL error mid-run ends the job ({seconds:.0f} s, exit {r.returncode}, "
+          f"{logged} steps logged)")
+    check("rank 1 of 2: NCCL error" in r.stderr and "injected by DECO_CUDA_EMULATOR_NCCL_FAIL" in r.stderr,
+          f"nccl_fault_dp2: its message names the rank and NCCL's error ({r.stderr.strip()[-300:]})")
 
     # Mixed precision: the same comparison between bf16 runs.
     bf16_single, r = train("bf16_single", 1, ["training.bf16=true"])

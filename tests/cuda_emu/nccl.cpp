@@ -21,8 +21,10 @@
 
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/bf16.h"
@@ -31,6 +33,7 @@ struct ncclComm {
   int rank = 0, size = 1;
   MPI_Comm mpi = MPI_COMM_NULL;  // MPI_COMM_NULL for a communicator of one
   std::string last_error;
+  ncclResult_t async_error = ncclSuccess;  // what ncclCommGetAsyncError reports
 };
 
 namespace {
@@ -179,7 +182,34 @@ ncclResult_t point_to_point(bool send, const void* buffer, size_t count, ncclDat
   return perform({p});
 }
 
-// The checks every collective makes; false after recording the failure in `*result`.
+// DECO_CUDA_EMULATOR_NCCL_FAIL=R:K: the K-th collective of world rank R
+// (counting from 1, over all its communicators) fails as a network error
+// does on GPUs: the call returns success, nothing moves, and the
+// communicator's asynchronous error is set, so the caller learns of it by
+// ncclCommGetAsyncError while its peers wait in the collective.
+bool inject_failure(ncclComm_t comm, const char* name) {
+  static const std::pair<int, long> target = [] {
+    const char* v = std::getenv("DECO_CUDA_EMULATOR_NCCL_FAIL");
+    int rank = -1;
+    long k = 0;
+    if (v && std::sscanf(v, "%d:%ld", &rank, &k) != 2) {
+      std::fprintf(stderr, "CUDA emulator: DECO_CUDA_EMULATOR_NCCL_FAIL=%s: give RANK:K\n", v);
+      std::exit(2);
+    }
+    return std::pair<int, long>{rank, k};
+  }();
+  static long calls = 0;
+  if (target.first < 0) return false;
+  int world_rank = 0;
+  if (mpi_running()) MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  if (world_rank != target.first || ++calls != target.second) return false;
+  comm->async_error = ncclRemoteError;
+  failed(comm, ncclRemoteError, std::string(name) + " failed: injected by DECO_CUDA_EMULATOR_NCCL_FAIL");
+  return true;
+}
+
+// The checks every collective makes; false after recording the failure in
+// `*result`, or (ncclSuccess) after an injected asynchronous failure.
 bool collective_ok(ncclComm_t comm, const char* name, size_t count, ncclDataType_t type, ncclResult_t* result) {
   *result = ncclSuccess;
   if (comm == nullptr) {
@@ -190,7 +220,7 @@ bool collective_ok(ncclComm_t comm, const char* name, size_t count, ncclDataType
   } else if (type_size(type) == 0 || !fits_int(count) || !fits_int(count * type_size(type))) {
     *result = failed(comm, ncclInvalidArgument, std::string(name) + ": a type or count this emulation does not take");
   }
-  return *result == ncclSuccess;
+  return *result == ncclSuccess && !inject_failure(comm, name);
 }
 
 }  // namespace
@@ -281,7 +311,7 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
   if (comm == nullptr) return failed(nullptr, ncclInvalidArgument, "ncclCommGetAsyncError: a null communicator");
-  *error = ncclSuccess;  // every call completed, or failed, when it returned
+  *error = comm->async_error;  // ncclSuccess but after an injected failure: every call completed when it returned
   return ncclSuccess;
 }
 

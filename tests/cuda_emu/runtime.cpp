@@ -283,9 +283,10 @@ void run_block(Block& b) {
   b.declared.clear();
   std::fill(b.dynamic.begin(), b.dynamic.end(), static_cast<unsigned char>(0xff));
   // A warp at a time (in run order), through its collectives until each of
-  // its threads waits at __syncthreads or has finished: the stacks of one
-  // warp stay in cache. Any order of the warps between two barriers is one
-  // a GPU may run.
+  // its threads waits at __syncthreads or has finished: its collectives
+  // complete without a pass over the whole block, and a read of another
+  // warp's data that only a barrier would order comes before that warp
+  // runs (any order of the warps between two barriers is one a GPU may run).
   for (;;) {
     for (int k = 0; k < n; k += 32) {
       const int first = run_order(b, k) / 32 * 32, lanes = std::min(32, n - first);
