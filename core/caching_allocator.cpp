@@ -154,7 +154,8 @@ void* CachingAllocator::allocate(size_t bytes, MemoryCategory category) {
   const size_t size = round_up(std::max<size_t>(bytes, 1), kRound);
   const bool small = size <= kSmallRequest;
   FreeSet& pool = small ? small_free_ : large_free_;
-  Block* b = find_free(pool, size);
+  Block* b = caching_ ? find_free(pool, size) : nullptr;
+  if (b == nullptr && !caching_) b = new_segment(size, small, bytes, category);  // a segment of its own
   if (b == nullptr) b = new_segment(small ? kSmallSegment : round_up(size, kLargeRound), small, bytes, category);
   split(b, size, pool, small);
   add_live(b, bytes, category);
@@ -227,6 +228,18 @@ void CachingAllocator::free_locked(void* ptr) {
     absorb(b, b->next);
   }
   pool.insert(b);
+  if (!caching_) release_cached_locked();  // b spans its segment: back to the raw allocator
+}
+
+void CachingAllocator::set_caching(bool caching) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  caching_ = caching;
+  if (!caching_) release_cached_locked();
+}
+
+bool CachingAllocator::caching() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return caching_;
 }
 
 void CachingAllocator::release_cached_locked() {

@@ -103,6 +103,13 @@ class CachingAllocator {
   // block stays allocated until the last release frees it for real.
   void hold_frees();
   void release_held_frees();
+  // Off (DECO_CUDA_NO_MEMORY_CACHING=1 for the GPU's): every allocation is
+  // a segment of its own, returned to the raw allocator when freed, so a
+  // memory checker (compute-sanitizer, the CUDA emulator's guard pages and
+  // poison) sees each block's own bounds and fresh, uninitialized memory
+  // where a reused block would hold old values. Slow: for checking only.
+  void set_caching(bool caching);
+  bool caching() const;
   // Waits until the device has finished all queued work (cudaDeviceSynchronize
   // on the GPU). When set, running out of memory while frees are held
   // waits and frees the held blocks before the retry, instead of failing
@@ -140,6 +147,7 @@ class CachingAllocator {
   std::unordered_map<const void*, Block*> live_;
   std::map<const char*, Block*> segments_;  // segment start -> its first block
   int hold_depth_ = 0;
+  bool caching_ = true;
   std::function<void()> synchronize_;
   std::unordered_set<const void*> held_;  // freed while frees are held
   AllocatorStats stats_;

@@ -194,6 +194,8 @@ CachingAllocator* cuda_caching_allocator() {
         "lower training.micro_batch_size (gradient accumulation keeps the global batch), or spread the "
         "optimizer state over the data-parallel ranks with parallel.use_distributed_optimizer.");
     a->set_synchronize([] { cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize", 0); });
+    const char* no_caching = std::getenv("DECO_CUDA_NO_MEMORY_CACHING");
+    if (no_caching && std::strcmp(no_caching, "1") == 0) a->set_caching(false);
     return a;
   }();
 

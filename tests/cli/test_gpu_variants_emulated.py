@@ -24,6 +24,11 @@ metrics must agree:
   intermediate sums to bf16, and pairs flip with them), step 2's loss to
   1e-3 (measured 1.4e-4).
 
+CTest runs it with DECO_CUDA_NO_MEMORY_CACHING=1: every device block is an
+allocation of its own, which the emulator ends with an inaccessible page and
+fills with poison (NaN), so a kernel reading or writing past a block, or
+using memory it never wrote, fails here too.
+
 Usage: test_gpu_variants_emulated.py --deco build/deco --deco-emulated build/tests/cuda_emu/deco_emulated
            --source-dir . --workdir DIR [NAME...]
 """

@@ -6,11 +6,13 @@
 // memory. Every stream is the host thread's program order: a kernel or copy
 // has finished when its call returns, so events are timestamps and waits
 // return at once.
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <boost/context/fiber.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -399,6 +401,48 @@ void launch_failed(cudaError_t error, const std::string& report) {
 
 const char* last_launch_failure() { return last_failure.c_str(); }
 
+namespace {
+
+// A segmentation fault while a kernel runs: the kernel, block and thread,
+// and the address, then the default action (the process dies of SIGSEGV).
+// Device allocations end at an inaccessible page (cudaMalloc below), so this
+// is an access past the end of one, to freed device memory, or through a
+// wild pointer: what compute-sanitizer's memcheck reports on a GPU. Outside
+// a kernel the fault is left to the default action alone.
+void report_fault(int, siginfo_t* info, void*) {
+  if (running != nullptr) {
+    char message[512];
+    const int n = std::snprintf(message, sizeof(message),
+                                "CUDA emulator: %s, %s: invalid memory access at %p (past the end of a device "
+                                "allocation, freed device memory, or a wild pointer)\n",
+                                running->kernel, where(*running, running->current).c_str(), info->si_addr);
+    if (n > 0) (void)!write(STDERR_FILENO, message, static_cast<size_t>(std::min<int>(n, sizeof(message) - 1)));
+  }
+  signal(SIGSEGV, SIG_DFL);  // returning re-runs the access, which now ends the process
+}
+
+// The handler runs on a stack of its own (a fiber's may be what overflowed).
+void catch_faults() {
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    struct sigaction action {};
+    action.sa_sigaction = &report_fault;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, nullptr);
+  });
+  thread_local bool alternate_stack = [] {
+    static constexpr size_t kBytes = 64u << 10;
+    stack_t s{};
+    s.ss_sp = new char[kBytes];
+    s.ss_size = kBytes;
+    return sigaltstack(&s, nullptr) == 0;
+  }();
+  (void)alternate_stack;
+}
+
+}  // namespace
+
 void run_grid(const LaunchConfig& config, const void* kernel, const char* name, void (*body)(void*), void* context) {
   last_failure.clear();
   const size_t threads = static_cast<size_t>(config.block.x) * config.block.y * config.block.z;
@@ -426,6 +470,7 @@ void run_grid(const LaunchConfig& config, const void* kernel, const char* name, 
     launch_failed(cudaErrorInvalidValue, report);
     return;
   }
+  catch_faults();
   std::lock_guard<std::mutex> lock(launch_mutex);
   Block b;
   b.dim = config.block;
@@ -462,7 +507,12 @@ struct Event {
 struct Stream {};
 
 std::mutex memory_mutex;
-std::unordered_map<void*, size_t> device_allocations;
+struct DeviceAllocation {
+  void* base;     // the mapping: the data's pages, then the guard page
+  size_t mapped;  // its length
+  size_t bytes;   // what the allocation counts for
+};
+std::unordered_map<void*, DeviceAllocation> device_allocations;
 size_t device_bytes = 0;
 constexpr size_t kDeviceMemory = size_t{16} << 30;  // what the emulated device reports
 
@@ -527,14 +577,24 @@ const char* cudaGetErrorString(cudaError_t error) {
   }
 }
 
+// Each allocation (256-byte aligned, as cudaMalloc's) ends at an
+// inaccessible page, so an access past its end faults where it happens
+// (deco_emu::report_fault names the kernel), and cudaFree unmaps it, so a
+// use after the free faults too. With DECO_CUDA_NO_MEMORY_CACHING=1 deco
+// allocates each block by itself, and these bounds are each block's.
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   const size_t bytes = (std::max<size_t>(size, 1) + 255) / 256 * 256;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t data = (bytes + page - 1) / page * page;
   std::lock_guard<std::mutex> lock(memory_mutex);
   if (device_bytes + bytes > kDeviceMemory) return fail(cudaErrorMemoryAllocation);
-  void* p = std::aligned_alloc(256, bytes);
-  if (!p) return fail(cudaErrorMemoryAllocation);
+  void* base = mmap(nullptr, data + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) return fail(cudaErrorMemoryAllocation);
+  char* guard = static_cast<char*>(base) + data;
+  mprotect(guard, page, PROT_NONE);
+  void* p = guard - bytes;
   std::memset(p, 0xff, bytes);  // fresh device memory is not zero on a GPU either
-  device_allocations[p] = bytes;
+  device_allocations[p] = DeviceAllocation{base, data + page, bytes};
   device_bytes += bytes;
   *ptr = p;
   return cudaSuccess;
@@ -544,9 +604,9 @@ cudaError_t cudaFree(void* ptr) {
   std::lock_guard<std::mutex> lock(memory_mutex);
   auto it = device_allocations.find(ptr);
   if (it == device_allocations.end()) return fail(cudaErrorInvalidValue);
-  device_bytes -= it->second;
+  device_bytes -= it->second.bytes;
+  munmap(it->second.base, it->second.mapped);
   device_allocations.erase(it);
-  std::free(ptr);
   return cudaSuccess;
 }
 cudaError_t cudaMallocHost(void** ptr, size_t size) {

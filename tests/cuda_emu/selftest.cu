@@ -5,11 +5,15 @@
 // (DECO_CUDA_EMULATOR_ORDER), where the race below shows in each.
 #include <cuda_runtime.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/mma.cuh"
@@ -109,6 +113,9 @@ __global__ void dynamic_shared(float* out) {
   out[threadIdx.x] = dyn[0];
 }
 
+// Writes element `i` of `p`.
+__global__ void write_at(float* p, int i) { p[i] = 1.0f; }
+
 // ---------------------------------------------------------------- harness
 
 int failures = 0;
@@ -130,6 +137,31 @@ void expect_launched(const std::string& what) {
   const cudaError_t got = cudaGetLastError();
   expect(got == cudaSuccess && *deco_emu::last_launch_failure() == '\0',
          what + " runs (" + cudaGetErrorName(got) + ")");
+}
+
+// Runs `body` in a child process; returns whether the child died of SIGSEGV,
+// and what it wrote to stderr.
+template <typename F> std::pair<bool, std::string> in_child(F body) {
+  int fds[2];
+  if (pipe(fds) != 0) return {false, "pipe failed"};
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  if (child == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    body();
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string text;
+  char buffer[512];
+  ssize_t n = 0;
+  while ((n = read(fds[0], buffer, sizeof(buffer))) > 0) text.append(buffer, static_cast<size_t>(n));
+  close(fds[0]);
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  int status = 0;
+  waitpid(child, &status, 0);
+  return {WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV, text};
 }
 
 std::vector<float> to_host(const float* device, int n) {
@@ -213,6 +245,22 @@ int main() {
          std::to_string(block_raced) + " of 8 blocks read the previous block's slot unwritten (" +
              (reverse ? "blocks from the last to the first: 7 expected" : "blocks in order: 0 expected") + ")");
   cudaFree(slots);
+
+  // Device memory out of bounds: a write one element past a 64-float
+  // allocation, and one into freed memory, fault where they happen, naming
+  // the kernel; the last element is writable.
+  float* small = nullptr;
+  cudaMalloc(&small, sizeof(float) * 64);
+  write_at<<<1, 1>>>(small, 63);
+  expect_launched("a write to the last element of an allocation");
+  const auto past = in_child([&] { write_at<<<1, 1>>>(small, 64); });
+  expect(past.first && past.second.find("write_at, block (0,0,0) thread (0,0,0): invalid memory access") !=
+                           std::string::npos,
+         "a write one element past an allocation's end faults, naming the kernel ('" + past.second + "')");
+  cudaFree(small);
+  const auto freed = in_child([&] { write_at<<<1, 1>>>(small, 0); });
+  expect(freed.first && freed.second.find("write_at, block (0,0,0)") != std::string::npos,
+         "a write to freed device memory faults ('" + freed.second + "')");
 
   std::vector<float> ones(256, 1.0f);
   cudaMemcpy(in, ones.data(), sizeof(float) * 256, cudaMemcpyHostToDevice);

@@ -318,3 +318,43 @@ TEST_CASE("HostStaging: the fetched tensors' values, and a larger fetch after a 
   staging.wait();
   for (int64_t i = 0; i < 1000; ++i) CHECK(staging.data<double>(0)[i] == static_cast<double>(i) / 3.0);
 }
+
+TEST_CASE("caching allocator: with caching off every block is its own device allocation, freed at once",
+          "[allocator]") {
+  Backend dev;
+  {
+    CachingAllocator a = dev.make();
+    void* cached = a.allocate(3000, MemoryCategory::Activations);
+    a.free(cached);
+    REQUIRE(dev.blocks.size() == 1);  // the small pool's 2 MiB segment, kept
+    a.set_caching(false);             // hands it back
+    CHECK(dev.blocks.empty());
+    // Sizes rounded to 512 as ever (the alignment kernels rely on), each block
+    // exactly its own raw allocation.
+    const size_t sizes[] = {3000, 700 * 1024, 5 * MiB + 1, 64};
+    const int64_t calls_before = dev.calls;
+    for (int step = 0; step < 3; ++step) {
+      std::vector<void*> live;
+      for (size_t s : sizes) {
+        live.push_back(a.allocate(s, MemoryCategory::Activations));
+        CHECK(dev.blocks.at(live.back()) == (s + 511) / 512 * 512);
+      }
+      CHECK(dev.blocks.size() == 4);
+      a.check_invariants();
+      // Held frees (two streams overlapping) stay allocated until released.
+      a.hold_frees();
+      a.free(live[0]);
+      CHECK(dev.blocks.count(live[0]) == 1);
+      a.release_held_frees();
+      CHECK(dev.blocks.count(live[0]) == 0);
+      for (size_t i = 1; i < live.size(); ++i) a.free(live[i]);
+      CHECK(dev.blocks.empty());
+      a.check_invariants();
+    }
+    CHECK(dev.calls - calls_before == 12);
+    const AllocatorStats s = a.stats();
+    CHECK(s.allocated == 0);
+    CHECK(s.reserved == 0);
+  }
+  CHECK(dev.in_use == 0);
+}
