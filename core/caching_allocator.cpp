@@ -84,8 +84,9 @@ CachingAllocator::Block* CachingAllocator::find_free(FreeSet& pool, size_t size)
 }
 
 CachingAllocator::Block* CachingAllocator::new_segment(size_t segment_bytes, bool small, size_t request,
-                                                       MemoryCategory category) {
-  void* ptr = raw_alloc_(segment_bytes);
+                                                       MemoryCategory category, size_t raw_bytes) {
+  if (raw_bytes == 0) raw_bytes = segment_bytes;
+  void* ptr = raw_alloc_(raw_bytes);
   if (ptr == nullptr) {
     // Out of memory: give back what the cache holds and try once more.
     ++stats_.cache_flushes;
@@ -96,7 +97,7 @@ CachingAllocator::Block* CachingAllocator::new_segment(size_t segment_bytes, boo
       free_held_locked();
     }
     release_cached_locked();
-    ptr = raw_alloc_(segment_bytes);
+    ptr = raw_alloc_(raw_bytes);
   }
   if (ptr == nullptr) {
     std::string held;
@@ -155,7 +156,9 @@ void* CachingAllocator::allocate(size_t bytes, MemoryCategory category) {
   const bool small = size <= kSmallRequest;
   FreeSet& pool = small ? small_free_ : large_free_;
   Block* b = caching_ ? find_free(pool, size) : nullptr;
-  if (b == nullptr && !caching_) b = new_segment(size, small, bytes, category);  // a segment of its own
+  // Without caching, a segment of its own, of the bytes asked for: its end
+  // (where the raw allocator's bounds check sits) is the block's own.
+  if (b == nullptr && !caching_) b = new_segment(size, small, bytes, category, std::max<size_t>(bytes, 1));
   if (b == nullptr) b = new_segment(small ? kSmallSegment : round_up(size, kLargeRound), small, bytes, category);
   split(b, size, pool, small);
   add_live(b, bytes, category);

@@ -104,7 +104,8 @@ class CachingAllocator {
   void hold_frees();
   void release_held_frees();
   // Off (DECO_CUDA_NO_MEMORY_CACHING=1 for the GPU's): every allocation is
-  // a segment of its own, returned to the raw allocator when freed, so a
+  // a segment of its own, of exactly the bytes asked for (its block still
+  // counts rounded to 512), returned to the raw allocator when freed, so a
   // memory checker (compute-sanitizer, the CUDA emulator's guard pages and
   // poison) sees each block's own bounds and fresh, uninitialized memory
   // where a reused block would hold old values. Slow: for checking only.
@@ -132,7 +133,9 @@ class CachingAllocator {
   using FreeSet = std::set<Block*, BySize>;
 
   Block* find_free(FreeSet& pool, size_t size);
-  Block* new_segment(size_t segment_bytes, bool small, size_t request, MemoryCategory category);
+  // raw_bytes: what to ask the raw allocator for, if not segment_bytes.
+  Block* new_segment(size_t segment_bytes, bool small, size_t request, MemoryCategory category,
+                     size_t raw_bytes = 0);
   void split(Block* block, size_t size, FreeSet& pool, bool small);
   void release_cached_locked();
   void add_live(Block* block, size_t requested, MemoryCategory category);

@@ -577,13 +577,15 @@ const char* cudaGetErrorString(cudaError_t error) {
   }
 }
 
-// Each allocation (256-byte aligned, as cudaMalloc's) ends at an
-// inaccessible page, so an access past its end faults where it happens
-// (deco_emu::report_fault names the kernel), and cudaFree unmaps it, so a
-// use after the free faults too. With DECO_CUDA_NO_MEMORY_CACHING=1 deco
-// allocates each block by itself, and these bounds are each block's.
+// Each allocation ends within 15 bytes of an inaccessible page, so an
+// access past its end faults where it happens (report_fault names the
+// kernel), and cudaFree unmaps it, so a use after the free faults too. To
+// end there it is aligned to 16 bytes (what deco's vector loads need), not
+// to cudaMalloc's 256, unless its size is a multiple of 256. With
+// DECO_CUDA_NO_MEMORY_CACHING=1 deco allocates each block by itself, of the
+// bytes it asked for, and these bounds are each block's.
 cudaError_t cudaMalloc(void** ptr, size_t size) {
-  const size_t bytes = (std::max<size_t>(size, 1) + 255) / 256 * 256;
+  const size_t bytes = (std::max<size_t>(size, 1) + 15) / 16 * 16;
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t data = (bytes + page - 1) / page * page;
   std::lock_guard<std::mutex> lock(memory_mutex);
