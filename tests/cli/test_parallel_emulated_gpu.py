@@ -102,12 +102,21 @@ def main():
         check([g["step"] for g in got] == list(range(5, STEPS + 1)), "resumed: steps 5-8 logged")
         compare(reference[4:], got, "zero_ep2's checkpoint resumed on one GPU", against="the uninterrupted run")
 
+    def failing(name, hook):
+        """A dp2 run with a fault hook in the environment: (result, seconds, steps logged)."""
+        run_dir = os.path.join(work, name)
+        start = time.monotonic()
+        r = subprocess.run(train_command(deco, config, run_dir, base, 2, a.mpirun), capture_output=True, text=True,
+                           timeout=300, env={**env, **hook})
+        logged = len(rows(run_dir)) if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) else 0
+        return r, time.monotonic() - start, logged
+
+    # Each ends the job within 120 s: a whole 8-step run takes ~18 s, and
+    # the collective timeout (10 min) is far off, so it is the failing
+    # rank's abort that ends it, not a watchdog.
     # A rank that fails at step 3 ends the job while the other waits in an
     # NCCL collective, with its message.
-    start = time.monotonic()
-    r = subprocess.run(train_command(deco, config, os.path.join(work, "fault_dp2"), base, 2, a.mpirun),
-                       capture_output=True, text=True, timeout=300, env={**env, "DECO_FAULT_INJECT": "1:3"})
-    seconds = time.monotonic() - start
+    r, seconds, _ = failing("fault_dp2", {"DECO_FAULT_INJECT": "1:3"})
     check(r.returncode != 0 and seconds < 120,
           f"fault_dp2: a failing rank ends the job ({seconds:.0f} s, exit {r.returncode})")
     check("rank 1 of 2: fault injected by DECO_FAULT_INJECT at step 3" in r.stdout + r.stderr,
@@ -115,12 +124,7 @@ def main():
     # NCCL reporting an error (rank 1's 10th collective, in step 5: the
     # emulated NCCL's asynchronous network error) ends the job the same way,
     # after NcclComm aborts the communicator.
-    nccl_dir = os.path.join(work, "nccl_fault_dp2")
-    start = time.monotonic()
-    r = subprocess.run(train_command(deco, config, nccl_dir, base, 2, a.mpirun), capture_output=True, text=True,
-                       timeout=300, env={**env, "DECO_CUDA_EMULATOR_NCCL_FAIL": "1:10"})
-    seconds = time.monotonic() - start
-    logged = len(rows(nccl_dir)) if os.path.exists(os.path.join(nccl_dir, "metrics.jsonl")) else 0
+    r, seconds, logged = failing("nccl_fault_dp2", {"DECO_CUDA_EMULATOR_NCCL_FAIL": "1:10"})
     check(r.returncode != 0 and seconds < 120 and 0 < logged < STEPS,
           f"nccl_fault_dp2: an NCCL error mid-run ends the job ({seconds:.0f} s, exit {r.returncode}, "
           f"{logged} steps logged)")

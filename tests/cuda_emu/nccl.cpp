@@ -200,8 +200,11 @@ bool inject_failure(ncclComm_t comm, const char* name) {
   }();
   static long calls = 0;
   if (target.first < 0) return false;
-  int world_rank = 0;
-  if (mpi_running()) MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  static const int world_rank = [] {  // asked once a communicator exists, so MPI is running if it ever will
+    int rank = 0;
+    if (mpi_running()) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    return rank;
+  }();
   if (world_rank != target.first || ++calls != target.second) return false;
   comm->async_error = ncclRemoteError;
   failed(comm, ncclRemoteError, std::string(name) + " failed: injected by DECO_CUDA_EMULATOR_NCCL_FAIL");
